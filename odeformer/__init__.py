@@ -1,0 +1,21 @@
+"""odeformer: continuous-depth attention in JAX, integrated with Diffrax."""
+
+from odeformer.block import ODEBlock, vector_field
+from odeformer.fields import (
+    SIGMAS,
+    MLP,
+    AttentionField,
+    MultiHeadAttention,
+    SeedAttentionField,
+    TransformerBlockField,
+)
+from odeformer.params import count_params
+from odeformer.solve import ADJOINTS, Solution, solve
+from odeformer.solvers import SOLVERS, solver_order
+from odeformer.time import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
+
+__all__ = [
+    "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField", "MultiHeadAttention",
+    "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear", "TimeParam",
+    "TimeSpec", "TransformerBlockField", "count_params", "solve", "solver_order", "vector_field",
+]

@@ -1,0 +1,75 @@
+"""From a field module to Diffrax's ``f(t, y, args)``, and `ODEBlock`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from odeformer.solve import Solution, solve
+
+
+def vector_field(module: nnx.Module) -> tuple[Callable, nnx.State]:
+    """Splits a field module ``module(t, x)`` into ``(f, state)``.
+
+    ``f(t, y, state)`` merges the module from ``state`` and evaluates it, so the
+    parameters travel in Diffrax's ``args`` (as backsolve and vmap need) and
+    ``solve(f, y0, args=state)`` is differentiable in ``state``.
+    """
+    graphdef, state = nnx.split(module)
+
+    def f(t, y, state):
+        return nnx.merge(graphdef, state)(t, y)
+
+    return f, state
+
+
+class ODEBlock(nnx.Module):
+    """Integrates ``dx/dt = field(t, x)`` over ``[0, t1]`` inside a Flax model.
+
+    Args:
+      field: an ``nnx.Module`` called as ``field(t, x)``.
+      solver, steps, rtol, atol, adjoint, max_steps, throw: as in :func:`odeformer.solve`.
+      t1: integration horizon.
+
+    ``rtol``, ``atol`` and ``t1`` stored here are compile-time constants of the
+    module; to sweep them without recompiling, pass them to :meth:`integrate`.
+    """
+
+    def __init__(self, field: nnx.Module, *, solver="tsit5", steps: int | None = None,
+                 rtol: float | None = None, atol: float | None = None,
+                 adjoint: str = "checkpoint", t1: float = 1.0, max_steps: int = 4096,
+                 throw: bool = True):
+        self.field = field
+        self.solver = solver
+        self.steps = steps
+        self.rtol = rtol
+        self.atol = atol
+        self.adjoint = adjoint
+        self.t1 = t1
+        self.max_steps = max_steps
+        self.throw = throw
+
+    def integrate(self, x: jax.Array, *, rtol=None, atol=None, t1=None, ts=None) -> Solution:
+        """Solves from ``x`` at t=0 and returns the full :class:`Solution`.
+
+        ``rtol``, ``atol``, ``t1`` override the stored values and may be traced.
+        """
+        f, state = vector_field(self.field)
+        adaptive = self.steps is None
+        return solve(
+            f, x, args=state, t0=jnp.zeros((), _time_dtype(x)),
+            t1=self.t1 if t1 is None else t1, solver=self.solver, steps=self.steps,
+            rtol=(self.rtol if rtol is None else rtol) if adaptive else None,
+            atol=(self.atol if atol is None else atol) if adaptive else None,
+            adjoint=self.adjoint, ts=ts, max_steps=self.max_steps, throw=self.throw,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.integrate(x).y1
+
+
+def _time_dtype(x: jax.Array):
+    return jnp.result_type(x) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else float

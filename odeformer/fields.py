@@ -1,0 +1,124 @@
+"""Attention vector fields ``F(t, x)`` on token sets ``x`` of shape ``(..., n, d)``.
+
+Each field is an ``nnx.Module`` called as ``field(t, x)``; ``odeformer.vector_field``
+turns it into Diffrax's ``f(t, y, args)`` with the parameters in ``args``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from odeformer.time import TimeLayerNorm, TimeLinear, TimeSpec
+
+SIGMAS = {
+    "softmax": None,  # applied to the score matrix, over keys
+    "identity": lambda u: u,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+class SeedAttentionField(nnx.Module):
+    """The seeds' equation: ``dx/dt = sigma(x W_Q) (x W_K)^T sigma(x W_V) - x``.
+
+    ``sigma`` elementwise (``identity``, ``tanh``, ``relu``, ``sigmoid``) is taken
+    literally as written: ``S = sigma(Q) K^T`` (n x n, unnormalised) then
+    ``S sigma(V)``. ``sigma="softmax"`` is the only reading in which softmax makes
+    sense: ``softmax_keys(Q K^T) V - x`` (single head, no 1/sqrt(d) scaling).
+
+    Honest regularity notes. ``identity`` makes the field a cubic polynomial in ``x``:
+    locally but not globally Lipschitz, and solutions can blow up in finite time from
+    large initial states (the ``-x`` decay only wins near the origin). ``relu`` is
+    also cubic in growth. ``tanh``/``sigmoid`` bound ``sigma(Q)`` and ``sigma(V)``, so
+    the field grows at most linearly in ``x`` and solutions exist for all time.
+    ``softmax``: dot-product attention is not globally Lipschitz (Kim et al., ICML
+    2021) but its output is a convex combination of the values, so it grows linearly.
+    """
+
+    def __init__(self, features: int, *, sigma: str = "softmax", time: TimeSpec = TimeSpec(),
+                 rngs: nnx.Rngs):
+        if sigma not in SIGMAS:
+            raise ValueError(f"sigma={sigma!r} is not one of {', '.join(SIGMAS)}")
+        self.sigma = sigma
+        self.query = TimeLinear(features, features, time, use_bias=False, rngs=rngs)
+        self.key = TimeLinear(features, features, time, use_bias=False, rngs=rngs)
+        self.value = TimeLinear(features, features, time, use_bias=False, rngs=rngs)
+
+    def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
+        q, k, v = self.query(t, x), self.key(t, x), self.value(t, x)
+        if self.sigma == "softmax":
+            scores = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2), axis=-1)
+            return scores @ v - x
+        sigma = SIGMAS[self.sigma]
+        return (sigma(q) @ jnp.swapaxes(k, -1, -2)) @ sigma(v) - x
+
+
+class MultiHeadAttention(nnx.Module):
+    """Scaled dot-product multi-head attention with time-dependent projections."""
+
+    def __init__(self, features: int, heads: int, *, causal: bool = False,
+                 time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+        if features % heads:
+            raise ValueError(f"features={features} must be divisible by heads={heads}")
+        self.heads = heads
+        self.causal = causal
+        self.qkv = TimeLinear(features, 3 * features, time, rngs=rngs)
+        self.out = TimeLinear(features, features, time, rngs=rngs)
+
+    def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
+        *batch, n, d = x.shape
+        head_dim = d // self.heads
+        qkv = self.qkv(t, x).reshape(*batch, n, 3, self.heads, head_dim)
+        q, k, v = (qkv[..., i, :, :] for i in range(3))
+        scores = jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
+        if self.causal:
+            mask = jnp.tril(jnp.ones((n, n), bool))
+            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        mixed = jnp.einsum("...hqk,...khc->...qhc", weights, v).reshape(*batch, n, d)
+        return self.out(t, mixed)
+
+
+class AttentionField(nnx.Module):
+    """``F(t, x) = MHA_t(LN_t(x))`` (pre-LayerNorm optional)."""
+
+    def __init__(self, features: int, heads: int, *, causal: bool = False, pre_norm: bool = True,
+                 time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+        self.norm = TimeLayerNorm(features, time, rngs=rngs) if pre_norm else None
+        self.attention = MultiHeadAttention(features, heads, causal=causal, time=time, rngs=rngs)
+
+    def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
+        h = self.norm(t, x) if self.norm is not None else x
+        return self.attention(t, h)
+
+
+class MLP(nnx.Module):
+    """Two-layer GELU MLP with time-dependent weights."""
+
+    def __init__(self, features: int, hidden: int, *, time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+        self.up = TimeLinear(features, hidden, time, rngs=rngs)
+        self.down = TimeLinear(hidden, features, time, rngs=rngs)
+
+    def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
+        return self.down(t, jax.nn.gelu(self.up(t, x)))
+
+
+class TransformerBlockField(nnx.Module):
+    """A pre-LN transformer block as a field: ``F = MHA(LN1 x) + MLP(LN2 x)``.
+
+    The two branches read the same state (the parallel form of GPT-J/PaLM): an Euler
+    step ``x + h F(x)`` is one parallel-residual transformer layer. The sequential
+    form ``x + attn`` then ``+ mlp`` is a splitting of this same ODE.
+    """
+
+    def __init__(self, features: int, heads: int, *, mlp_ratio: int = 4, causal: bool = False,
+                 time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+        self.attention = AttentionField(features, heads, causal=causal, time=time, rngs=rngs)
+        self.mlp_norm = TimeLayerNorm(features, time, rngs=rngs)
+        self.mlp = MLP(features, mlp_ratio * features, time=time, rngs=rngs)
+
+    def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
+        return self.attention(t, x) + self.mlp(t, self.mlp_norm(t, x))
