@@ -2,8 +2,8 @@
 
 from odeformer.block import ODEBlock, vector_field
 from odeformer.fields import (
-    SIGMAS,
     MLP,
+    SIGMAS,
     AttentionField,
     MultiHeadAttention,
     SeedAttentionField,

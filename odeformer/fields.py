@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from odeformer.time import TimeLayerNorm, TimeLinear, TimeSpec
+from odeformer.time import TIED, TimeLayerNorm, TimeLinear, TimeSpec
 
 SIGMAS = {
     "softmax": None,  # applied to the score matrix, over keys
@@ -38,7 +38,7 @@ class SeedAttentionField(nnx.Module):
     2021) but its output is a convex combination of the values, so it grows linearly.
     """
 
-    def __init__(self, features: int, *, sigma: str = "softmax", time: TimeSpec = TimeSpec(),
+    def __init__(self, features: int, *, sigma: str = "softmax", time: TimeSpec = TIED,
                  rngs: nnx.Rngs):
         if sigma not in SIGMAS:
             raise ValueError(f"sigma={sigma!r} is not one of {', '.join(SIGMAS)}")
@@ -60,7 +60,7 @@ class MultiHeadAttention(nnx.Module):
     """Scaled dot-product multi-head attention with time-dependent projections."""
 
     def __init__(self, features: int, heads: int, *, causal: bool = False,
-                 time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+                 time: TimeSpec = TIED, rngs: nnx.Rngs):
         if features % heads:
             raise ValueError(f"features={features} must be divisible by heads={heads}")
         self.heads = heads
@@ -86,7 +86,7 @@ class AttentionField(nnx.Module):
     """``F(t, x) = MHA_t(LN_t(x))`` (pre-LayerNorm optional)."""
 
     def __init__(self, features: int, heads: int, *, causal: bool = False, pre_norm: bool = True,
-                 time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+                 time: TimeSpec = TIED, rngs: nnx.Rngs):
         self.norm = TimeLayerNorm(features, time, rngs=rngs) if pre_norm else None
         self.attention = MultiHeadAttention(features, heads, causal=causal, time=time, rngs=rngs)
 
@@ -98,7 +98,7 @@ class AttentionField(nnx.Module):
 class MLP(nnx.Module):
     """Two-layer GELU MLP with time-dependent weights."""
 
-    def __init__(self, features: int, hidden: int, *, time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+    def __init__(self, features: int, hidden: int, *, time: TimeSpec = TIED, rngs: nnx.Rngs):
         self.up = TimeLinear(features, hidden, time, rngs=rngs)
         self.down = TimeLinear(hidden, features, time, rngs=rngs)
 
@@ -115,7 +115,7 @@ class TransformerBlockField(nnx.Module):
     """
 
     def __init__(self, features: int, heads: int, *, mlp_ratio: int = 4, causal: bool = False,
-                 time: TimeSpec = TimeSpec(), rngs: nnx.Rngs):
+                 time: TimeSpec = TIED, rngs: nnx.Rngs):
         self.attention = AttentionField(features, heads, causal=causal, time=time, rngs=rngs)
         self.mlp_norm = TimeLayerNorm(features, time, rngs=rngs)
         self.mlp = MLP(features, mlp_ratio * features, time=time, rngs=rngs)

@@ -75,6 +75,9 @@ class TimeSpec:
         return jnp.stack(values[: self.basis])
 
 
+TIED = TimeSpec()  # the default: constant weights
+
+
 class TimeParam(nnx.Module):
     """A parameter of shape ``shape`` whose value depends on time per a TimeSpec."""
 

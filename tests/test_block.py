@@ -48,7 +48,7 @@ def test_block_gradient_matches_finite_differences(x64):
         index = tuple(rng.integers(0, n) for n in leaf.shape)
         eps = 1e-6
 
-        def shifted(delta):
+        def shifted(delta, i=i, leaf=leaf, index=index):
             moved = list(leaves)
             moved[i] = leaf.at[index].add(delta)
             return float(loss(jax.tree_util.tree_unflatten(treedef, moved)))
