@@ -1,0 +1,68 @@
+"""Resolving a parameter budget to a concrete model shape."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+
+from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
+from odeformer.params import count_params
+
+BUDGET_TOLERANCE = 0.05  # realised count within ±5% of the target
+_MAX_WIDTH = 8192
+
+
+def model_params(shape: ModelShape, *, vocab_size: int, seq_len: int, num_classes: int) -> int:
+    """Trainable parameters of a classifier of this shape (no arrays are allocated)."""
+    abstract = nnx.eval_shape(lambda: SequenceClassifier(
+        shape, SolverSpec(), vocab_size=vocab_size, seq_len=seq_len, num_classes=num_classes,
+        rngs=nnx.Rngs(0)))
+    return count_params(abstract)
+
+
+def resolve_budget(shape: ModelShape, budget: int, **sizes) -> tuple[ModelShape, int]:
+    """Chooses the width whose parameter count is closest to ``budget``.
+
+    Widths divisible by ``shape.heads`` are preferred. The count does not depend on
+    the number of heads, so when none of those is within tolerance any width is
+    allowed and ``heads`` becomes its largest divisor not above ``shape.heads``
+    (recorded in the resolved shape). Every other field of ``shape`` is kept.
+
+    Args:
+      shape: the architecture; its ``width`` is replaced.
+      budget: target number of trainable parameters.
+      **sizes: ``vocab_size``, ``seq_len``, ``num_classes`` of the task.
+
+    Returns:
+      ``(shape, params)`` with ``|params - budget| <= 5% of budget``; the shape's
+      ``width`` and ``heads`` are the resolved ones.
+
+    Raises:
+      ValueError: if no width reaches the budget within 5%.
+    """
+    def count(width):
+        return model_params(dataclasses.replace(shape, width=width, heads=1), **sizes)
+
+    lo, hi = 1, _MAX_WIDTH  # the count grows with width: bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid) < budget:
+            lo = mid + 1
+        else:
+            hi = mid
+    # Prefer widths divisible by the configured heads; fall back to any width (with
+    # fewer heads) only when no such width is within tolerance.
+    below = max(1, (lo - 1) // shape.heads) * shape.heads
+    aligned = [w for w in (below, below + shape.heads) if w >= 1]
+    width = min(aligned, key=lambda w: abs(count(w) - budget))
+    if abs(count(width) - budget) > BUDGET_TOLERANCE * budget:
+        width = min((w for w in (lo - 1, lo) if w >= 1), key=lambda w: abs(count(w) - budget))
+    params = count(width)
+    heads = max(h for h in range(1, shape.heads + 1) if width % h == 0)
+    if abs(params - budget) > BUDGET_TOLERANCE * budget:
+        raise ValueError(
+            f"model.param_budget={budget} cannot be met within 5% by changing the width "
+            f"(nearest: width={width} with {params} parameters); change the "
+            "budget, heads, layers/pieces or mlp_ratio")
+    return dataclasses.replace(shape, width=width, heads=heads), params

@@ -1,0 +1,100 @@
+"""Synthetic sequence-classification tasks, generated deterministically from a seed.
+
+A task is a function ``make(config, key) -> TaskData``; ``TASKS`` is the registry and
+:func:`register_task` adds more (tabular tasks plug in the same way). Every sample is a
+sequence of int32 token ids in ``[0, vocab_size)`` with one int32 label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """Train/test arrays and the shapes a model needs.
+
+    Attributes:
+      train, test: dicts with ``tokens`` (int32, [N, seq_len]) and ``label`` (int32, [N]).
+      vocab_size: token ids lie in ``[0, vocab_size)``.
+      num_classes: labels lie in ``[0, num_classes)``.
+    """
+
+    train: dict[str, jax.Array]
+    test: dict[str, jax.Array]
+    vocab_size: int
+    num_classes: int
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.train["tokens"].shape[1])
+
+
+TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData]] = {}
+
+
+def register_task(name: str):
+    """Decorator adding ``make(config, key) -> TaskData`` to :data:`TASKS`."""
+    def add(make):
+        TASKS[name] = make
+        return make
+    return add
+
+
+def make_task(config: ml_collections.ConfigDict) -> TaskData:
+    """Builds the task named ``config.name`` from ``config.seed``."""
+    if config.name not in TASKS:
+        raise ValueError(f"task.name={config.name!r} is not one of {', '.join(sorted(TASKS))}")
+    return TASKS[config.name](config, jax.random.key(config.seed))
+
+
+def _split(tokens, labels, num_train):
+    return ({"tokens": tokens[:num_train], "label": labels[:num_train]},
+            {"tokens": tokens[num_train:], "label": labels[num_train:]})
+
+
+@register_task("majority")
+def majority(config, key) -> TaskData:
+    """Label = the most frequent symbol of the sequence (ties: smallest id).
+
+    Needs only a global count: a bag-of-tokens model can solve it.
+    """
+    total = config.num_train + config.num_test
+    tokens = jax.random.randint(key, (total, config.seq_len), 0, config.vocab_size, jnp.int32)
+    counts = jax.nn.one_hot(tokens, config.vocab_size, dtype=jnp.int32).sum(1)
+    labels = jnp.argmax(counts, axis=-1).astype(jnp.int32)
+    train, test = _split(tokens, labels, config.num_train)
+    return TaskData(train, test, config.vocab_size, config.vocab_size)
+
+
+@register_task("associative_recall")
+def associative_recall(config, key) -> TaskData:
+    """``k1 v1 k2 v2 ... kP vP q`` -> the value paired with key ``q``.
+
+    Keys are distinct ids in ``[0, vocab_size)``, values ids in
+    ``[vocab_size, 2 vocab_size)``; the label is the value's index in
+    ``[0, vocab_size)``. ``seq_len = 2 * pairs + 1``. Answering needs the query to
+    attend to its key's position.
+    """
+    total = config.num_train + config.num_test
+    pairs = (config.seq_len - 1) // 2
+    if 2 * pairs + 1 != config.seq_len or pairs > config.vocab_size:
+        raise ValueError(
+            f"task.seq_len={config.seq_len} must be odd (2 * pairs + 1) with pairs <= "
+            f"task.vocab_size={config.vocab_size}")
+    k_keys, k_vals, k_query = jax.random.split(key, 3)
+    keys = jax.vmap(lambda k: jax.random.permutation(k, config.vocab_size)[:pairs])(
+        jax.random.split(k_keys, total)).astype(jnp.int32)
+    values = jax.random.randint(k_vals, (total, pairs), 0, config.vocab_size, jnp.int32)
+    which = jax.random.randint(k_query, (total,), 0, pairs)
+    query = jnp.take_along_axis(keys, which[:, None], axis=1)
+    labels = jnp.take_along_axis(values, which[:, None], axis=1)[:, 0]
+    body = jnp.stack([keys, values + config.vocab_size], axis=-1).reshape(total, 2 * pairs)
+    tokens = jnp.concatenate([body, query], axis=1)
+    train, test = _split(tokens, labels, config.num_train)
+    return TaskData(train, test, 2 * config.vocab_size, config.vocab_size)
