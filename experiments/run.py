@@ -1,0 +1,38 @@
+"""Runs a sweep of jit-compiled trainings and leaves a results table.
+
+    python -m experiments.run --config configs/quick.py [--config.solver.name=rk4 ...]
+        [--workdir DIR] [--shard i/n] [--quiet]
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from odeformer.runner import format_summary, run_sweep
+from odeformer.sweeps import parse_shard
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
+_SHARD = flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv) -> int:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
+    config = _CONFIG.value
+    try:
+        index, count = parse_shard(_SHARD.value)
+        summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
+                            shard_count=count, quiet=_QUIET.value)
+    except ValueError as error:  # invalid config: raised before anything is written
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,206 @@
+"""Expanding a config's sweep into runs, validating every run, run ids and shards.
+
+``config.sweep`` is a nested ConfigDict whose leaves are tuples of values; its dotted
+paths (``solver.steps``) name the config keys being swept. The runs are the product of
+the axes, except that the keys grouped in one tuple of ``config.sweep_zip`` vary
+together (zipped). Keys that cannot affect a run (tolerances of a fixed-step solve,
+the step count of an adaptive one) are reset to their base values, and the discrete
+family's solver keys say what it does (Euler, ``steps = t1 = model.layers``), so runs
+that differ only in such keys are one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from typing import Any
+
+import ml_collections
+
+from odeformer.models import FAMILIES, READOUTS
+from odeformer.solve import ADJOINTS
+from odeformer.solvers import SOLVERS
+from odeformer.tasks import TASKS
+from odeformer.time import TIME_MODES
+
+_META_KEYS = ("name", "sweep", "sweep_zip")
+_NO_ERROR_ESTIMATE = ("euler", "rk4")
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Dotted paths to leaf values."""
+    out = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _get(config, path):
+    for part in path.split("."):
+        config = config[part]
+    return config
+
+
+def _set(config, path, value):
+    *parents, leaf = path.split(".")
+    for part in parents:
+        config = config[part]
+    config[leaf] = value
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One point of a sweep: its id, full config and the swept values."""
+
+    run_id: str
+    config: ml_collections.ConfigDict
+    swept: dict[str, Any]
+
+
+def run_id(config: ml_collections.ConfigDict) -> str:
+    """Stable 12-hex-digit hash of everything that defines a run (not name/sweep)."""
+    payload = {k: v for k, v in flatten(config).items() if k.split(".")[0] not in _META_KEYS}
+    blob = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _coerce(path: str, value, base):
+    """Checks a swept value against the base value's type (ints allowed for floats)."""
+    if isinstance(base, bool) or isinstance(value, bool):
+        if type(value) is not type(base):
+            raise ValueError(f"sweep.{path} value {value!r} must be {type(base).__name__}, like {path}")
+        return value
+    if isinstance(base, float) and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, type(base)):
+        raise ValueError(
+            f"sweep.{path} value {value!r} has type {type(value).__name__}, but {path} is "
+            f"{type(base).__name__}")
+    return value
+
+
+def _axes(config) -> list[tuple[tuple[str, ...], list[tuple]]]:
+    """Sweep dimensions: (keys, list of value tuples), zipped keys sharing one."""
+    base = flatten(config)
+    axes = flatten(config.sweep) if "sweep" in config else {}
+    for path, values in axes.items():
+        if path.split(".")[0] in _META_KEYS or path not in base:
+            known = ", ".join(k for k in base if k.split(".")[0] not in _META_KEYS)
+            raise ValueError(f"sweep.{path} is not a config key; keys are: {known}")
+        if not isinstance(values, (tuple, list)) or len(values) == 0:
+            raise ValueError(f"sweep.{path}={values!r} must be a non-empty tuple of values")
+    groups = [tuple(g) for g in config.get("sweep_zip", ())]
+    zipped = [k for g in groups for k in g]
+    for key in zipped:
+        if key not in axes:
+            raise ValueError(f"sweep_zip names {key!r}, which is not a sweep axis")
+    if len(zipped) != len(set(zipped)):
+        raise ValueError(f"sweep_zip={groups!r} names a key twice")
+    dims = []
+    for group in groups:
+        lengths = {len(axes[k]) for k in group}
+        if len(lengths) != 1:
+            raise ValueError(f"sweep_zip group {group} has axes of different lengths "
+                             f"{[len(axes[k]) for k in group]}")
+        columns = [[_coerce(k, v, base[k]) for v in axes[k]] for k in group]
+        dims.append((group, list(zip(*columns, strict=True))))
+    for key, values in axes.items():
+        if key not in zipped:
+            dims.append(((key,), [(_coerce(key, v, base[key]),) for v in values]))
+    return dims
+
+
+def _normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+    """Resets keys that cannot affect this run to their base values."""
+    solver = run.solver
+    if run.model.family == "discrete":
+        for key in solver:
+            solver[key] = base.solver[key]
+        # What the discrete family does: Euler, one unit step per layer.
+        solver.name, solver.adaptive = "euler", False
+        solver.steps, solver.t1 = run.model.layers, float(run.model.layers)
+    elif solver.adaptive:
+        solver.steps = base.solver.steps
+    else:
+        solver.rtol, solver.atol = base.solver.rtol, base.solver.atol
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    return {"task.name": tuple(sorted(TASKS)), "model.family": FAMILIES, "model.time": TIME_MODES,
+            "model.readout": READOUTS, "solver.name": SOLVERS, "solver.adjoint": ADJOINTS}
+
+
+# Keys that must be > 0 (floats) or >= 1 (ints); >= 0 for the second group.
+_POSITIVE = ("solver.steps", "solver.rtol", "solver.atol", "solver.t1", "solver.max_steps",
+             "model.width", "model.heads", "model.mlp_ratio", "model.layers", "model.pieces",
+             "model.basis", "train.num_steps", "train.batch_size", "train.eval_batch_size",
+             "train.learning_rate", "train.grad_clip", "train.log_every", "task.num_train",
+             "task.num_test")
+_NON_NEGATIVE = ("model.param_budget", "train.weight_decay", "train.warmup_steps",
+                 "train.checkpoint_every")
+
+
+def validate_run(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid key of one run's config."""
+    for key, allowed in _choices().items():
+        if _get(c, key) not in allowed:
+            raise ValueError(f"{key}={_get(c, key)!r} is not one of {', '.join(allowed)}")
+    for key in _POSITIVE:
+        if not _get(c, key) > 0:
+            raise ValueError(f"{key}={_get(c, key)!r} must be > 0")
+    for key in _NON_NEGATIVE:
+        if not _get(c, key) >= 0:
+            raise ValueError(f"{key}={_get(c, key)!r} must be >= 0")
+    if c.solver.adaptive and c.solver.name in _NO_ERROR_ESTIMATE:
+        allowed = ", ".join(n for n in SOLVERS if n not in _NO_ERROR_ESTIMATE)
+        raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
+                         f"solver.adaptive=True needs one of {allowed}")
+    if c.model.width % c.model.heads:
+        raise ValueError(f"model.width={c.model.width} must be a multiple of model.heads={c.model.heads}")
+    if c.train.warmup_steps > c.train.num_steps:
+        raise ValueError(f"train.warmup_steps={c.train.warmup_steps} must be <= "
+                         f"train.num_steps={c.train.num_steps}")
+
+
+def expand(config: ml_collections.ConfigDict) -> list[Run]:
+    """All distinct runs of the sweep, validated, in grid order."""
+    dims = _axes(config)
+    runs, seen = [], set()
+    for combo in itertools.product(*[values for _, values in dims]):
+        cfg = ml_collections.ConfigDict(config.to_dict())
+        swept = {}
+        for (keys, _), values in zip(dims, combo, strict=True):
+            for key, value in zip(keys, values, strict=True):
+                _set(cfg, key, value)
+                swept[key] = value
+        _normalise(cfg, config)
+        validate_run(cfg)
+        swept = {k: _get(cfg, k) for k in swept}
+        cfg.lock()
+        rid = run_id(cfg)
+        if rid not in seen:
+            seen.add(rid)
+            runs.append(Run(rid, cfg, swept))
+    return runs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard={text!r} must look like i/n, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard={text!r} needs 0 <= i < n")
+    return index, count
+
+
+def shard(runs: list[Run], index: int, count: int) -> list[Run]:
+    """Every ``count``-th run starting at ``index``."""
+    return runs[index::count]
