@@ -73,7 +73,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int)
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
                    "solver_steps": aux["num_steps"], "ok": aux["ok"],
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
         return new_state, metrics
 

@@ -1,0 +1,199 @@
+"""End-to-end sweeps: results, resume, failures, shards, compile reuse, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import pytest
+from runner_helpers import tiny_config
+
+from odeformer import results, runner
+from odeformer.runner import run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_end_to_end_sweep_writes_one_row_per_run(tmp_path):
+    c = tiny_config()
+    summary = run_sweep(c, tmp_path, quiet=True)
+    assert summary.ran == 2 and not summary.failed and summary.exit_code == 0
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(table.run_id) == sorted(r.run.run_id for r in runner.plan(c))
+    assert set(table.status) == {"ok"}
+    for column in ("solver.steps", "shape.width", "params", "train_loss", "test_accuracy",
+                   "nfe_forward", "solver_steps", "train_time_s", "compile_s"):
+        assert column in table.columns, column
+    # rk4 with 1 and 2 steps: 4 and 8 evaluations per forward
+    assert dict(zip(table["solver.steps"], table.nfe_forward, strict=True)) == {1: 4, 2: 8}
+    for run_id in table.run_id:
+        rdir = tmp_path / "runs" / run_id
+        assert json.loads((rdir / "config.json").read_text())["solver"]["name"] == "rk4"
+        steps = [json.loads(ln)["step"] for ln in (rdir / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [2, 4]
+    pd.testing.assert_frame_equal(results.load(tmp_path).sort_values("run_id").reset_index(drop=True),
+                                  table.sort_values("run_id").reset_index(drop=True), check_dtype=False)
+
+
+def test_rerun_skips_finished_runs(tmp_path):
+    c = tiny_config()
+    run_sweep(c, tmp_path, quiet=True)
+    before = (tmp_path / "results.csv").read_text()
+    summary = run_sweep(c, tmp_path, quiet=True)
+    assert summary.ran == 0 and summary.skipped == 2
+    assert (tmp_path / "results.csv").read_text() == before
+
+
+def test_tolerance_axis_reuses_one_compiled_step(tmp_path):
+    c = tiny_config(**{"solver.adaptive": True, "solver.name": "bosh3"})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"solver": {"rtol": (1e-1, 1e-3, 1e-5)},
+                                         "train": {"learning_rate": (1e-2, 1e-3)}})
+    run_sweep(c, tmp_path, quiet=True)
+    table = results.load(tmp_path)
+    assert len(table) == 6 and set(table.status) == {"ok"}
+    assert table.compile_reused.sum() == 5
+    assert (table.compile_s == 0).sum() == 5 and (table.compile_s > 0).sum() == 1
+    # the traced tolerance really changed the solves
+    nfe = table.groupby("solver.rtol").nfe_forward.max().sort_index()
+    assert nfe.iloc[0] > nfe.iloc[-1]  # tightest rtol -> most evaluations
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
+    c = tiny_config(**{"solver.adaptive": True, "solver.name": "tsit5", "solver.rtol": 1e-1})
+    c.unlock()
+    # max_steps=1 cannot reach t1 from the first step of (t1 - t0) / 100
+    c.sweep = ml_collections.ConfigDict({"solver": {"max_steps": (256, 1)}, "seed": (0, 1)})
+    summary = run_sweep(c, tmp_path, quiet=True)
+    table = results.load(tmp_path)
+    short = table[table["solver.max_steps"] == 1]
+    assert len(short) == 2
+    assert all(s.startswith("failed: solver failed at step 2") for s in short.status)
+    assert set(table[table["solver.max_steps"] == 256].status) == {"ok"}
+    assert sorted(summary.failed) == sorted(short.run_id)
+    assert summary.exit_code == 0  # not every run failed
+    assert "FAILED" in runner.format_summary(summary)
+
+
+def test_every_run_failing_gives_exit_code_1(tmp_path):
+    c = tiny_config(**{"train.learning_rate": 1e30, "train.grad_clip": 1e30})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({})
+    summary = run_sweep(c, tmp_path, quiet=True)
+    assert summary.exit_code == 1
+    assert results.load(tmp_path).status.iloc[0].startswith("failed: ")
+
+
+def test_checkpoint_resume_continues_the_same_run(tmp_path, monkeypatch):
+    c = tiny_config(**{"train.num_steps": 6, "train.checkpoint_every": 2, "train.log_every": 1})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({})
+    straight = tmp_path / "straight"
+    run_sweep(c, straight, quiet=True)
+
+    crashed = tmp_path / "crashed"
+    real_append = results.append_metrics
+
+    def crash_after_step_5(path, line):
+        real_append(path, line)
+        if line["step"] == 5:
+            raise KeyboardInterrupt  # like a kill: not caught, nothing recorded
+
+    monkeypatch.setattr(results, "append_metrics", crash_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(c, crashed, quiet=True)
+    assert results.load(crashed).empty
+    monkeypatch.setattr(results, "append_metrics", real_append)
+    run_sweep(c, crashed, quiet=True)
+
+    a, b = results.load(straight).iloc[0], results.load(crashed).iloc[0]
+    assert b.resumed_from_step == 4  # last checkpoint before the crash
+    np.testing.assert_allclose(b.test_loss, a.test_loss, rtol=1e-6)
+    np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-6)
+    lines = (results.run_dir(crashed, b.run_id) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_param_budget_is_met_within_5_percent(tmp_path):
+    c = tiny_config(**{"model.param_budget": 8000})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"model": {"family": ("ode", "discrete")}})
+    planned = runner.plan(c)
+    for item in planned:
+        assert abs(item.params - 8000) <= 400
+    assert {p.shape.width for p in planned} != {c.model.width}
+    with pytest.raises(ValueError, match="param_budget=10 cannot be met within 5%"):
+        runner.plan(tiny_config(**{"model.param_budget": 10}))
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO,
+                          capture_output=True, text=True, **kwargs)
+
+
+TINY_FLAGS = ("--config=configs/quick.py", "--config.task.num_train=64", "--config.task.num_test=16",
+              "--config.model.width=8", "--config.model.heads=2", "--config.train.num_steps=3",
+              "--config.train.batch_size=8", "--config.train.warmup_steps=1",
+              "--config.train.eval_batch_size=16", "--quiet")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.solver.adjoint=foo", "solver.adjoint='foo' is not one of"),
+    ("--config.solver.stepz=3", "stepz"),
+    ("--config.solver.steps=three", "steps"),
+    ("--config.sweep.solver.steps=()", "must be a non-empty tuple"),
+    ("--shard=3/2", "needs 0 <= i < n"),
+])
+def test_cli_rejects_bad_config_before_writing(tmp_path, flag, message):
+    out = _cli(*TINY_FLAGS, f"--workdir={tmp_path / 'w'}", flag)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_shards_merge_into_one_table(tmp_path):
+    for i in range(2):
+        out = _cli(*TINY_FLAGS, "--config.sweep.solver.name=('rk4',)",
+                   f"--workdir={tmp_path / f's{i}'}", f"--shard={i}/2")
+        assert out.returncode == 0, out.stderr
+    merged = results.load([tmp_path / "s0", tmp_path / "s1"])
+    config = _quick_with_cli_overrides()
+    config.sweep.solver.name = ("rk4",)
+    expected = {r.run.run_id for r in runner.plan(config)}
+    assert set(merged.run_id) == expected and len(merged) == len(expected) == 3
+    assert not set(results.load(tmp_path / "s0").run_id) & set(results.load(tmp_path / "s1").run_id)
+
+
+def _quick_with_cli_overrides():
+    from configs import quick
+    c = ml_collections.ConfigDict(quick.get_config().to_dict())
+    c.task.num_train, c.task.num_test, c.model.width, c.model.heads = 64, 16, 8, 2
+    c.train.num_steps, c.train.batch_size, c.train.warmup_steps, c.train.eval_batch_size = 3, 8, 1, 16
+    return c
+
+
+def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *TINY_FLAGS,
+                             f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(workdir.glob("runs/*/result.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name for p in workdir.glob("runs/*/result.json")}
+    assert 2 <= len(finished) < 5
+    pd.read_csv(workdir / "results.csv")  # never corrupt
+    out = _cli(*TINY_FLAGS, f"--workdir={workdir}")
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(workdir / "results.csv")
+    assert len(table) == 5 and table.run_id.is_unique and set(table.status) == {"ok"}
+    assert finished <= set(table.run_id)
+    assert f"{5 - len(finished)} run(s) trained, {len(finished)} already finished" in out.stdout
