@@ -1,0 +1,36 @@
+"""Atomic writes, metrics truncation, loading several workdirs."""
+
+import json
+
+import pandas as pd
+
+from odeformer import results
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "a" / "f.txt"
+    results.write_atomic(path, "one")
+    results.write_atomic(path, "two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in range(1, 6):
+        results.append_metrics(path, {"step": step, "loss": 1.0 / step})
+    results.truncate_metrics(path, 3)
+    assert [json.loads(ln)["step"] for ln in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_load_merges_workdirs_and_rebuilds_the_table(tmp_path):
+    for i, workdir in enumerate([tmp_path / "s0", tmp_path / "s1"]):
+        results.record(workdir, {"run_id": f"r{i}", "status": "ok", "test_accuracy": 0.5 + i / 10})
+        results.write_table(workdir)
+    results.record(tmp_path / "s1", {"run_id": "r2", "status": "failed: x"})
+    merged = results.load([tmp_path / "s0", str(tmp_path / "s1")])
+    assert sorted(merged.run_id) == ["r0", "r1", "r2"]
+    assert results.is_finished(tmp_path / "s1", "r2") and not results.is_finished(tmp_path / "s0", "r2")
+    table = pd.read_csv(tmp_path / "s1" / "results.csv")
+    assert list(table.run_id) == ["r1"]  # the table is rebuilt on demand, records are the truth
+    assert results.load(tmp_path / "empty").empty
