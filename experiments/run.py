@@ -19,6 +19,19 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 flags.mark_flags_as_required(["config"])
 
 
+def parse_flags(argv):
+    """absl's parser, with an override of a key the config lacks as one line, not a trace."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        detail = error
+        while isinstance(detail, BaseException) and detail.args:  # KeyError inside AttributeError
+            detail = detail.args[0]
+        detail = str(detail).replace("\n", ". ")
+        print(f"error: the config has no such key: {detail}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
@@ -35,4 +48,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

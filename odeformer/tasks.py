@@ -13,6 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,20 @@ def make_task(config: ml_collections.ConfigDict) -> TaskData:
     """Builds the task named ``config.name`` from ``config.seed``."""
     if config.name not in TASKS:
         raise ValueError(f"task.name={config.name!r} is not one of {', '.join(sorted(TASKS))}")
-    return TASKS[config.name](config, jax.random.key(config.seed))
+    data = TASKS[config.name](config, jax.random.key(config.seed))
+    _check_ranges(config.name, data)
+    return data
+
+
+def _check_ranges(name: str, data: TaskData) -> None:
+    """JAX clamps out-of-range ids in embedding lookups silently; refuse them here."""
+    for split_name, split in (("train", data.train), ("test", data.test)):
+        for key, limit in (("tokens", data.vocab_size), ("label", data.num_classes)):
+            values = np.asarray(split[key])
+            if values.size and (values.min() < 0 or values.max() >= limit):
+                bad = values[(values < 0) | (values >= limit)][0]
+                raise ValueError(
+                    f"task {name!r}: {split_name} {key} contain {bad}, outside [0, {limit})")
 
 
 def _split(tokens, labels, num_train):

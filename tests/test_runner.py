@@ -145,7 +145,7 @@ TINY_FLAGS = ("--config=configs/quick.py", "--config.task.num_train=64", "--conf
 
 @pytest.mark.parametrize("flag, message", [
     ("--config.solver.adjoint=foo", "solver.adjoint='foo' is not one of"),
-    ("--config.solver.stepz=3", "stepz"),
+    ("--config.solver.stepz=3", 'Did you mean "steps" instead of "stepz"?'),
     ("--config.solver.steps=three", "steps"),
     ("--config.sweep.solver.steps=()", "must be a non-empty tuple"),
     ("--shard=3/2", "needs 0 <= i < n"),
@@ -154,9 +154,11 @@ def test_cli_rejects_bad_config_before_writing(tmp_path, flag, message):
     out = _cli(*TINY_FLAGS, f"--workdir={tmp_path / 'w'}", flag)
     assert out.returncode != 0
     assert message in out.stderr
+    assert "Traceback" not in out.stderr
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_cli_shards_merge_into_one_table(tmp_path):
     for i in range(2):
         out = _cli(*TINY_FLAGS, "--config.sweep.solver.name=('rk4',)",
@@ -178,6 +180,7 @@ def _quick_with_cli_overrides():
     return c
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
     workdir = tmp_path / "w"
     proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *TINY_FLAGS,

@@ -43,3 +43,21 @@ def test_task_errors():
         make_task(_config(name="nope"))
     with pytest.raises(ValueError, match="task.seq_len=8 must be odd"):
         make_task(_config(seq_len=8))
+
+
+def test_a_registered_task_with_out_of_range_ids_is_refused():
+    import jax.numpy as jnp
+
+    from odeformer.tasks import TaskData, register_task
+
+    @register_task("broken_for_test")
+    def broken(config, key):
+        split = {"tokens": jnp.array([[0, 5]], jnp.int32), "label": jnp.array([0], jnp.int32)}
+        return TaskData(split, split, vocab_size=5, num_classes=2)
+
+    message = r"task 'broken_for_test': train tokens contain 5, outside \[0, 5\)"
+    try:
+        with pytest.raises(ValueError, match=message):
+            make_task(_config(name="broken_for_test"))
+    finally:
+        TASKS.pop("broken_for_test")
