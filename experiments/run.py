@@ -20,9 +20,12 @@ flags.mark_flags_as_required(["config"])
 
 
 def parse_flags(argv):
-    """absl's parser, with an override of a key the config lacks as one line, not a trace."""
+    """absl's parser; every bad flag or override is one line on stderr and exit code 2."""
     try:
         return flags.FLAGS(argv)
+    except flags.Error as error:  # a malformed value, e.g. a string for an int key
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     except (AttributeError, KeyError) as error:
         detail = error
         while isinstance(detail, BaseException) and detail.args:  # KeyError inside AttributeError
