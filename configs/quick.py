@@ -2,7 +2,7 @@
 
     python -m experiments.run --config configs/quick.py
 
-Associative recall (4 key-value pairs, vocabulary 8), width 32, 400 AdamW steps per run.
+Associative recall (4 key-value pairs, vocabulary 8), width 32, 300 AdamW steps per run.
 The discrete family ignores the solver keys, so the grid's discrete points collapse
 into one run: 5 runs in all.
 """

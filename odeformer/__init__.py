@@ -11,11 +11,12 @@ from odeformer.fields import (
 )
 from odeformer.params import count_params
 from odeformer.solve import ADJOINTS, Solution, solve
-from odeformer.solvers import SOLVERS, solver_order
+from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
 from odeformer.time import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
 
 __all__ = [
-    "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField", "MultiHeadAttention",
-    "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear", "TimeParam",
-    "TimeSpec", "TransformerBlockField", "count_params", "solve", "solver_order", "vector_field",
+    "ADAPTIVE_SOLVERS", "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
+    "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
+    "TimeParam", "TimeSpec", "TransformerBlockField", "count_params", "solve", "solver_order",
+    "vector_field",
 ]

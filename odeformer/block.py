@@ -56,11 +56,16 @@ class ODEBlock(nnx.Module):
         """Solves from ``x`` at t=0 and returns the full :class:`Solution`.
 
         ``rtol``, ``atol``, ``t1`` override the stored values and may be traced.
+
+        Raises:
+          ValueError: if tolerances are passed to a fixed-step block.
         """
-        f, state = vector_field(self.field)
         adaptive = self.steps is None
+        if not adaptive and (rtol is not None or atol is not None):
+            raise ValueError(f"this ODEBlock uses steps={self.steps}: rtol/atol do not apply")
+        f, state = vector_field(self.field)
         return solve(
-            f, x, args=state, t0=jnp.zeros((), _time_dtype(x)),
+            f, x, args=state, t0=jnp.zeros((), jnp.result_type(x)),
             t1=self.t1 if t1 is None else t1, solver=self.solver, steps=self.steps,
             rtol=(self.rtol if rtol is None else rtol) if adaptive else None,
             atol=(self.atol if atol is None else atol) if adaptive else None,
@@ -70,6 +75,3 @@ class ODEBlock(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.integrate(x).y1
 
-
-def _time_dtype(x: jax.Array):
-    return jnp.result_type(x) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else float

@@ -73,10 +73,9 @@ class SequenceClassifier(nnx.Module):
             block_solver = dict(solver="euler", steps=shape.layers, t1=float(shape.layers))
         else:
             time = TimeSpec(mode=shape.time, pieces=shape.pieces, basis=shape.basis)
-            adaptive = solver.steps is None
+            # Adaptive tolerances are not stored: they are passed (traced) at each call.
             block_solver = dict(solver=solver.name, steps=solver.steps, adjoint=solver.adjoint,
-                                max_steps=solver.max_steps,
-                                rtol=1e-3 if adaptive else None, atol=1e-6 if adaptive else None)
+                                max_steps=solver.max_steps)
         field = TransformerBlockField(shape.width, shape.heads, mlp_ratio=shape.mlp_ratio,
                                       time=time, rngs=rngs)
         self.block = ODEBlock(field, throw=False, **block_solver)
@@ -86,8 +85,10 @@ class SequenceClassifier(nnx.Module):
     def __call__(self, tokens: jax.Array, *, rtol=None, atol=None, t1=None):
         """Returns ``(logits, solution stats with 'ok')``.
 
-        ``rtol``, ``atol`` (adaptive ``ode`` only) and ``t1`` (``ode`` only) may be traced.
-        The ``discrete`` family ignores them.
+        ``rtol``, ``atol`` (required by the adaptive ``ode`` family) and ``t1`` (``ode``
+        only) may be traced. The ``discrete`` family ignores them. The whole batch is
+        one ODE system: an adaptive solver picks one step sequence for all examples
+        (as torchdiffeq does), so an example's result depends slightly on its batch.
         """
         x = self.embed(tokens) + self.position[...]
         if self.family == "discrete":

@@ -25,18 +25,21 @@ from typing import Any
 import pandas as pd
 
 RESULT_FILE = "result.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` so that readers see the old or the new file, whole."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Writes ``content`` to ``path`` so that readers see the old or the new file, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; respect the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,7 +51,10 @@ def run_dir(workdir: Path, run_id: str) -> Path:
 
 
 def is_finished(workdir: Path, run_id: str) -> bool:
-    return (run_dir(workdir, run_id) / RESULT_FILE).exists()
+    """True once a run has a record, unless that record says it crashed (an exception
+    rather than a diverged or failed solve: OOM, disk full, a bug), which is retried."""
+    path = run_dir(workdir, run_id) / RESULT_FILE
+    return path.exists() and not json.loads(path.read_text()).get("crashed", False)
 
 
 def record(workdir: Path, row: dict[str, Any]) -> None:
@@ -65,8 +71,14 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     """Drops logged lines after ``last_step`` (a run resumed from a checkpoint)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln)["step"] <= last_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by a kill mid-write
+        if step <= last_step:
+            keep.append(line)
     write_atomic(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -97,8 +109,5 @@ def write_table(workdir: Path) -> pd.DataFrame:
         import pyarrow  # noqa: F401  (optional)
     except ImportError:
         return frame
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".results.parquet.", suffix=".tmp")
-    os.close(fd)
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, Path(workdir) / "results.parquet")
+    write_atomic(Path(workdir) / "results.parquet", frame.to_parquet(index=False))
     return frame

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,14 @@ from odeformer.budgets import model_params, resolve_budget
 from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
 from odeformer.sweeps import Run, expand, shard
 from odeformer.tasks import TaskData, make_task
-from odeformer.training import evaluate, init_state, make_eval_step, make_optimizer, make_train_step
+from odeformer.training import (
+    FAILURE_SOLVER,
+    evaluate,
+    init_state,
+    make_eval_step,
+    make_optimizer,
+    make_train_step,
+)
 
 _SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 
@@ -144,15 +150,16 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
     last = {}
     for step in range(start + 1, c.train.num_steps + 1):
         state, metrics = train_step(state, data.train, train_key)
-        if step % c.train.log_every == 0 or step == c.train.num_steps:
+        log = step % c.train.log_every == 0 or step == c.train.num_steps
+        checkpoint = manager is not None and step % c.train.checkpoint_every == 0
+        if log:
             last = {k: v.item() for k, v in jax.device_get(metrics).items()}
             results.append_metrics(metrics_path, {"step": step, **last})
             bar.update(step - bar.n)
-            if not last["ok"]:
-                raise RunFailed(f"solver failed at step {step} (max_steps reached or non-finite state)")
-            if not math.isfinite(last["loss"]):
-                raise RunFailed(f"non-finite loss at step {step}")
-        if manager is not None and step % c.train.checkpoint_every == 0:
+        # The state remembers the first failing step; never checkpoint or evaluate past it.
+        if (log or checkpoint) and int(state["failed_at"]) >= 0:
+            raise RunFailed(_failure_reason(int(state["failed_at"]), int(state["failure"])))
+        if checkpoint:
             manager.save(step, args=ocp.args.StandardSave(state))
     bar.close()
     train_time = time.perf_counter() - t
@@ -167,10 +174,16 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
         "train_loss": train_eval["loss"], "train_accuracy": train_eval["accuracy"],
         "test_loss": test_eval["loss"], "test_accuracy": test_eval["accuracy"],
         "nfe_forward": test_eval["nfe"], "solver_steps": last.get("solver_steps"),
-        "train_time_s": train_time, "steps_per_s": done / train_time if train_time > 0 else None,
+        "train_time_s": train_time, "steps_per_s": done / train_time if done else None,
         "compile_s": compile_s, "compile_reused": reused, "step_bytes": _step_bytes(train_step),
         "resumed_from_step": start,
     }
+
+
+def _failure_reason(step: int, kind: int) -> str:
+    if kind == FAILURE_SOLVER:
+        return f"solver failed at step {step} (max_steps reached or non-finite state)"
+    return f"non-finite loss at step {step}"
 
 
 def _row(planned: PlannedRun) -> dict[str, Any]:
@@ -211,9 +224,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
         row = _row(item)
         try:
             row.update(train_run(item, workdir, tasks, compiled, progress), status="ok")
-        except Exception as error:  # recorded, and the sweep goes on
-            reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-            row["status"] = f"failed: {reason}"
+        except RunFailed as error:  # the run diverged or its solver failed: final
+            row["status"] = f"failed: {error}"
+            failed.append(item.run.run_id)
+        except Exception as error:  # recorded, retried by the next rerun, the sweep goes on
+            detail = str(error).splitlines()[0][:300] if str(error) else ""
+            row.update(status=f"failed: {type(error).__name__}: {detail}", crashed=True)
             failed.append(item.run.run_id)
         results.record(workdir, row)
         results.write_table(workdir)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odeformer.solvers import SOLVERS, solver_info
+from odeformer.solvers import ADAPTIVE_SOLVERS, solver_info
 
 ADJOINTS: tuple[str, ...] = ("checkpoint", "backsolve", "direct")
 
@@ -47,8 +47,10 @@ class Solution:
       y1: the state at ``t1`` (same structure as ``y0``); NaN where ``ok`` is False.
       stats: dict of int32 arrays: ``num_steps`` (attempted), ``num_accepted_steps``,
         ``num_rejected_steps`` and ``nfe``, the exact number of forward vector-field
-        evaluations (rejected steps, FSAL reuse and initial step selection included;
-        the backward pass of an adjoint is not counted).
+        evaluations of this solve (rejected steps and FSAL reuse accounted for; the
+        backward pass of an adjoint is not counted). Under ``vmap`` each element
+        reports its own solve's count; the batched program may execute more, since
+        finished elements idle through the others' steps.
       ok: bool array, False where the solve stopped early or produced non-finite values.
       ts: the save times, only when ``ts`` was given.
       ys: states at ``ts`` with a leading time axis, only when ``ts`` was given.
@@ -67,6 +69,12 @@ def _concrete(x) -> np.ndarray | None:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def _show(x) -> str:
+    """A value for an error message: itself if known at trace time."""
+    value = _concrete(x)
+    return "(a traced value)" if value is None else str(value)
 
 
 def _check(message: str, is_bad: Callable, x, *others):
@@ -106,10 +114,9 @@ def _validate_static(solver, steps, rtol, atol, adjoint, max_steps, throw, adapt
         raise ValueError(f"throw={throw!r} must be True or False")
     if steps is None and not adaptive_ok:
         name = solver if isinstance(solver, str) else type(solver).__name__
-        allowed = [n for n in SOLVERS if n not in ("euler", "rk4")]
         raise ValueError(
             f"solver={name!r} has no embedded error estimate, so rtol/atol cannot be used "
-            f"with it: pass steps, or one of {', '.join(allowed)}"
+            f"with it: pass steps, or one of {', '.join(ADAPTIVE_SOLVERS)}"
         )
 
 
@@ -198,11 +205,14 @@ def solve(
     _validate_y0(y0)
     t0 = jnp.asarray(t0)
     t1 = jnp.asarray(t1)
-    t1 = _check(f"t1 must be greater than t0; got t0={_concrete(t0)}, t1={_concrete(t1)}",
-                lambda b, a: b <= a, t1, t0)
+    # Written as "not good" so that NaN fails too.
+    t1 = _check(f"t0 and t1 must be finite with t1 > t0; got t0={_show(t0)}, t1={_show(t1)}",
+                lambda b, a: ~((b > a) & (abs(a) < np.inf) & (abs(b) < np.inf)), t1, t0)
     if steps is None:
-        rtol = _check(f"rtol={_concrete(rtol)} must be > 0", lambda r: r <= 0, jnp.asarray(rtol))
-        atol = _check(f"atol={_concrete(atol)} must be > 0", lambda a: a <= 0, jnp.asarray(atol))
+        rtol = _check(f"rtol={_show(rtol)} must be finite and > 0",
+                      lambda r: ~((r > 0) & (r < np.inf)), jnp.asarray(rtol))
+        atol = _check(f"atol={_show(atol)} must be finite and > 0",
+                      lambda a: ~((a > 0) & (a < np.inf)), jnp.asarray(atol))
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         dt0 = (t1 - t0) * _INITIAL_STEP_FRACTION
         limit = max_steps
@@ -239,7 +249,7 @@ def _checked_ts(ts, t0, t1) -> jax.Array:
         raise ValueError(f"ts must be a non-empty 1-D array of times; got shape {ts.shape}")
     ts = _check("ts must be strictly increasing", lambda s: s[1:] <= s[:-1], ts)
     return _check(
-        f"ts must lie in [t0, t1] = [{_concrete(t0)}, {_concrete(t1)}]",
+        f"ts must lie in [t0, t1] = [{_show(t0)}, {_show(t1)}]",
         lambda s, a, b: (s[0] < a) | (s[-1] > b),
         ts, t0, t1,
     )

@@ -21,8 +21,8 @@ import numpy as np
 _RK4_TABLEAU = diffrax.ButcherTableau(
     c=np.array([0.5, 0.5, 1.0]),
     b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    # Classic RK4 has no embedded pair: a zero error estimate, so adaptive stepping
-    # is refused for it in `make_solver` rather than silently accepting every step.
+    # Classic RK4 has no embedded pair: a zero error estimate, so `solve` refuses
+    # adaptive stepping with it rather than silently accepting every step.
     b_error=np.zeros(4),
     a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
 )
@@ -52,6 +52,7 @@ _REGISTRY: dict[str, tuple[type, int, bool]] = {
 }
 
 SOLVERS: tuple[str, ...] = tuple(_REGISTRY)
+ADAPTIVE_SOLVERS: tuple[str, ...] = tuple(n for n, (_, _, ok) in _REGISTRY.items() if ok)
 
 
 def _check_name(name: str) -> None:

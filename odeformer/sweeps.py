@@ -3,10 +3,12 @@
 ``config.sweep`` is a nested ConfigDict whose leaves are tuples of values; its dotted
 paths (``solver.steps``) name the config keys being swept. The runs are the product of
 the axes, except that the keys grouped in one tuple of ``config.sweep_zip`` vary
-together (zipped). Keys that cannot affect a run (tolerances of a fixed-step solve,
-the step count of an adaptive one) are reset to their base values, and the discrete
-family's solver keys say what it does (Euler, ``steps = t1 = model.layers``), so runs
-that differ only in such keys are one run.
+together (zipped). Keys that cannot affect a run are reset to their base values
+(tolerances and max_steps of a fixed-step solve, the step count of an adaptive one,
+``model.layers`` of the ode family, ``pieces``/``basis`` of time modes that do not use
+them, ``model.width`` when a budget sets it), and the discrete family's solver keys say
+what it does (Euler, ``steps = t1 = model.layers``), so runs that differ only in such
+keys are one run.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import ml_collections
 
 from odeformer.models import FAMILIES, READOUTS
 from odeformer.solve import ADJOINTS
-from odeformer.solvers import SOLVERS
+from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
 from odeformer.tasks import TASKS
 from odeformer.time import TIME_MODES
 
 _META_KEYS = ("name", "sweep", "sweep_zip")
-_NO_ERROR_ESTIMATE = ("euler", "rk4")
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -118,17 +119,30 @@ def _axes(config) -> list[tuple[tuple[str, ...], list[tuple]]]:
 
 def _normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
     """Resets keys that cannot affect this run to their base values."""
-    solver = run.solver
-    if run.model.family == "discrete":
-        for key in solver:
-            solver[key] = base.solver[key]
+    solver, model = run.solver, run.model
+
+    def reset(section, *keys):
+        for key in keys:
+            run[section][key] = base[section][key]
+
+    if model.param_budget > 0:
+        reset("model", "width")  # resolved from the budget
+    if model.family == "discrete":
+        reset("solver", *solver.keys())
+        reset("model", "time", "pieces", "basis")
         # What the discrete family does: Euler, one unit step per layer.
-        solver.name, solver.adaptive = "euler", False
-        solver.steps, solver.t1 = run.model.layers, float(run.model.layers)
-    elif solver.adaptive:
-        solver.steps = base.solver.steps
+        solver.name, solver.adaptive, solver.adjoint = "euler", False, "checkpoint"
+        solver.steps, solver.t1 = model.layers, float(model.layers)
+        return
+    reset("model", "layers")
+    if model.time != "piecewise":
+        reset("model", "pieces")
+    if model.time != "smooth":
+        reset("model", "basis")
+    if solver.adaptive:
+        reset("solver", "steps")
     else:
-        solver.rtol, solver.atol = base.solver.rtol, base.solver.atol
+        reset("solver", "rtol", "atol", "max_steps")
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -141,7 +155,7 @@ _POSITIVE = ("solver.steps", "solver.rtol", "solver.atol", "solver.t1", "solver.
              "model.width", "model.heads", "model.mlp_ratio", "model.layers", "model.pieces",
              "model.basis", "train.num_steps", "train.batch_size", "train.eval_batch_size",
              "train.learning_rate", "train.grad_clip", "train.log_every", "task.num_train",
-             "task.num_test")
+             "task.num_test", "task.vocab_size", "task.seq_len")
 _NON_NEGATIVE = ("model.param_budget", "train.weight_decay", "train.warmup_steps",
                  "train.checkpoint_every")
 
@@ -157,15 +171,17 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     for key in _NON_NEGATIVE:
         if not _get(c, key) >= 0:
             raise ValueError(f"{key}={_get(c, key)!r} must be >= 0")
-    if c.solver.adaptive and c.solver.name in _NO_ERROR_ESTIMATE:
-        allowed = ", ".join(n for n in SOLVERS if n not in _NO_ERROR_ESTIMATE)
+    if c.solver.adaptive and c.solver.name not in ADAPTIVE_SOLVERS:
         raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
-                         f"solver.adaptive=True needs one of {allowed}")
-    if c.model.width % c.model.heads:
+                         f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")
+    if c.model.param_budget == 0 and c.model.width % c.model.heads:
         raise ValueError(f"model.width={c.model.width} must be a multiple of model.heads={c.model.heads}")
-    if c.train.warmup_steps > c.train.num_steps:
-        raise ValueError(f"train.warmup_steps={c.train.warmup_steps} must be <= "
+    if c.train.warmup_steps >= c.train.num_steps:
+        raise ValueError(f"train.warmup_steps={c.train.warmup_steps} must be < "
                          f"train.num_steps={c.train.num_steps}")
+    if c.model.family == "ode" and c.model.time in ("piecewise", "smooth") and c.solver.t1 != 1.0:
+        raise ValueError(f"model.time={c.model.time!r} defines the weights on [0, 1]: solver.t1="
+                         f"{c.solver.t1} would integrate past them; use solver.t1=1.0")
 
 
 def expand(config: ml_collections.ConfigDict) -> list[Run]:

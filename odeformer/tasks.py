@@ -58,9 +58,14 @@ def make_task(config: ml_collections.ConfigDict) -> TaskData:
 
 def _check_ranges(name: str, data: TaskData) -> None:
     """JAX clamps out-of-range ids in embedding lookups silently; refuse them here."""
+    if data.train["tokens"].shape[1:] != data.test["tokens"].shape[1:]:
+        raise ValueError(f"task {name!r}: train and test sequences differ in length "
+                         f"({data.train['tokens'].shape[1]} vs {data.test['tokens'].shape[1]})")
     for split_name, split in (("train", data.train), ("test", data.test)):
         for key, limit in (("tokens", data.vocab_size), ("label", data.num_classes)):
             values = np.asarray(split[key])
+            if not np.issubdtype(values.dtype, np.integer):
+                raise ValueError(f"task {name!r}: {split_name} {key} must be integers, got {values.dtype}")
             if values.size and (values.min() < 0 or values.max() >= limit):
                 bad = values[(values < 0) | (values >= limit)][0]
                 raise ValueError(

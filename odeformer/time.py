@@ -7,9 +7,10 @@ reads the weight at time ``t`` from it:
 - ``concat``: one set; linear layers also take ``t`` as an extra input feature.
 - ``piecewise``: ``K = pieces`` independent sets, ``W(t) = W_k`` with
   ``k = floor(t / horizon * K)``. Euler with ``K`` steps over ``[0, horizon]`` is then
-  exactly a K-layer residual network with step ``horizon / K``. A time within
-  ``_SNAP`` of a piece boundary (in units of a piece) counts as the later piece, so
-  grid times that land on a boundary up to rounding select the right layer.
+  exactly a K-layer residual network with step ``horizon / K``. A time within a few
+  rounding errors of a piece boundary (``32 * eps(dtype) * K`` piece units, at least
+  1e-6) counts as the later piece, so grid times that land on a boundary up to
+  rounding select the right layer, in float32 as in float64.
   The field is discontinuous in ``t``: solvers of order > 1 keep their order only
   when their steps align with the pieces.
 - ``smooth``: ``B = basis`` coefficient sets, ``W(t) = sum_k T_k(2 t / horizon - 1) W_k``
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 TIME_MODES: tuple[str, ...] = ("tied", "concat", "piecewise", "smooth")
-_SNAP = 1e-6
+_MIN_SNAP = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,10 @@ class TimeSpec:
 
     def piece_index(self, t: jax.Array) -> jax.Array:
         """Index of the piece that time ``t`` falls in (piecewise mode)."""
-        k = jnp.floor(t / self.horizon * self.pieces + _SNAP).astype(jnp.int32)
+        t = jnp.asarray(t)
+        dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32
+        snap = max(_MIN_SNAP, 32 * float(jnp.finfo(dtype).eps) * self.pieces)
+        k = jnp.floor(t / self.horizon * self.pieces + snap).astype(jnp.int32)
         return jnp.clip(k, 0, self.pieces - 1)
 
     def basis_values(self, t: jax.Array) -> jax.Array:

@@ -1,8 +1,8 @@
 """Optimiser, the pure jitted train step, evaluation, and one training run.
 
-Structural (one compile per value): model shape, solver name/steps/adjoint/adaptivity,
-task shapes, ``train.batch_size``, ``train.num_steps``, ``train.warmup_steps``,
-``train.eval_batch_size``. Traced (same compile): seed, ``train.learning_rate``,
+Structural (one compile per value): model shape, solver name/steps/adjoint/adaptivity/
+max_steps, task shapes, ``train.batch_size``, ``train.num_steps``, ``train.warmup_steps``,
+``train.grad_clip``, ``train.eval_batch_size``. Traced (same compile): seed, ``train.learning_rate``,
 ``train.weight_decay``, ``solver.rtol``, ``solver.atol``, ``solver.t1``.
 """
 
@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
 
 def make_optimizer(train) -> optax.GradientTransformation:
@@ -36,11 +38,14 @@ def make_optimizer(train) -> optax.GradientTransformation:
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, solver) -> dict[str, Any]:
-    """The train state: parameters, optimiser state, step, traced solver values."""
+    """The train state: parameters, optimiser state, step, traced solver values, and the
+    first failure (step, kind), kept in the state so no step's failure is missed."""
     return {
         "params": params,
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
+        "failed_at": jnp.full((), -1, jnp.int32),
+        "failure": jnp.zeros((), jnp.int32),
         "hyper": {"rtol": jnp.asarray(solver.rtol, jnp.float32),
                   "atol": jnp.asarray(solver.atol, jnp.float32),
                   "t1": jnp.asarray(solver.t1, jnp.float32)},
@@ -71,10 +76,15 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        kind = jnp.where(~aux["ok"], FAILURE_SOLVER, jnp.where(jnp.isfinite(loss), 0, FAILURE_LOSS))
+        first = (state["failed_at"] < 0) & (kind > 0)
+        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1,
+                     "failed_at": jnp.where(first, state["step"] + 1, state["failed_at"]),
+                     "failure": jnp.where(first, kind, state["failure"])}
         metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
                    "solver_steps": aux["num_steps"], "ok": aux["ok"],
-                   "grad_norm": optax.tree.norm(grads)}
-        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
+                   "grad_norm": optax.tree.norm(grads), "failed_at": new_state["failed_at"],
+                   "failure": new_state["failure"]}
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)

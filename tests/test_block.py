@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import odeformer
@@ -32,6 +33,12 @@ def test_block_equals_solve_on_the_split_field(x64):
     direct = odeformer.solve(f, x, args=state, solver="rk4", steps=6, t1=0.5)
     np.testing.assert_array_equal(block(x), direct.y1)
     assert int(block.integrate(x).stats["nfe"]) == 24
+
+
+def test_tolerances_on_a_fixed_step_block_are_refused():
+    block = odeformer.ODEBlock(odeformer.AttentionField(8, 2, rngs=nnx.Rngs(0)), solver="rk4", steps=2)
+    with pytest.raises(ValueError, match="steps=2: rtol/atol do not apply"):
+        block.integrate(jnp.zeros((3, 8)), rtol=1e-3)
 
 
 def test_block_gradient_matches_finite_differences(x64):

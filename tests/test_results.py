@@ -23,6 +23,24 @@ def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path):
     assert [json.loads(ln)["step"] for ln in path.read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_torn_metrics_line_is_dropped_not_fatal(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    results.append_metrics(path, {"step": 1, "loss": 1.0})
+    with open(path, "a") as f:
+        f.write('{"step": 2, "lo')  # killed mid-write
+    results.truncate_metrics(path, 0)
+    assert path.read_text() == ""
+    results.append_metrics(path, {"step": 1, "loss": 1.0})
+    results.truncate_metrics(path, 5)
+    assert [json.loads(ln)["step"] for ln in path.read_text().splitlines()] == [1]
+
+
+def test_crashed_runs_are_retried_failed_runs_are_not(tmp_path):
+    results.record(tmp_path, {"run_id": "a", "status": "failed: non-finite loss at step 3"})
+    results.record(tmp_path, {"run_id": "b", "status": "failed: OSError: disk full", "crashed": True})
+    assert results.is_finished(tmp_path, "a") and not results.is_finished(tmp_path, "b")
+
+
 def test_load_merges_workdirs_and_rebuilds_the_table(tmp_path):
     for i, workdir in enumerate([tmp_path / "s0", tmp_path / "s1"]):
         results.record(workdir, {"run_id": f"r{i}", "status": "ok", "test_accuracy": 0.5 + i / 10})

@@ -74,7 +74,7 @@ def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     table = results.load(tmp_path)
     short = table[table["solver.max_steps"] == 1]
     assert len(short) == 2
-    assert all(s.startswith("failed: solver failed at step 2") for s in short.status)
+    assert all(s.startswith("failed: solver failed at step 1 ") for s in short.status)
     assert set(table[table["solver.max_steps"] == 256].status) == {"ok"}
     assert sorted(summary.failed) == sorted(short.run_id)
     assert summary.exit_code == 0  # not every run failed
@@ -146,7 +146,7 @@ TINY_FLAGS = ("--config=configs/quick.py", "--config.task.num_train=64", "--conf
 @pytest.mark.parametrize("flag, message", [
     ("--config.solver.adjoint=foo", "solver.adjoint='foo' is not one of"),
     ("--config.solver.stepz=3", 'Did you mean "steps" instead of "stepz"?'),
-    ("--config.solver.steps=three", "steps"),
+    ("--config.solver.steps=three", "invalid literal for int() with base 10: 'three'"),
     ("--config.sweep.solver.steps=()", "must be a non-empty tuple"),
     ("--shard=3/2", "needs 0 <= i < n"),
 ])

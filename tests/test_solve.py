@@ -8,7 +8,7 @@ import pytest
 
 import odeformer
 
-ADAPTIVE = [n for n in odeformer.SOLVERS if n not in ("euler", "rk4")]
+ADAPTIVE = odeformer.ADAPTIVE_SOLVERS
 
 
 def _linear(t, y, a):
@@ -241,8 +241,8 @@ def _call(y0=None, **kwargs):
     (dict(steps=-3), "steps=-3 must be a positive"),
     (dict(steps=2.5), "steps=2.5 must be a positive"),
     (dict(steps=True), "steps=True must be a positive"),
-    (dict(steps=None, rtol=0.0, atol=1e-6), "rtol=0.0 must be > 0"),
-    (dict(steps=None, rtol=1e-6, atol=-1.0), "atol=-1.0 must be > 0"),
+    (dict(steps=None, rtol=0.0, atol=1e-6), "rtol=0.0 must be finite and > 0"),
+    (dict(steps=None, rtol=1e-6, atol=-1.0), "atol=-1.0 must be finite and > 0"),
     (dict(steps=4, rtol=1e-6, atol=1e-6), "exactly one of steps"),
     (dict(steps=None), "exactly one of steps"),
     (dict(steps=None, rtol=1e-6), "exactly one of steps"),
@@ -255,7 +255,11 @@ def _call(y0=None, **kwargs):
     (dict(ts=jnp.array([0.0, 1.5])), r"ts must lie in \[t0, t1\]"),
     (dict(ts=jnp.array([-0.1, 0.5])), r"ts must lie in \[t0, t1\]"),
     (dict(ts=jnp.zeros((2, 2))), "ts must be a non-empty 1-D array"),
-    (dict(t0=1.0, t1=1.0), "t1 must be greater than t0"),
+    (dict(t0=1.0, t1=1.0), "t0 and t1 must be finite with t1 > t0"),
+    (dict(t1=float("nan")), "t0 and t1 must be finite with t1 > t0; got t0=0.0, t1=nan"),
+    (dict(t0=float("nan")), "t0 and t1 must be finite"),
+    (dict(t1=float("inf")), "t0 and t1 must be finite"),
+    (dict(steps=None, rtol=float("nan"), atol=1e-6), "rtol=nan must be finite and > 0"),
     (dict(max_steps=0), "max_steps=0 must be a positive"),
     (dict(throw="yes"), "throw='yes' must be True or False"),
     (dict(y0=jnp.array([1, 0])), "floating-point"),
@@ -267,5 +271,5 @@ def test_bad_input_raises_value_error(kwargs, message):
 
 def test_traced_bad_tolerance_fails_at_run_time():
     run = jax.jit(lambda r: _call(steps=None, rtol=r, atol=1e-6).y1)
-    with pytest.raises(Exception, match="must be > 0"):
+    with pytest.raises(Exception, match=r"rtol=\(a traced value\) must be finite and > 0"):
         jax.block_until_ready(run(jnp.asarray(-1.0)))

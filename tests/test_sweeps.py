@@ -34,6 +34,24 @@ def test_irrelevant_keys_collapse_runs():
     assert discrete[0].config.solver.steps == c.model.layers
 
 
+def test_model_keys_a_run_does_not_use_collapse_too():
+    c = tiny_config()
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"model": {"layers": (2, 3), "pieces": (2, 5), "basis": (2, 3)}})
+    assert len(sweeps.expand(c)) == 1  # tied ode model: none of them matter
+    c.model.time = "piecewise"
+    assert len(sweeps.expand(c)) == 2  # only pieces matters
+    c.model.family, c.model.time = "discrete", "tied"
+    assert len(sweeps.expand(c)) == 2  # only layers matters
+
+
+def test_budget_runs_may_sweep_heads_freely():
+    c = tiny_config(**{"model.param_budget": 8000})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"model": {"heads": (2, 3)}})
+    assert len(sweeps.expand(c)) == 2
+
+
 def test_run_id_is_stable_and_ignores_name():
     a, b = tiny_config(), tiny_config(name="other")
     assert sweeps.run_id(a) == sweeps.run_id(b)
@@ -55,7 +73,10 @@ ADAPTIVE = {"solver.adaptive": True, "solver.name": "tsit5"}
     ({**ADAPTIVE, "solver.atol": -1.0}, {}, "solver.atol=-1.0 must be > 0"),
     ({"solver.adaptive": True, "solver.name": "rk4"}, {}, "'rk4' has no error estimate"),
     ({"train.learning_rate": 0.0}, None, "train.learning_rate=0.0 must be > 0"),
-    ({"train.warmup_steps": 99}, None, "train.warmup_steps=99 must be <= train.num_steps=4"),
+    ({"train.warmup_steps": 99}, None, "train.warmup_steps=99 must be < train.num_steps=4"),
+    ({"train.warmup_steps": 4}, None, "train.warmup_steps=4 must be < train.num_steps=4"),
+    ({"model.time": "smooth", "solver.t1": 2.0}, None, "model.time='smooth' defines the weights on"),
+    ({"task.seq_len": 0}, None, "task.seq_len=0 must be > 0"),
     ({"model.width": 9}, None, "model.width=9 must be a multiple of model.heads=2"),
     ({}, {"solver": {"steps": ()}}, r"sweep.solver.steps=\(\) must be a non-empty tuple"),
     ({}, {"solver": {"stepz": (1, 2)}}, "sweep.solver.stepz is not a config key"),

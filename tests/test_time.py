@@ -18,6 +18,19 @@ def test_piece_index_on_a_grid_that_lands_on_boundaries_up_to_rounding():
     np.testing.assert_array_equal(spec.piece_index(jnp.array([-1.0, 3.0, 99.0])), [0, 6, 6])
 
 
+@pytest.mark.parametrize("horizon_is_layers", [False, True])
+def test_every_layer_is_used_once_on_the_float32_euler_grid(horizon_is_layers):
+    # Diffrax's fixed-step grid: t_k = t0 + (t1 - t0) * (k / N), in float32.
+    # One array shape for every K (padded), so eager ops are compiled once.
+    k = np.arange(256, dtype=np.float32)
+    for pieces in range(1, 257):
+        horizon = float(pieces) if horizon_is_layers else 1.0
+        spec = odeformer.TimeSpec(mode="piecewise", pieces=pieces, horizon=horizon)
+        grid = np.float32(0.0) + np.float32(horizon) * (k / np.float32(pieces))
+        index = np.asarray(spec.piece_index(jnp.asarray(grid)))[:pieces]
+        np.testing.assert_array_equal(index, np.arange(pieces), err_msg=str(pieces))
+
+
 def test_chebyshev_basis_matches_numpy(x64):
     spec = odeformer.TimeSpec(mode="smooth", basis=6, horizon=2.0)
     t = jnp.linspace(0.0, 2.0, 11)

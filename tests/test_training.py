@@ -73,3 +73,19 @@ def test_training_lowers_the_loss():
         state, metrics = step(state, data.train, key)
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
+    import jax.numpy as jnp
+    import optax
+
+    from odeformer.training import evaluate, make_eval_step
+
+    data, graphdef, _, state = _setup()
+    split = {k: v[:50] for k, v in data.test.items()}  # 50 = 3 chunks of 16 + 2
+    got = evaluate(make_eval_step(graphdef), state["params"], state["hyper"], split, chunk=16)
+    logits, _ = nnx.merge(graphdef, state["params"])(split["tokens"], **state["hyper"])
+    want_loss = optax.softmax_cross_entropy_with_integer_labels(logits, split["label"]).mean()
+    want_acc = jnp.mean(jnp.argmax(logits, -1) == split["label"])
+    np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], want_acc, rtol=1e-6)
