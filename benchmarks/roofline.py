@@ -1,0 +1,163 @@
+"""python benchmarks/roofline.py [--steps 8] [--repeats 20] [--quick]
+
+How close the solver_overhead training step comes to this machine's float32 matmul ceiling.
+
+Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). (a) Ceiling: best
+median GFLOP/s (2 n^3 / t) of a jitted ``jnp.dot`` of two n x n float32 matrices over a
+few n. (b) The training step of ``benchmarks/solver_overhead.py``: ``TransformerBlockField
+(64, 4)``, float32, x (32, 64, 64), ``mean(x(1)**2)`` after N fixed Euler / RK4 steps
+(``adjoint="checkpoint"``), value and gradient in the field state. Its FLOPs are counted
+three ways: XLA's ``cost_analysis()`` of the whole compiled step, XLA's count of one
+loop-free field evaluation (forward + VJP) times NFE, and an analytic count of the matmuls.
+Compilation is excluded from every timing; timings are medians, solvers interleaved.
+"""
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import diffrax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import odeformer
+
+
+def flops_of(compiled):
+    """XLA's flop estimate of a compiled function (jax 0.10.2 returns a dict; older
+    versions a list with one dict per device program)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
+def median_ms(fn, *args, repeats):
+    jax.block_until_ready(fn(*args))  # warm-up run, not timed
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def matmul_ceiling(sizes, repeats):
+    """Rows ``(n, median ms, GFLOP/s)`` of a jitted float32 ``jnp.dot``."""
+    dot = jax.jit(jnp.dot)
+    rows = []
+    for n in sizes:
+        a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(n)))
+        ms = median_ms(dot, a, b, repeats=repeats)
+        rows.append((n, ms, 2 * n**3 / (ms * 1e-3) / 1e9))
+    return rows
+
+
+def analytic_forward(batch, tokens, width, heads, mlp_ratio):
+    """Matmul FLOPs (2 per multiply-add) of one forward field evaluation, by matmul."""
+    b, n, d = batch, tokens, width
+    return {"qkv": 2 * b * n * d * 3 * d,
+            "scores": 2 * b * heads * n * n * (d // heads),
+            "mix": 2 * b * heads * n * n * (d // heads),
+            "out": 2 * b * n * d * d,
+            "mlp up": 2 * b * n * d * mlp_ratio * d,
+            "mlp down": 2 * b * n * mlp_ratio * d * d}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[2])
+    parser.add_argument("--steps", type=int, default=8, help="fixed steps over [0, 1]")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs of each step")
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 8, matmuls up to 1024, 5 repeats")
+    args = parser.parse_args()
+    batch, tokens, width, heads, mlp_ratio = (8 if args.quick else 32), 64, 64, 4, 4
+    sizes = (256, 512, 1024) if args.quick else (512, 1024, 1536, 2048)
+    repeats = 5 if args.quick else args.repeats
+
+    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}")
+    print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
+          f"{args.steps} steps, {repeats} repeats\n")
+
+    print("(a) float32 matmul ceiling, jit(jnp.dot) of n x n matrices")
+    print("     n   median ms   GFLOP/s")
+    ceiling_rows = matmul_ceiling(sizes, repeats)
+    for n, ms, gflops in ceiling_rows:
+        print(f"{n:6d} {ms:11.3f} {gflops:9.1f}")
+    ceiling = max(row[2] for row in ceiling_rows)
+    print(f"ceiling (best): {ceiling:.1f} GFLOP/s\n")
+
+    param_key, data_key = jax.random.split(jax.random.key(0))
+    field = odeformer.TransformerBlockField(width, heads, mlp_ratio=mlp_ratio,
+                                            rngs=nnx.Rngs(param_key))
+    f, state = odeformer.vector_field(field)
+    y0 = jax.random.normal(data_key, (batch, tokens, width), jnp.float32)
+
+    # One field evaluation without any loop: forward, and forward + VJP (what each step
+    # of the checkpoint adjoint's backward pass runs). Train cost per eval = both.
+    fwd = jax.jit(lambda s, y: f(0.0, y, s)).lower(state, y0).compile()
+    vjp = jax.jit(lambda s, y, ct: jax.vjp(lambda s, y: f(0.0, y, s), s, y)[1](ct))
+    vjp = vjp.lower(state, y0, y0).compile()
+    xla_eval = flops_of(fwd) + flops_of(vjp)
+    per_matmul = analytic_forward(batch, tokens, width, heads, mlp_ratio)
+    analytic_fwd = sum(per_matmul.values())
+    print("(b) analytic matmul FLOPs of one forward field evaluation (MFLOP)")
+    print("  " + "  ".join(f"{name} {v / 1e6:.1f}" for name, v in per_matmul.items()))
+    print(f"  total {analytic_fwd / 1e6:.1f}; XLA's count of the same forward, all ops: "
+          f"{flops_of(fwd) / 1e6:.1f}")
+    print("  train cost per evaluation = forward x1 + recomputed forward x1 (checkpoint "
+          "adjoint) + backward x2 = 4 x forward")
+    print(f"  analytic {4 * analytic_fwd / 1e6:.1f} MFLOP; XLA, loop-free fwd + vjp: "
+          f"{xla_eval / 1e6:.1f} MFLOP")
+    unused = per_matmul["out"] + per_matmul["mlp down"]  # the recompute's primal output is unused
+    print(f"  (XLA's vjp drops the recomputed out and mlp down forward: 4 x forward - "
+          f"{unused / 1e6:.1f} = {(4 * analytic_fwd - unused) / 1e6:.1f} MFLOP of matmuls)\n")
+
+    steps_fns, rows = {}, []
+    for solver in ("euler", "rk4"):
+        def loss(s, y, solver=solver):
+            sol = odeformer.solve(f, y, args=s, solver=solver, steps=args.steps)
+            return jnp.mean(sol.y1**2), sol.stats["nfe"]
+
+        start = time.perf_counter()
+        compiled = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(state, y0).compile()
+        (_, nfe), _ = jax.block_until_ready(compiled(state, y0))
+        print(f"{solver:6s} compile + first run: {time.perf_counter() - start:.1f}s")
+        steps_fns[solver] = compiled
+        rows.append((solver, int(nfe), flops_of(compiled)))
+
+    times = {solver: [] for solver in steps_fns}
+    for _ in range(repeats):  # interleaved: euler, rk4, euler, rk4, ...
+        for solver, step in steps_fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(step(state, y0))
+            times[solver].append(1e3 * (time.perf_counter() - start))
+
+    print("\nGFLOP per training step, three counts: XLA whole = cost_analysis() of the compiled "
+          "step;\nXLA/eval = loop-free XLA fwd+vjp x nfe; matmul = analytic 4 x forward matmuls "
+          "x nfe.\nGFLOP/s and % of ceiling use the analytic matmul count (the ceiling is a "
+          "matmul).")
+    print("solver  nfe  XLA whole  XLA/eval   matmul  median ms  GFLOP/s  % ceiling  "
+          "(XLA/eval: GFLOP/s, %)")
+    for solver, nfe, xla_whole in rows:
+        ms = statistics.median(times[solver])
+        analytic = 4 * analytic_fwd * nfe
+        rate, xla_rate = analytic / (ms * 1e-3) / 1e9, xla_eval * nfe / (ms * 1e-3) / 1e9
+        print(f"{solver:6s} {nfe:4d} {xla_whole / 1e9:10.3f} {xla_eval * nfe / 1e9:9.3f} "
+              f"{analytic / 1e9:8.3f} {ms:10.2f} {rate:8.1f} {100 * rate / ceiling:9.1f}  "
+              f"({xla_rate:.1f}, {100 * xla_rate / ceiling:.1f}%)")
+    if any(xla_whole < 0.5 * xla_eval * nfe for _, nfe, xla_whole in rows):
+        print("\nnote: XLA whole is far below XLA/eval: XLA's cost analysis counts a while-loop "
+              "body once,\nnot once per iteration (the same count for any --steps), so it is "
+              "not the step's FLOPs.")
+
+
+if __name__ == "__main__":
+    main()
