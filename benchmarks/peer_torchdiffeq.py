@@ -1,0 +1,199 @@
+"""python benchmarks/peer_torchdiffeq.py [--steps 8] [--repeats 20] [--quick]
+
+odeformer (JAX + Diffrax) against PyTorch + torchdiffeq on identical work.
+
+torch and torchdiffeq come from the ``bench`` extra (``pip install -e ".[bench]"``). Times one
+training step (loss ``mean(x(1)**2)`` on [0, 1] and its gradient in all parameters) of
+``TransformerBlockField(64, 4)``, float32, x (32, 64, 64): odeformer ``adjoint="checkpoint"`` vs
+backprop through ``torchdiffeq.odeint`` (eager torch field, JAX weights copied in; field, NFE,
+losses, gradients checked first). torchdiffeq's fixed-grid ``rk4`` is Kutta's 3/8 rule: ``rk4``
+pits classic RK4 against it at equal NFE, ``rk4 3/8`` runs the 3/8 rule on both sides. ``dopri5``:
+rtol = atol = 1e-5, each library's own first step; error against float64 dopri8 at 1e-10.
+"""
+
+import argparse
+import functools
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchdiffeq
+from flax import nnx
+
+import odeformer
+
+RTOL = 1e-4
+TOL = 1e-5
+
+
+class RK38(diffrax.AbstractERK):
+    """Kutta's 3/8-rule RK4, as torchdiffeq's fixed-grid ``rk4`` (``rk4_alt_step_func``)."""
+
+    tableau = diffrax.ButcherTableau(
+        c=np.array([1 / 3, 2 / 3, 1.0]), b_sol=np.array([1 / 8, 3 / 8, 3 / 8, 1 / 8]), b_error=np.zeros(4),
+        a_lower=(np.array([1 / 3]), np.array([-1 / 3, 1.0]), np.array([1.0, -1.0, 1.0])))
+    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms):
+        return 4
+
+
+# name -> (odeformer solver, torchdiffeq method, same arithmetic both sides?, what each side runs)
+CASES = {"euler": ("euler", "euler", True, "euler / euler"),
+         "rk4": ("rk4", "rk4", False, "classic / 3/8 rule"),
+         "rk4 3/8": (RK38(), "rk4", True, "3/8 rule / 3/8 rule"),
+         "dopri5": ("dopri5", "dopri5", False, f"dopri5 / dopri5, tol {TOL:g}")}
+
+
+def flat_params(state):
+    """{'attention/attention/qkv/kernel': array, ...}: each tied weight of a JAX state."""
+    return {"/".join(str(k.key) for k in path[:-2]): np.asarray(leaf[0])
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
+
+
+class TorchBlockField(torch.nn.Module):
+    """``F(t, x) = MHA(LN1 x) + MLP(LN2 x)`` as in odeformer/fields.py; counts its calls."""
+
+    def __init__(self, params, heads):
+        super().__init__()
+        self.p = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.tensor(v)) for k, v in params.items()})
+        self.heads, self.nfe = heads, 0
+
+    def forward(self, t, x):
+        self.nfe += 1
+        p, (b, n, d) = self.p, x.shape
+        h = F.layer_norm(x, (d,), p["attention/norm/scale"], p["attention/norm/bias"], eps=1e-6)
+        qkv = h @ p["attention/attention/qkv/kernel"] + p["attention/attention/qkv/bias"]
+        q, k, v = qkv.reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        attn = mixed @ p["attention/attention/out/kernel"] + p["attention/attention/out/bias"]
+        h = F.layer_norm(x, (d,), p["mlp_norm/scale"], p["mlp_norm/bias"], eps=1e-6)
+        up = F.gelu(h @ p["mlp/up/kernel"] + p["mlp/up/bias"], approximate="tanh")
+        return attn + up @ p["mlp/down/kernel"] + p["mlp/down/bias"]
+
+
+def jax_step(f, solver, steps):
+    """Jitted ``(state, y0) -> ((loss, (nfe, y1)), grads)``."""
+    tol = {"steps": steps} if steps else {"rtol": TOL, "atol": TOL}
+
+    def loss(state, y0):
+        sol = odeformer.solve(f, y0, args=state, solver=solver, adjoint="checkpoint", **tol)
+        return jnp.mean(sol.y1**2), (sol.stats["nfe"], sol.y1)
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+
+def torch_step(field, method, steps, y0):
+    """``() -> (loss, nfe, y1, grads)``: one odeint forward and backward, no adjoint."""
+    options = {"options": {"step_size": 1.0 / steps}} if steps else {"rtol": TOL, "atol": TOL}
+
+    def step():
+        field.nfe = 0
+        y1 = torchdiffeq.odeint(field, y0, torch.tensor([0.0, 1.0]), method=method, **options)[-1]
+        loss = torch.mean(y1**2)
+        grads = torch.autograd.grad(loss, list(field.p.values()))
+        return loss.item(), field.nfe, y1.detach().numpy(), dict(zip(field.p.keys(), grads, strict=True))
+
+    return step
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+def check_same_work(name, fixed, exact, jax_result, torch_result):
+    """NFE equal for fixed steps; loss and gradients equal where the arithmetic is identical."""
+    (loss, (nfe, _)), grads = jax_result
+    t_loss, t_nfe, _, t_grads = torch_result
+    assert not fixed or int(nfe) == t_nfe, f"{name}: odeformer made {int(nfe)} evaluations, torch {t_nfe}"
+    if exact:
+        assert rel_err(loss, t_loss) <= RTOL, f"{name}: loss {float(loss)} (odeformer) != {t_loss} (torch)"
+        for key, g in flat_params(grads).items():
+            err = rel_err(t_grads[key].numpy(), g)
+            assert err <= RTOL, f"{name}: gradient of {key} differs by {err:.1e} of its max (> {RTOL})"
+    return rel_err(loss, t_loss)
+
+
+def time_interleaved(jax_fn, torch_fn, repeats):
+    """Median ms of each side and median per-pair ratio, run A, B, A, B, ..."""
+    ms = {"jax": [], "torch": []}
+    for _ in range(repeats):
+        for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            ms[side].append(1e3 * (time.perf_counter() - start))
+    ratio = statistics.median(a / b for a, b in zip(ms["jax"], ms["torch"], strict=True))
+    return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio
+
+
+def reference(params, heads, y0):
+    """x(1) by torchdiffeq dopri8 in float64 at rtol = atol = 1e-10."""
+    with torch.no_grad():
+        ys = torchdiffeq.odeint(TorchBlockField(params, heads).double(), y0.double(),
+                                torch.tensor([0.0, 1.0]), rtol=1e-10, atol=1e-10, method="dopri8")
+    return ys[-1].numpy()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[2])
+    parser.add_argument("--steps", type=int, default=8, help="fixed steps over [0, 1]")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs of each side per case")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
+    args = parser.parse_args()
+    batch, tokens, width, heads, repeats = (2, 8, 64, 4, 3) if args.quick else (32, 64, 64, 4, args.repeats)
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+
+    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}, "
+          f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}")
+    print(f"threads: XLA {cores} (affinity mask; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
+          f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+    print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
+          f"{args.steps} fixed steps, dopri5 at rtol=atol={TOL:g}, {repeats} repeats\n")
+
+    param_key, data_key = jax.random.split(jax.random.key(0))
+    f, state = odeformer.vector_field(odeformer.TransformerBlockField(width, heads, rngs=nnx.Rngs(param_key)))
+    y0 = jax.random.normal(data_key, (batch, tokens, width), jnp.float32)
+    t_field, t_y0 = TorchBlockField(flat_params(state), heads), torch.tensor(np.asarray(y0))
+    with torch.no_grad():
+        err = rel_err(t_field(torch.tensor(0.0), t_y0).numpy(), f(0.0, y0, state))
+    assert err <= RTOL, f"one field evaluation differs by {err:.1e} of its max (> {RTOL})"
+    print(f"field evaluation: torch vs odeformer differ by {err:.1e} of the max entry")
+    ref = reference(flat_params(state), heads, t_y0)
+
+    rows = []
+    for name, (solver, method, exact, _) in CASES.items():
+        steps = None if method == "dopri5" else args.steps
+        jax_fn = functools.partial(jax_step(f, solver, steps), state, y0)
+        torch_fn = torch_step(t_field, method, steps, t_y0)
+        start = time.perf_counter()
+        jax_result, torch_result = jax.block_until_ready(jax_fn()), torch_fn()
+        loss_diff = check_same_work(name, steps is not None, exact, jax_result, torch_result)
+        print(f"{name:8s} compile + first run {time.perf_counter() - start:4.1f}s, loss: odeformer "
+              f"{float(jax_result[0][0]):.7f}, torch {torch_result[0]:.7f}; checks passed")
+        nfes = (int(jax_result[0][1][0]), torch_result[1])
+        errors = (rel_err(jax_result[0][1][1], ref), rel_err(torch_result[2], ref))
+        rows.append((name, nfes, errors, loss_diff, time_interleaved(jax_fn, torch_fn, repeats)))
+
+    print("\n| case | odeformer / torchdiffeq | nfe | err vs ref | loss diff | odeformer ms | torch ms "
+          "| ratio |\n|---|---|---|---|---|---|---|---|")
+    for name, nfes, errors, loss_diff, (ms_jax, ms_torch, ratio) in rows:
+        print(f"| {name} | {CASES[name][3]} | {nfes[0]} / {nfes[1]} | {errors[0]:.1e} / {errors[1]:.1e} "
+              f"| {loss_diff:.1e} | {ms_jax:.1f} | {ms_torch:.1f} | {ratio:.2f} |")
+    print("\nratio: median over interleaved pairs of odeformer ms / torch ms (< 1: odeformer faster); "
+          "err: max|x(1) - ref| / max|ref|; loss diff: |odeformer - torch| / |torch|")
+
+
+if __name__ == "__main__":
+    main()
