@@ -14,10 +14,7 @@ rtol = atol = 1e-5, each library's own first step; error against float64 dopri8 
 import argparse
 import functools
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 
 import diffrax
@@ -28,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchdiffeq
 from flax import nnx
+from harness import interleaved_ms, print_header
 
 import odeformer
 
@@ -125,12 +123,7 @@ def check_same_work(name, fixed, exact, jax_result, torch_result):
 
 def time_interleaved(jax_fn, torch_fn, repeats):
     """Median ms of each side and median per-pair ratio, run A, B, A, B, ..."""
-    ms = {"jax": [], "torch": []}
-    for _ in range(repeats):
-        for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            ms[side].append(1e3 * (time.perf_counter() - start))
+    ms = interleaved_ms({"jax": jax_fn, "torch": torch_fn}, repeats)
     ratio = statistics.median(a / b for a, b in zip(ms["jax"], ms["torch"], strict=True))
     return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio
 
@@ -153,10 +146,7 @@ def main():
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
 
-    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}, "
-          f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}")
+    print_header(torch=torch.__version__, torchdiffeq=torchdiffeq.__version__)
     print(f"threads: XLA {cores} (affinity mask; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
           f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "

@@ -13,17 +13,14 @@ Compilation is excluded from every timing; timings are medians, solvers interlea
 """
 
 import argparse
-import os
-import platform
-import shlex
+import functools
 import statistics
-import sys
 import time
 
-import diffrax
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from harness import interleaved_ms, print_header
 
 import odeformer
 
@@ -39,12 +36,7 @@ def flops_of(compiled):
 
 def median_ms(fn, *args, repeats):
     jax.block_until_ready(fn(*args))  # warm-up run, not timed
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return statistics.median(interleaved_ms({"fn": lambda: fn(*args)}, repeats)["fn"])
 
 
 def matmul_ceiling(sizes, repeats):
@@ -80,9 +72,7 @@ def main():
     sizes = (256, 512, 1024) if args.quick else (512, 1024, 1536, 2048)
     repeats = 5 if args.quick else args.repeats
 
-    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}")
+    print_header()
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
           f"{args.steps} steps, {repeats} repeats\n")
 
@@ -133,12 +123,8 @@ def main():
         steps_fns[solver] = compiled
         rows.append((solver, int(nfe), flops_of(compiled)))
 
-    times = {solver: [] for solver in steps_fns}
-    for _ in range(repeats):  # interleaved: euler, rk4, euler, rk4, ...
-        for solver, step in steps_fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(step(state, y0))
-            times[solver].append(1e3 * (time.perf_counter() - start))
+    times = interleaved_ms(  # euler, rk4, euler, rk4, ...
+        {solver: functools.partial(step, state, y0) for solver, step in steps_fns.items()}, repeats)
 
     print("\nGFLOP per training step, three counts: XLA whole = cost_analysis() of the compiled "
           "step;\nXLA/eval = loop-free XLA fwd+vjp x nfe; matmul = analytic 4 x forward matmuls "

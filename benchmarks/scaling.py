@@ -12,18 +12,15 @@ against steps for each adjoint in ``odeformer.ADJOINTS``.
 """
 
 import argparse
-import os
-import platform
-import shlex
+import functools
 import statistics
-import sys
 import time
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from harness import interleaved_ms, print_header
 
 import odeformer
 
@@ -66,13 +63,9 @@ def time_table(title, name, values, configs, repeats):
         compiled, step_args = compile_step(*config)
         jax.block_until_ready(compiled(*step_args))  # first run, not timed
         steps_fns.append((compiled, step_args, time.perf_counter() - start))
-    times = [[] for _ in configs]
-    for _ in range(repeats):
-        for row, (compiled, step_args, _) in zip(times, steps_fns, strict=True):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*step_args))
-            row.append(1e3 * (time.perf_counter() - start))
-    medians = [statistics.median(row) for row in times]
+    calls = {i: functools.partial(compiled, *step_args)
+             for i, (compiled, step_args, _) in enumerate(steps_fns)}
+    medians = [statistics.median(row) for row in interleaved_ms(calls, repeats).values()]
     print(f"{name:>8s}  compile+1st s  median ms  ms/step  GFLOP  GFLOP/s (analytic matmuls)")
     for value, config, ms, (*_, compile_s) in zip(values, configs, medians, steps_fns, strict=True):
         gflop = matmul_gflop(*config)
@@ -124,9 +117,7 @@ def main():
     repeats = 3 if q else args.repeats
     b, n, d, s = args.batch, args.tokens, args.width, args.steps
 
-    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}")
+    print_header()
     print(f"workload: TransformerBlockField(width, {HEADS}, mlp_ratio={MLP_RATIO}) float32, "
           f"euler, adjoint checkpoint unless stated, batch {b}, {repeats} repeats")
 

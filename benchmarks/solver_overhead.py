@@ -12,18 +12,14 @@ recomputes steps backwards, as Diffrax does: equal FLOPs). NFE, loss, grads chec
 
 import argparse
 import functools
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from harness import interleaved_ms, print_header
 
 import odeformer
 
@@ -100,13 +96,8 @@ def check_equal(solver, results):
 
 def time_interleaved(step_fns, state, y0, repeats):
     """Median wall time in ms of each step function, run A, B, C, A, B, C, ..."""
-    times = {name: [] for name in step_fns}
-    for _ in range(repeats):
-        for name, step in step_fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(step(state, y0))
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    calls = {name: functools.partial(step, state, y0) for name, step in step_fns.items()}
+    return {name: statistics.median(ts) for name, ts in interleaved_ms(calls, repeats).items()}
 
 
 def main():
@@ -118,9 +109,7 @@ def main():
     batch, tokens, width, heads = (2, 8, 64, 4) if args.quick else (32, 64, 64, 4)
     steps, repeats = (2, 3) if args.quick else (args.steps, args.repeats)
 
-    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}")
+    print_header()
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
           f"{steps} steps, {repeats} repeats\n")
 

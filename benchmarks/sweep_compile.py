@@ -1,4 +1,4 @@
-"""python -m benchmarks.sweep_compile [--quick]
+"""python benchmarks/sweep_compile.py [--quick]
 
 A K-value tolerance sweep through the runner compiles its train step once, against a
 loop that runs the same K trainings as separate sweeps (a fresh compile each, as a
@@ -10,19 +10,27 @@ Workload: configs/quick.py shrunk to adaptive Tsit5 on associative recall, width
 """
 
 import argparse
-import os
-import platform
-import shlex
-import sys
+import importlib.util
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from harness import print_header
 
-from configs import quick
 from odeformer.runner import run_sweep
+
+_QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.py"
+
+
+def _quick_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("quick_config", _QUICK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
 
 COMPILES = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -31,7 +39,7 @@ jax.monitoring.register_event_duration_secs_listener(
 
 
 def base_config(train_steps: int) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(quick.get_config().to_dict())
+    c = ml_collections.ConfigDict(_quick_config().to_dict())
     c.model.width, c.model.heads = 16, 2
     c.solver.name, c.solver.adaptive = "tsit5", True
     c.task.num_train, c.task.num_test = 512, 128
@@ -78,9 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.values, args.train_steps = [1, 2], 10
-    print("command:", shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:]))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, devices {jax.devices()}; "
-          f"jax {jax.__version__}")
+    print_header()
     print(f"{'K':>3} {'sweep s':>8} {'compiles':>8} {'reused':>6} {'loop s':>8} {'compiles':>8} "
           f"{'loop/sweep':>10}")
     one_sweep(1, args.train_steps)  # warm caches shared by both (task data, imports)

@@ -1,0 +1,33 @@
+"""What every benchmark script shares: the run header and interleaved timing."""
+
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import jax
+
+
+def print_header(**versions: str) -> None:
+    """Prints the exact command, the machine and the library versions."""
+    print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
+    extra = "".join(f", {name} {version}" for name, version in versions.items())
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}{extra}")
+
+
+def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall time in ms of each zero-argument call, ``repeats`` times, run A, B, C, A, B, C,
+    ... so that the machine's drift hits every call alike. Results are waited for with
+    ``jax.block_until_ready``; compile and warm up before calling this."""
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
