@@ -18,13 +18,14 @@ def get_config() -> ml_collections.ConfigDict:
         name="associative_recall", seed=0, vocab_size=8, seq_len=9, num_train=4096, num_test=512))
     c.model = ml_collections.ConfigDict(dict(
         family="ode", width=32, heads=4, mlp_ratio=2, time="tied", pieces=4, basis=4, layers=4,
-        readout="last", param_budget=0))
+        readout="last", param_budget=0, embedding="table", embed_dim=0, compression=8))
     c.solver = ml_collections.ConfigDict(dict(
         name="rk4", steps=4, adaptive=False, rtol=1e-3, atol=1e-6, t1=1.0, adjoint="checkpoint",
         max_steps=4096))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=300, batch_size=64, learning_rate=1e-2, weight_decay=1e-2, warmup_steps=30,
         grad_clip=1.0, log_every=50, eval_batch_size=512, checkpoint_every=0))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
     c.sweep = ml_collections.ConfigDict(dict(
         model=dict(family=("ode", "discrete")),
         solver=dict(name=("euler", "rk4"), steps=(2, 4))))

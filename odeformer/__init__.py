@@ -1,6 +1,8 @@
 """odeformer: continuous-depth attention in JAX, integrated with Diffrax."""
 
+from odeformer import datasets  # noqa: F401  (registers the tabular tasks)
 from odeformer.block import ODEBlock, vector_field
+from odeformer.embeddings import EMBEDDINGS, EmbeddingSpec, FeatureEmbedding, FeatureTokenizer
 from odeformer.fields import (
     MLP,
     SIGMAS,
@@ -10,12 +12,15 @@ from odeformer.fields import (
     TransformerBlockField,
 )
 from odeformer.params import count_params
+from odeformer.sharding import make_mesh
 from odeformer.solve import ADJOINTS, Solution, solve
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
 from odeformer.time import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
+from odeformer.vocab import Vocabulary
 
 __all__ = [
-    "ADAPTIVE_SOLVERS", "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
+    "ADAPTIVE_SOLVERS", "ADJOINTS", "EMBEDDINGS", "MLP", "EmbeddingSpec", "FeatureEmbedding",
+    "FeatureTokenizer", "Vocabulary", "make_mesh", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
     "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
     "TimeParam", "TimeSpec", "TransformerBlockField", "count_params", "solve", "solver_order",
     "vector_field",

@@ -6,22 +6,24 @@ import dataclasses
 
 from flax import nnx
 
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
+from odeformer.models import ModelShape, SolverSpec, build_model
 from odeformer.params import count_params
+from odeformer.tasks import TabularData, TaskData
 
 BUDGET_TOLERANCE = 0.05  # realised count within ±5% of the target
 _MAX_WIDTH = 8192
 
 
-def model_params(shape: ModelShape, *, vocab_size: int, seq_len: int, num_classes: int) -> int:
-    """Trainable parameters of a classifier of this shape (no arrays are allocated)."""
-    abstract = nnx.eval_shape(lambda: SequenceClassifier(
-        shape, SolverSpec(), vocab_size=vocab_size, seq_len=seq_len, num_classes=num_classes,
-        rngs=nnx.Rngs(0)))
+def model_params(shape: ModelShape, data: TaskData | TabularData, shards: int = 1) -> int:
+    """Trainable parameters of the classifier of this shape for ``data``'s task (no arrays
+    are allocated). ``shards`` pads embedding rows as the mesh's ``model`` axis does."""
+    abstract = nnx.eval_shape(
+        lambda: build_model(shape, SolverSpec(), data, shards=shards, rngs=nnx.Rngs(0)))
     return count_params(abstract)
 
 
-def resolve_budget(shape: ModelShape, budget: int, **sizes) -> tuple[ModelShape, int]:
+def resolve_budget(shape: ModelShape, budget: int, data: TaskData | TabularData,
+                   shards: int = 1) -> tuple[ModelShape, int]:
     """Chooses the width whose parameter count is closest to ``budget``.
 
     Widths divisible by ``shape.heads`` are preferred. The count does not depend on
@@ -32,7 +34,8 @@ def resolve_budget(shape: ModelShape, budget: int, **sizes) -> tuple[ModelShape,
     Args:
       shape: the architecture; its ``width`` is replaced.
       budget: target number of trainable parameters.
-      **sizes: ``vocab_size``, ``seq_len``, ``num_classes`` of the task.
+      data: the task (its sizes enter the count).
+      shards: the mesh's ``model`` size.
 
     Returns:
       ``(shape, params)`` with ``|params - budget| <= 5% of budget``; the shape's
@@ -42,7 +45,7 @@ def resolve_budget(shape: ModelShape, budget: int, **sizes) -> tuple[ModelShape,
       ValueError: if no width reaches the budget within 5%.
     """
     def count(width):
-        return model_params(dataclasses.replace(shape, width=width, heads=1), **sizes)
+        return model_params(dataclasses.replace(shape, width=width, heads=1), data, shards)
 
     lo, hi = 1, _MAX_WIDTH  # the count grows with width: bisect
     while lo < hi:

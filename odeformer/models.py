@@ -1,4 +1,4 @@
-"""Sequence classifiers whose body is an ODE flow or a discrete L-layer transformer.
+"""Sequence and tabular classifiers whose body is an ODE flow or a discrete L-layer transformer.
 
 Both families share one implementation: the discrete family is a ``piecewise`` field
 with ``layers`` pieces integrated by Euler in ``layers`` unit steps, which is exactly an
@@ -13,7 +13,9 @@ import jax
 from flax import nnx
 
 from odeformer.block import ODEBlock
+from odeformer.embeddings import EmbeddingSpec, FeatureTokenizer
 from odeformer.fields import TransformerBlockField
+from odeformer.tasks import TabularData, TaskData
 from odeformer.time import TimeSpec
 
 FAMILIES = ("ode", "discrete")
@@ -30,7 +32,10 @@ class ModelShape:
       time: time mode of the ``ode`` family's weights (``odeformer.TIME_MODES``).
       pieces, basis: for the ``piecewise`` and ``smooth`` time modes.
       layers: depth of the ``discrete`` family.
-      readout: ``"last"`` token or ``"mean"`` over tokens.
+      readout: ``"last"`` token or ``"mean"`` over tokens (sequence tasks; a tabular
+        model reads its ``[CLS]`` token).
+      embedding, embed_dim, compression: the tabular tokenizer's
+        :class:`odeformer.embeddings.EmbeddingSpec` (``kind``, ``dim``, ``compression``).
     """
 
     family: str = "ode"
@@ -42,6 +47,9 @@ class ModelShape:
     basis: int = 4
     layers: int = 4
     readout: str = "last"
+    embedding: str = "table"
+    embed_dim: int = 0
+    compression: int = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +62,13 @@ class SolverSpec:
     max_steps: int = 4096
 
 
-class SequenceClassifier(nnx.Module):
-    """Token + position embedding -> flow -> LayerNorm -> readout -> linear head."""
+class _FlowClassifier(nnx.Module):
+    """Tokens -> flow -> LayerNorm -> readout -> linear head; subclasses make the tokens."""
 
-    def __init__(self, shape: ModelShape, solver: SolverSpec, *, vocab_size: int, seq_len: int,
-                 num_classes: int, rngs: nnx.Rngs):
+    def _build_flow(self, shape: ModelShape, solver: SolverSpec, num_classes: int, rngs: nnx.Rngs):
         if shape.family not in FAMILIES:
             raise ValueError(f"model.family={shape.family!r} is not one of {', '.join(FAMILIES)}")
-        if shape.readout not in READOUTS:
-            raise ValueError(f"model.readout={shape.readout!r} is not one of {', '.join(READOUTS)}")
-        self.readout = shape.readout
         self.family = shape.family
-        self.embed = nnx.Embed(vocab_size, shape.width, rngs=rngs)
-        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, shape.width)))
         if shape.family == "discrete":
             time = TimeSpec(mode="piecewise", pieces=shape.layers, horizon=float(shape.layers))
             # Unit steps over [0, layers]: x_{l+1} = x_l + F_l(x_l).
@@ -82,22 +84,66 @@ class SequenceClassifier(nnx.Module):
         self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
         self.head = nnx.Linear(shape.width, num_classes, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array, *, rtol=None, atol=None, t1=None):
-        """Returns ``(logits, solution stats with 'ok')``.
+    def _flow(self, x, rtol, atol, t1):
+        """Integrates the tokens; returns ``(normalised final tokens, stats with 'ok')``.
 
         ``rtol``, ``atol`` (required by the adaptive ``ode`` family) and ``t1`` (``ode``
         only) may be traced. The ``discrete`` family ignores them. The whole batch is
         one ODE system: an adaptive solver picks one step sequence for all examples
         (as torchdiffeq does), so an example's result depends slightly on its batch.
         """
-        x = self.embed(tokens) + self.position[...]
         if self.family == "discrete":
             sol = self.block.integrate(x)
         else:
             adaptive = self.block.steps is None
             sol = self.block.integrate(x, rtol=rtol if adaptive else None,
                                        atol=atol if adaptive else None, t1=t1)
-        h = self.norm(sol.y1)
-        h = h[..., -1, :] if self.readout == "last" else h.mean(-2)
-        return self.head(h), {**sol.stats, "ok": sol.ok}
+        return self.norm(sol.y1), {**sol.stats, "ok": sol.ok}
 
+
+class SequenceClassifier(_FlowClassifier):
+    """Token + position embedding -> flow -> LayerNorm -> readout -> linear head."""
+
+    def __init__(self, shape: ModelShape, solver: SolverSpec, *, vocab_size: int, seq_len: int,
+                 num_classes: int, rngs: nnx.Rngs):
+        if shape.readout not in READOUTS:
+            raise ValueError(f"model.readout={shape.readout!r} is not one of {', '.join(READOUTS)}")
+        self.readout = shape.readout
+        self.embed = nnx.Embed(vocab_size, shape.width, rngs=rngs)
+        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, shape.width)))
+        self._build_flow(shape, solver, num_classes, rngs)
+
+    def __call__(self, tokens: jax.Array, *, rtol=None, atol=None, t1=None):
+        """Returns ``(logits, solution stats with 'ok')``; see ``_flow`` for the solver values."""
+        h, stats = self._flow(self.embed(tokens) + self.position[...], rtol, atol, t1)
+        h = h[..., -1, :] if self.readout == "last" else h.mean(-2)
+        return self.head(h), stats
+
+
+class TabularClassifier(_FlowClassifier):
+    """FT-Transformer-style: every feature a token plus ``[CLS]`` -> flow -> ``[CLS]`` -> head.
+
+    ``shards`` is the mesh's ``model`` size: embedding rows are padded to a multiple of it.
+    """
+
+    def __init__(self, shape: ModelShape, solver: SolverSpec, *, data: TabularData, shards: int = 1,
+                 rngs: nnx.Rngs):
+        spec = EmbeddingSpec(kind=shape.embedding, dim=shape.embed_dim, compression=shape.compression)
+        self.tokenizer = FeatureTokenizer(data.categorical, len(data.numeric), shape.width, spec,
+                                          shards=shards, rngs=rngs)
+        self._build_flow(shape, solver, data.num_classes, rngs)
+
+    def __call__(self, categorical: jax.Array, numeric: jax.Array, *, rtol=None, atol=None, t1=None):
+        """``categorical`` int [B, F], ``numeric`` float [B, G] -> ``(logits, stats)``."""
+        h, stats = self._flow(self.tokenizer(categorical, numeric), rtol, atol, t1)
+        return self.head(h[..., 0, :]), stats
+
+
+def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularData, *,
+                shards: int = 1, rngs: nnx.Rngs) -> _FlowClassifier:
+    """The classifier for ``data``'s kind of task; called with the split's inputs as keywords
+    (``tokens=`` for sequence tasks, ``categorical=, numeric=`` for tabular ones)."""
+    if isinstance(data, TabularData):
+        return TabularClassifier(shape, solver, data=data, shards=shards, rngs=rngs)
+    return SequenceClassifier(shape, solver, vocab_size=data.vocab_size, seq_len=data.seq_len,
+                              num_classes=data.num_classes, rngs=rngs)

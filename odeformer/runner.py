@@ -16,16 +16,20 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from odeformer import results
 from odeformer.budgets import model_params, resolve_budget
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
+from odeformer.embeddings import tabular_report
+from odeformer.models import ModelShape, SolverSpec, build_model
+from odeformer.sharding import make_mesh, place, replicated, state_shardings
 from odeformer.sweeps import Run, expand, shard
-from odeformer.tasks import TaskData, make_task
+from odeformer.tasks import TabularData, TaskData, make_task
 from odeformer.training import (
     FAILURE_SOLVER,
     evaluate,
@@ -71,12 +75,12 @@ def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> 
     planned = []
     for run in expand(config):
         data = tasks.get_task(run.config.task)
-        sizes = dict(vocab_size=data.vocab_size, seq_len=data.seq_len, num_classes=data.num_classes)
         shape = ModelShape(**{k: run.config.model[k] for k in _SHAPE_KEYS})
+        shards = run.config.mesh.model
         if run.config.model.param_budget > 0:
-            shape, params = resolve_budget(shape, run.config.model.param_budget, **sizes)
+            shape, params = resolve_budget(shape, run.config.model.param_budget, data, shards)
         else:
-            params = model_params(shape, **sizes)
+            params = model_params(shape, data, shards)
         planned.append(PlannedRun(run, shape, params))
     return planned
 
@@ -89,7 +93,8 @@ def _structure_key(planned: PlannedRun) -> str:
     task = {k: v for k, v in c.task.to_dict().items() if k != "seed"}
     train = {k: c.train[k] for k in ("batch_size", "num_steps", "warmup_steps", "grad_clip",
                                       "eval_batch_size")}
-    return json.dumps([task, dataclasses.asdict(planned.shape), solver, train], sort_keys=True)
+    mesh = c.mesh.to_dict()
+    return json.dumps([task, dataclasses.asdict(planned.shape), solver, train, mesh], sort_keys=True)
 
 
 def _solver_spec(c) -> SolverSpec:
@@ -108,18 +113,31 @@ def _step_bytes(compiled) -> int | None:
 
 def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: dict,
               progress: bool) -> dict[str, Any]:
-    """Trains one run (resuming from its last checkpoint) and returns its metrics."""
+    """Trains one run (resuming from its last checkpoint) and returns its metrics.
+
+    The run's mesh (``config.mesh``) holds the train state and data for the whole run:
+    embedding tables row-sharded on ``model``, batches split on ``data``. With several
+    processes (``jax.distributed.initialize``) every process runs this same code; only
+    process 0 writes files.
+    """
     c = planned.run.config
     data = tasks.get_task(c.task)
+    mesh = make_mesh(c.mesh.data, c.mesh.model)
+    primary = jax.process_index() == 0
     init_key, train_key = jax.random.split(jax.random.key(c.seed))
-    model = SequenceClassifier(planned.shape, _solver_spec(c), vocab_size=data.vocab_size,
-                               seq_len=data.seq_len, num_classes=data.num_classes,
-                               rngs=nnx.Rngs(params=init_key))
+    model = build_model(planned.shape, _solver_spec(c), data, shards=c.mesh.model,
+                        rngs=nnx.Rngs(params=init_key))
     graphdef, params = nnx.split(model)
     tx = make_optimizer(c.train)
     state = init_state(params, tx, c.solver)
+    state = place(state, state_shardings(state, mesh))
+    train_split = place(data.train, replicated(mesh))
+    test_split = place(data.test, replicated(mesh))
     rdir = results.run_dir(workdir, planned.run.run_id)
-    results.write_atomic(rdir / "config.json", json.dumps(c.to_dict(), indent=1, sort_keys=True))
+    if primary:
+        results.write_atomic(rdir / "config.json", json.dumps(c.to_dict(), indent=1, sort_keys=True))
+        for name, text in getattr(data, "artifacts", {}).items():
+            results.write_atomic(rdir / name, text)
     metrics_path = rdir / "metrics.jsonl"
 
     start = 0
@@ -132,52 +150,72 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
         if latest is not None:
             state = manager.restore(latest, args=ocp.args.StandardRestore(state))
             start = latest
-    results.truncate_metrics(metrics_path, start)
+    if primary:
+        results.truncate_metrics(metrics_path, start)
 
     key = _structure_key(planned)
     reused = key in compiled
     compile_s = 0.0
-    if not reused:
+    with jax.set_mesh(mesh):
+        if not reused:
+            t = time.perf_counter()
+            step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh)
+            compiled[key] = (step_fn.lower(state, train_split, train_key).compile(),
+                             make_eval_step(graphdef, mesh))
+            compile_s = time.perf_counter() - t
+        train_step, eval_step = compiled[key]
+
+        bar = tqdm(total=c.train.num_steps, initial=start, desc=planned.run.run_id, leave=False,
+                   disable=not progress)
         t = time.perf_counter()
-        step_fn = make_train_step(graphdef, tx, c.train.batch_size)
-        compiled[key] = (step_fn.lower(state, data.train, train_key).compile(), make_eval_step(graphdef))
-        compile_s = time.perf_counter() - t
-    train_step, eval_step = compiled[key]
+        last = {}
+        for step in range(start + 1, c.train.num_steps + 1):
+            state, metrics = train_step(state, train_split, train_key)
+            log = step % c.train.log_every == 0 or step == c.train.num_steps
+            checkpoint = manager is not None and step % c.train.checkpoint_every == 0
+            if log:
+                last = {k: v.item() for k, v in jax.device_get(metrics).items()}
+                if primary:
+                    results.append_metrics(metrics_path, {"step": step, **last})
+                bar.update(step - bar.n)
+            # The state remembers the first failing step; never checkpoint or evaluate past it.
+            if (log or checkpoint) and int(state["failed_at"]) >= 0:
+                raise RunFailed(_failure_reason(int(state["failed_at"]), int(state["failure"])))
+            if checkpoint:
+                manager.save(step, args=ocp.args.StandardSave(state))
+        bar.close()
+        train_time = time.perf_counter() - t
 
-    bar = tqdm(total=c.train.num_steps, initial=start, desc=planned.run.run_id, leave=False,
-               disable=not progress)
-    t = time.perf_counter()
-    last = {}
-    for step in range(start + 1, c.train.num_steps + 1):
-        state, metrics = train_step(state, data.train, train_key)
-        log = step % c.train.log_every == 0 or step == c.train.num_steps
-        checkpoint = manager is not None and step % c.train.checkpoint_every == 0
-        if log:
-            last = {k: v.item() for k, v in jax.device_get(metrics).items()}
-            results.append_metrics(metrics_path, {"step": step, **last})
-            bar.update(step - bar.n)
-        # The state remembers the first failing step; never checkpoint or evaluate past it.
-        if (log or checkpoint) and int(state["failed_at"]) >= 0:
-            raise RunFailed(_failure_reason(int(state["failed_at"]), int(state["failure"])))
-        if checkpoint:
-            manager.save(step, args=ocp.args.StandardSave(state))
-    bar.close()
-    train_time = time.perf_counter() - t
-
-    chunk = c.train.eval_batch_size
-    train_eval = evaluate(eval_step, state["params"], state["hyper"], data.train, chunk)
-    test_eval = evaluate(eval_step, state["params"], state["hyper"], data.test, chunk)
+        chunk = c.train.eval_batch_size
+        train_eval = evaluate(eval_step, state["params"], state["hyper"], train_split, chunk,
+                              data.num_classes)
+        test_eval = evaluate(eval_step, state["params"], state["hyper"], test_split, chunk,
+                             data.num_classes)
     if not (train_eval["ok"] and test_eval["ok"]):
         raise RunFailed("solver failed during evaluation")
     done = c.train.num_steps - start
-    return {
+    row = {
         "train_loss": train_eval["loss"], "train_accuracy": train_eval["accuracy"],
         "test_loss": test_eval["loss"], "test_accuracy": test_eval["accuracy"],
         "nfe_forward": test_eval["nfe"], "solver_steps": last.get("solver_steps"),
         "train_time_s": train_time, "steps_per_s": done / train_time if done else None,
+        "step_ms": 1000 * train_time / done if done else None,
         "compile_s": compile_s, "compile_reused": reused, "step_bytes": _step_bytes(train_step),
-        "resumed_from_step": start,
+        "resumed_from_step": start, "devices": mesh.size,
     }
+    if "auc" in test_eval:
+        row.update(train_auc=train_eval["auc"], test_auc=test_eval["auc"])
+    if isinstance(data, TabularData):
+        row.update(tabular_report(nnx.merge(graphdef, state["params"]).tokenizer, data, mesh))
+    return row
+
+
+def _finished(workdir: Path, run_id: str) -> bool:
+    """Process 0's answer, shared so that every process trains the same runs."""
+    finished = results.is_finished(workdir, run_id)
+    if jax.process_count() == 1:
+        return finished
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(finished)))
 
 
 def _failure_reason(step: int, kind: int) -> str:
@@ -217,8 +255,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
     progress = not quiet and sys.stderr.isatty()
     compiled: dict = {}
     ran, skipped, failed = 0, 0, []
+    primary = jax.process_index() == 0
     for item in tqdm(planned, desc="runs", disable=not progress):
-        if results.is_finished(workdir, item.run.run_id):
+        if _finished(workdir, item.run.run_id):
             skipped += 1
             continue
         row = _row(item)
@@ -231,8 +270,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
             detail = str(error).splitlines()[0][:300] if str(error) else ""
             row.update(status=f"failed: {type(error).__name__}: {detail}", crashed=True)
             failed.append(item.run.run_id)
-        results.record(workdir, row)
-        results.write_table(workdir)
+        if primary:
+            results.record(workdir, row)
+            results.write_table(workdir)
         ran += 1
     table = results.write_table(workdir) if workdir.exists() else pd.DataFrame()
     return SweepSummary(table, ran, skipped, failed)

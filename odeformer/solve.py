@@ -18,6 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from odeformer.solvers import ADAPTIVE_SOLVERS, solver_info
 
@@ -226,21 +227,48 @@ def solve(
         ts = _checked_ts(ts, t0, t1)
         saveat = diffrax.SaveAt(ts=ts, t1=True)
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        info.solver,
-        t0=t0,
-        t1=t1,
-        dt0=dt0,
-        y0=y0,
-        args=args,
-        saveat=saveat,
-        stepsize_controller=controller,
-        adjoint=_make_adjoint(adjoint, steps),
-        max_steps=limit,
-        throw=False,
-    )
-    return _finish(sol, ts, info, throw=throw)
+    def integrate(y0, args, t0, t1, dt0, controller, saveat):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            info.solver,
+            t0=t0,
+            t1=t1,
+            dt0=dt0,
+            y0=y0,
+            args=args,
+            saveat=saveat,
+            stepsize_controller=controller,
+            adjoint=_make_adjoint(adjoint, steps),
+            max_steps=limit,
+            throw=False,
+        )
+        return _finish(sol, ts, info, throw=throw)
+
+    operands = (y0, args, t0, t1, dt0, controller, saveat)
+    if _explicit_mesh():
+        # Diffrax is not written for sharding-in-types: run it with the mesh's axes Auto
+        # (GSPMD propagates the shardings) and hand back y in y0's own sharding.
+        arrays, static = eqx.partition(operands, eqx.is_array)
+        run = jax.sharding.auto_axes(lambda arrays: integrate(*eqx.combine(arrays, static)),
+                                     out_sharding=_solution_specs(y0, ts))
+        return run(arrays)
+    return integrate(*operands)
+
+
+def _explicit_mesh() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types
+
+
+def _solution_specs(y0, ts) -> Solution:
+    """PartitionSpecs of ``solve``'s output: y like y0, saved ys with a leading time axis."""
+    y_specs = jax.tree_util.tree_map(lambda leaf: jax.typeof(leaf).sharding.spec, y0)
+    stats = {k: P() for k in ("num_steps", "num_accepted_steps", "num_rejected_steps", "nfe")}
+    if ts is None:
+        return Solution(y1=y_specs, stats=stats, ok=P())
+    ys = jax.tree_util.tree_map(lambda spec: P(None, *spec), y_specs,
+                                is_leaf=lambda x: isinstance(x, P))
+    return Solution(y1=y_specs, stats=stats, ok=P(), ts=P(), ys=ys)
 
 
 def _checked_ts(ts, t0, t1) -> jax.Array:

@@ -19,12 +19,14 @@ import itertools
 import json
 from typing import Any
 
+import jax
 import ml_collections
 
+from odeformer.embeddings import EMBEDDINGS
 from odeformer.models import FAMILIES, READOUTS
 from odeformer.solve import ADJOINTS
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
-from odeformer.tasks import TASKS
+from odeformer.tasks import TABULAR_TASKS, TASKS
 from odeformer.time import TIME_MODES
 
 _META_KEYS = ("name", "sweep", "sweep_zip")
@@ -127,6 +129,10 @@ def _normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) 
 
     if model.param_budget > 0:
         reset("model", "width")  # resolved from the budget
+    if run.task.name not in TABULAR_TASKS:
+        reset("model", "embedding", "embed_dim", "compression")
+    elif model.embedding not in ("hashed", "qr"):
+        reset("model", "compression")
     if model.family == "discrete":
         reset("solver", *solver.keys())
         reset("model", "time", "pieces", "basis")
@@ -147,16 +153,18 @@ def _normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) 
 
 def _choices() -> dict[str, tuple[str, ...]]:
     return {"task.name": tuple(sorted(TASKS)), "model.family": FAMILIES, "model.time": TIME_MODES,
-            "model.readout": READOUTS, "solver.name": SOLVERS, "solver.adjoint": ADJOINTS}
+            "model.readout": READOUTS, "model.embedding": EMBEDDINGS, "solver.name": SOLVERS,
+            "solver.adjoint": ADJOINTS}
 
 
 # Keys that must be > 0 (floats) or >= 1 (ints); >= 0 for the second group.
 _POSITIVE = ("solver.steps", "solver.rtol", "solver.atol", "solver.t1", "solver.max_steps",
              "model.width", "model.heads", "model.mlp_ratio", "model.layers", "model.pieces",
-             "model.basis", "train.num_steps", "train.batch_size", "train.eval_batch_size",
+             "model.basis", "model.compression", "mesh.data", "mesh.model", "train.num_steps",
+             "train.batch_size", "train.eval_batch_size",
              "train.learning_rate", "train.grad_clip", "train.log_every", "task.num_train",
              "task.num_test", "task.vocab_size", "task.seq_len")
-_NON_NEGATIVE = ("model.param_budget", "train.weight_decay", "train.warmup_steps",
+_NON_NEGATIVE = ("model.param_budget", "model.embed_dim", "train.weight_decay", "train.warmup_steps",
                  "train.checkpoint_every")
 
 
@@ -166,11 +174,16 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
         if _get(c, key) not in allowed:
             raise ValueError(f"{key}={_get(c, key)!r} is not one of {', '.join(allowed)}")
     for key in _POSITIVE:
+        if key.startswith("task.") and key.split(".")[1] not in c.task:
+            continue  # each task has its own keys; its maker checks them
         if not _get(c, key) > 0:
             raise ValueError(f"{key}={_get(c, key)!r} must be > 0")
     for key in _NON_NEGATIVE:
         if not _get(c, key) >= 0:
             raise ValueError(f"{key}={_get(c, key)!r} must be >= 0")
+    if c.mesh.data * c.mesh.model > jax.device_count():
+        raise ValueError(f"mesh.data={c.mesh.data} x mesh.model={c.mesh.model} needs more devices than "
+                         f"the {jax.device_count()} available")
     if c.solver.adaptive and c.solver.name not in ADAPTIVE_SOLVERS:
         raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
                          f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")

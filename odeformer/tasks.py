@@ -1,8 +1,10 @@
 """Synthetic sequence-classification tasks, generated deterministically from a seed.
 
-A task is a function ``make(config, key) -> TaskData``; ``TASKS`` is the registry and
-:func:`register_task` adds more (tabular tasks plug in the same way). Every sample is a
-sequence of int32 token ids in ``[0, vocab_size)`` with one int32 label.
+A task is a function ``make(config, key) -> TaskData | TabularData``; ``TASKS`` is the
+registry and :func:`register_task` adds more. A sequence task's sample is a sequence of int32
+token ids in ``[0, vocab_size)``; a tabular task's sample is one int32 id per categorical
+feature and one float per numeric feature. Every sample has one int32 label. Every id is
+checked against its range here, where data enters: JAX would silently clamp it otherwise.
 """
 
 from __future__ import annotations
@@ -36,24 +38,99 @@ class TaskData:
         return int(self.train["tokens"].shape[1])
 
 
-TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData]] = {}
+@dataclasses.dataclass(frozen=True)
+class CategoricalFeature:
+    """One categorical input: ids lie in ``[0, cardinality)`` (reserved rows included)."""
+
+    name: str
+    cardinality: int
 
 
-def register_task(name: str):
-    """Decorator adding ``make(config, key) -> TaskData`` to :data:`TASKS`."""
+@dataclasses.dataclass(frozen=True)
+class TabularData:
+    """Train/test arrays of a tabular task and what a model and the runner need.
+
+    Attributes:
+      train, test: dicts with ``categorical`` (int32, [N, F], column f in
+        ``[0, categorical[f].cardinality)``), ``numeric`` (float32, [N, G], finite) and
+        ``label`` (int32, [N]).
+      categorical: the F categorical features, in column order.
+      numeric: names of the G numeric columns, in order (may be empty: shape [N, 0]).
+      num_classes: labels lie in ``[0, num_classes)``.
+      artifacts: file name -> text written into every run's directory (the fitted
+        vocabularies, so a run's ids can be decoded and new data encoded the same way).
+      clusters: feature name -> int array [cardinality], the hidden cluster of each id
+        (-1 where there is none, e.g. reserved rows); synthetic tasks only.
+      train_counts: feature name -> int array [cardinality], occurrences of each id in
+        the train split.
+    """
+
+    train: dict[str, jax.Array]
+    test: dict[str, jax.Array]
+    categorical: tuple[CategoricalFeature, ...]
+    numeric: tuple[str, ...]
+    num_classes: int
+    artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
+    clusters: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    train_counts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData | TabularData]] = {}
+
+
+TABULAR_TASKS: set[str] = set()  # names of tasks returning TabularData
+
+
+def register_task(name: str, *, tabular: bool = False):
+    """Decorator adding ``make(config, key) -> TaskData`` (or ``TabularData`` with
+    ``tabular=True``) to :data:`TASKS`."""
     def add(make):
         TASKS[name] = make
+        if tabular:
+            TABULAR_TASKS.add(name)
         return make
     return add
 
 
-def make_task(config: ml_collections.ConfigDict) -> TaskData:
+def make_task(config: ml_collections.ConfigDict) -> TaskData | TabularData:
     """Builds the task named ``config.name`` from ``config.seed``."""
     if config.name not in TASKS:
         raise ValueError(f"task.name={config.name!r} is not one of {', '.join(sorted(TASKS))}")
     data = TASKS[config.name](config, jax.random.key(config.seed))
-    _check_ranges(config.name, data)
+    if isinstance(data, TabularData):
+        _check_tabular(config.name, data)
+    else:
+        _check_ranges(config.name, data)
     return data
+
+
+def check_ids(where: str, ids, cardinality: int) -> None:
+    """Raises ValueError unless ``ids`` are integers in ``[0, cardinality)``.
+
+    ``where`` names the feature in the message, e.g. ``"task 'flights': train tailnum"``.
+    """
+    values = np.asarray(ids)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{where}: ids must be integers, got {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= cardinality):
+        bad = values[(values < 0) | (values >= cardinality)][0]
+        raise ValueError(f"{where}: id {bad} is outside [0, {cardinality})")
+
+
+def _check_tabular(name: str, data: TabularData) -> None:
+    for split_name, split in (("train", data.train), ("test", data.test)):
+        where = f"task {name!r}: {split_name}"
+        cat, num, label = (np.asarray(split[k]) for k in ("categorical", "numeric", "label"))
+        n = label.shape[0]
+        if cat.shape != (n, len(data.categorical)) or num.shape != (n, len(data.numeric)):
+            raise ValueError(f"{where}: categorical {cat.shape} / numeric {num.shape} do not match "
+                             f"{n} labels x {len(data.categorical)} categorical / "
+                             f"{len(data.numeric)} numeric features")
+        for column, feature in enumerate(data.categorical):
+            check_ids(f"{where} {feature.name}", cat[:, column], feature.cardinality)
+        if not np.issubdtype(num.dtype, np.floating) or not np.isfinite(num).all():
+            raise ValueError(f"{where}: numeric features must be finite floats")
+        check_ids(f"{where} label", label, data.num_classes)
 
 
 def _check_ranges(name: str, data: TaskData) -> None:

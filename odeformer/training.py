@@ -13,8 +13,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import pandas as pd
 from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from odeformer.sharding import DATA
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -52,26 +57,44 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver) -> d
     }
 
 
-def _loss_and_metrics(graphdef, params, hyper, tokens, labels):
-    logits, stats = nnx.merge(graphdef, params)(tokens, **hyper)
+def _inputs(split: dict) -> dict:
+    """The model's keyword inputs: every array of a split except its labels."""
+    return {k: v for k, v in split.items() if k != "label"}
+
+
+def _loss_and_metrics(graphdef, params, hyper, inputs, labels):
+    logits, stats = nnx.merge(graphdef, params)(**inputs, **hyper)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    return losses.mean(), {"losses": losses, "correct": correct, **stats}
+    score = jax.nn.softmax(logits)[..., -1]  # P(last class): the ranking score of binary tasks
+    return losses.mean(), {"losses": losses, "correct": correct, "score": score, **stats}
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int) -> Callable:
+def _batch_placement(mesh) -> Callable:
+    """Puts a batch's leading axis on the mesh's ``data`` axis (identity without a mesh)."""
+    if mesh is None or mesh.shape[DATA] == 1:
+        return lambda tree: tree
+    return lambda tree: jax.sharding.reshard(tree, P(DATA))
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
+                    mesh: jax.sharding.Mesh | None = None) -> Callable:
     """``train_step(state, data, key) -> (state, metrics)``, pure, state donated.
 
     The batch is drawn inside the step from ``data`` (the whole train split, on device)
-    with ``fold_in(key, step)``, so one key per run is threaded explicitly.
+    with ``fold_in(key, step)``, so one key per run is threaded explicitly. Under a
+    ``mesh`` (call it inside ``jax.set_mesh(mesh)``) the batch is split on ``data``.
     """
+    place = _batch_placement(mesh)
+
     def train_step(state, data, key):
         key = jax.random.fold_in(key, state["step"])
         index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0])
-        tokens, labels = data["tokens"][index], data["label"][index]
+        batch = place(jax.tree.map(lambda a: a[index], data))
+        inputs, labels = _inputs(batch), batch["label"]
 
         def loss_fn(params):
-            return _loss_and_metrics(graphdef, params, state["hyper"], tokens, labels)
+            return _loss_and_metrics(graphdef, params, state["hyper"], inputs, labels)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -90,28 +113,49 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int)
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef) -> Callable:
-    """``eval_step(params, hyper, tokens, labels, weight) -> sums`` over one chunk."""
-    def eval_step(params, hyper, tokens, labels, weight):
-        _, aux = _loss_and_metrics(graphdef, params, hyper, tokens, labels)
+def make_eval_step(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """``eval_step(params, hyper, split, index, weight) -> sums and scores`` over the
+    chunk ``index`` of a split (the chunk is split on ``data`` under a mesh)."""
+    place = _batch_placement(mesh)
+
+    def eval_step(params, hyper, split, index, weight):
+        batch = place(jax.tree.map(lambda a: a[index], split))
+        _, aux = _loss_and_metrics(graphdef, params, hyper, _inputs(batch), batch["label"])
         return {"loss": jnp.sum(aux["losses"] * weight), "correct": jnp.sum(aux["correct"] * weight),
-                "nfe": aux["nfe"], "ok": aux["ok"]}
+                "score": aux["score"], "nfe": aux["nfe"], "ok": aux["ok"]}
 
     return jax.jit(eval_step)
 
 
-def evaluate(eval_step: Callable, params, hyper, split: dict, chunk: int) -> dict[str, float]:
-    """Mean loss and accuracy over a whole split, in fixed-size chunks (last one padded
-    and masked, so every example counts once and the chunk shape never changes)."""
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of binary ``labels`` ranked by ``scores`` (Mann–Whitney U,
+    ties counted as one half); NaN when a class is absent."""
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = pd.Series(np.asarray(scores, np.float64)).rank(method="average").to_numpy()
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def evaluate(eval_step: Callable, params, hyper, split: dict, chunk: int,
+             num_classes: int) -> dict[str, float]:
+    """Mean loss and accuracy over a whole split (and ROC AUC for two classes), in
+    fixed-size chunks (last one padded and masked, so every example counts once and the
+    chunk shape never changes)."""
     n = int(split["label"].shape[0])
     totals = {"loss": 0.0, "correct": 0.0}
-    nfe, ok = 0, True
+    nfe, ok, scores = 0, True, []
     for start in range(0, n, chunk):
         index = jnp.arange(start, start + chunk) % n
         weight = (jnp.arange(start, start + chunk) < n).astype(jnp.float32)
-        out = eval_step(params, hyper, split["tokens"][index], split["label"][index], weight)
+        out = eval_step(params, hyper, split, index, weight)
         totals["loss"] += float(out["loss"])
         totals["correct"] += float(out["correct"])
+        scores.append(np.asarray(out["score"]))
         nfe = max(nfe, int(out["nfe"]))
         ok = ok and bool(out["ok"])
-    return {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n, "nfe": nfe, "ok": ok}
+    result = {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n, "nfe": nfe, "ok": ok}
+    if num_classes == 2:
+        result["auc"] = roc_auc(np.asarray(split["label"]), np.concatenate(scores)[:n])
+    return result

@@ -1,37 +1,58 @@
 """Parameter budgets resolve to shapes whose real parameter count is within 5%."""
 
+import numpy as np
 import pytest
 from flax import nnx
 
 from odeformer import count_params
 from odeformer.budgets import model_params, resolve_budget
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
+from odeformer.models import ModelShape, SequenceClassifier, SolverSpec, TabularClassifier
+from odeformer.tasks import CategoricalFeature, TabularData, TaskData
 
 SIZES = dict(vocab_size=16, seq_len=9, num_classes=8)
+_SPLIT = {"tokens": np.zeros((1, 9), np.int32), "label": np.zeros((1,), np.int32)}
+DATA = TaskData(_SPLIT, _SPLIT, vocab_size=16, num_classes=8)
+_TABLE = {"categorical": np.zeros((1, 2), np.int32), "numeric": np.zeros((1, 1), np.float32),
+          "label": np.zeros((1,), np.int32)}
+TABULAR = TabularData(_TABLE, _TABLE, (CategoricalFeature("a", 1000), CategoricalFeature("b", 7)),
+                      ("x",), num_classes=2)
 
 
 @pytest.mark.parametrize("shape", [ModelShape(), ModelShape(family="discrete", layers=6),
                                    ModelShape(time="piecewise", pieces=3)])
 def test_abstract_count_equals_a_built_model(shape):
     model = SequenceClassifier(shape, SolverSpec(), rngs=nnx.Rngs(0), **SIZES)
-    assert model_params(shape, **SIZES) == count_params(model)
+    assert model_params(shape, DATA) == count_params(model)
+
+
+@pytest.mark.parametrize("embedding", ["table", "onehot", "hashed", "qr"])
+@pytest.mark.parametrize("shards", [1, 8])
+def test_abstract_count_equals_a_built_tabular_model(embedding, shards):
+    shape = ModelShape(width=16, heads=2, embedding=embedding)
+    model = TabularClassifier(shape, SolverSpec(), data=TABULAR, shards=shards, rngs=nnx.Rngs(0))
+    assert model_params(shape, TABULAR, shards) == count_params(model)
+
+
+def test_tabular_budget_is_met():
+    resolved, params = resolve_budget(ModelShape(heads=4), 60_000, TABULAR)
+    assert abs(params - 60_000) <= 0.05 * 60_000
 
 
 @pytest.mark.parametrize("budget", [20_000, 100_000])
 @pytest.mark.parametrize("shape", [ModelShape(heads=4), ModelShape(family="discrete", layers=8)])
 def test_budget_is_met(shape, budget):
-    resolved, params = resolve_budget(shape, budget, **SIZES)
+    resolved, params = resolve_budget(shape, budget, DATA)
     assert abs(params - budget) <= 0.05 * budget
-    assert params == model_params(resolved, **SIZES)
+    assert params == model_params(resolved, DATA)
     assert resolved.width % resolved.heads == 0
     assert resolved.layers == shape.layers and resolved.family == shape.family
 
 
 def test_width_divisible_by_heads_is_preferred():
-    resolved, _ = resolve_budget(ModelShape(heads=4), 100_000, **SIZES)
+    resolved, _ = resolve_budget(ModelShape(heads=4), 100_000, DATA)
     assert resolved.heads == 4 and resolved.width % 4 == 0
 
 
 def test_unreachable_budget_is_an_error():
     with pytest.raises(ValueError, match="model.param_budget=50 cannot be met within 5%"):
-        resolve_budget(ModelShape(), 50, **SIZES)
+        resolve_budget(ModelShape(), 50, DATA)

