@@ -2,20 +2,30 @@
 
     python -m experiments.run --config configs/quick.py [--config.solver.name=rk4 ...]
         [--workdir DIR] [--shard i/n] [--quiet]
+        [--coordinator HOST:PORT --num_processes N --process_id I]
+
+With ``--coordinator`` the same command runs as one of N processes (one per machine, or
+several on one machine): ``jax.distributed.initialize`` joins them, ``config.mesh`` then
+spans every process's devices, and process 0 writes the results.
 """
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from odeformer.runner import format_summary, run_sweep
+from odeformer.sharding import join_processes
 from odeformer.sweeps import parse_shard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -40,13 +50,16 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
     config = _CONFIG.value
     try:
+        if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
+            join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         index, count = parse_shard(_SHARD.value)
         summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
                             shard_count=count, quiet=_QUIET.value)
     except ValueError as error:  # invalid config: raised before anything is written
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
+    if jax.process_index() == 0:
+        print(format_summary(summary))
     return summary.exit_code
 
 

@@ -12,11 +12,13 @@ kind       vector of id ``i``                                     rows stored
 table      ``E[i]``                                               ``V``
 onehot     ``one_hot(i, V) @ W`` (dense ``[batch, V]`` operand)   ``V``
 hashed     ``E[h(i) mod B]``, ``h`` = murmur3's 32-bit finaliser   ``B = ceil(V / c) + c``
-qr         ``E_q[i // m] * E_r[i mod m]``, ``m = ceil(V / c)``     ``c + m`` (Shi et al. 2020)
+qr         ``E_q[i // m] * E_r[i mod m]``, ``m = ceil(V / c)``     ``ceil(V/m) + m <= c + m``
 =========  ====================================================  ==========================
 
-``c`` is ``compression``. ``hashed`` and ``qr`` store the same number of rows, so they compare
-at equal memory; ``qr`` gives every id a distinct vector, ``hashed`` lets ids collide.
+``c`` is ``compression``; ``qr`` is Shi et al. 2020's quotient-remainder trick (multiplicative
+combination). ``hashed`` stores at least as many rows as ``qr`` (equal when ``m`` divides
+``V`` into ``c`` parts), so the comparison never favours ``qr`` on memory; ``qr`` gives every
+id a distinct vector, ``hashed`` lets ids collide.
 ``table`` and ``onehot`` compute the same function of their weights (pinned by a test); they
 differ in cost (``onehot`` multiplies a ``[batch, V]`` matrix) and in initialisation: the
 table is initialised like ``nnx.Embed`` (std ``1/sqrt(dim)``), the one-hot kernel like the

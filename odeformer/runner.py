@@ -133,6 +133,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
     state = place(state, state_shardings(state, mesh))
     train_split = place(data.train, replicated(mesh))
     test_split = place(data.test, replicated(mesh))
+    train_key = place(train_key, replicated(mesh))
     rdir = results.run_dir(workdir, planned.run.run_id)
     if primary:
         results.write_atomic(rdir / "config.json", json.dumps(c.to_dict(), indent=1, sort_keys=True))

@@ -19,6 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -28,6 +29,22 @@ DATA, MODEL = "data", "model"
 
 class EmbeddingRows(nnx.Param):
     """A parameter whose leading axis is a vocabulary; row-sharded on ``model``."""
+
+
+def join_processes(coordinator: str | None, num_processes: int, process_id: int) -> None:
+    """``jax.distributed.initialize`` after checking the arguments (call before any JAX work).
+
+    On CPU the processes talk through JAX's CPU collectives (Gloo); on GPU/TPU through the
+    accelerator's own.
+
+    Raises:
+      ValueError: naming the bad argument.
+    """
+    if not coordinator or ":" not in coordinator:
+        raise ValueError(f"--coordinator={coordinator!r} must be host:port of process 0")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id={process_id} must lie in [0, --num_processes={num_processes})")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
 
 def make_mesh(data: int = 1, model: int = 1, devices=None) -> jax.sharding.Mesh:
@@ -49,12 +66,6 @@ def make_mesh(data: int = 1, model: int = 1, devices=None) -> jax.sharding.Mesh:
 def padded_rows(rows: int, shards: int) -> int:
     """``rows`` rounded up to a multiple of ``shards`` (tables split evenly on ``model``)."""
     return shards * math.ceil(rows / shards)
-
-
-def _model_shards(mesh) -> int:
-    if mesh.empty or MODEL not in mesh.axis_names:
-        return 1
-    return mesh.shape[MODEL]
 
 
 def _spec_of(x) -> P:
@@ -79,16 +90,21 @@ def _onehot_matmul(rows, ids, offset):
 
 def _row_sharded(local_fn, rows, ids):
     mesh = jax.sharding.get_abstract_mesh()
-    if _model_shards(mesh) == 1:
+    if mesh.empty or MODEL not in mesh.axis_names:
         return local_fn(rows, ids, 0)
+    # Under Explicit axes even a one-shard or replicated table's type carries its sharding,
+    # so every lookup under a mesh goes through shard_map with the arrays' own specs.
+    rows_spec, ids_spec = _spec_of(rows), _spec_of(ids)
+    split = rows_spec[0] == MODEL
 
     def body(rows, ids):
+        if not split:
+            return local_fn(rows, ids, 0)
         offset = jax.lax.axis_index(MODEL) * rows.shape[0]
         return jax.lax.psum(local_fn(rows, ids, offset), MODEL)
 
-    ids_spec = _spec_of(ids)
-    return jax.shard_map(body, in_specs=(P(MODEL, None), ids_spec),
-                         out_specs=P(*ids_spec, None))(rows, ids)
+    return jax.shard_map(body, in_specs=(rows_spec, ids_spec),
+                         out_specs=P(*ids_spec, *rows_spec[1:]))(rows, ids)
 
 
 def lookup(rows: jax.Array, ids: jax.Array) -> jax.Array:
@@ -132,6 +148,19 @@ def place(tree, shardings):
     """``jax.device_put`` of a pytree onto ``shardings`` (a matching tree, or one sharding).
 
     With several processes every process must pass the same values (e.g. arrays built
-    from the same seed): each one keeps the shards of its own devices.
+    from the same seed; JAX checks it): each one keeps the shards of its own devices.
+    Arrays go through host memory then, since JAX only spreads host values across
+    processes; PRNG keys travel as their key data.
     """
-    return jax.device_put(tree, shardings)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, sharding):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: put(x, shardings), tree)
+    return jax.tree.map(put, tree, shardings)

@@ -174,8 +174,8 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
         if _get(c, key) not in allowed:
             raise ValueError(f"{key}={_get(c, key)!r} is not one of {', '.join(allowed)}")
     for key in _POSITIVE:
-        if key.startswith("task.") and key.split(".")[1] not in c.task:
-            continue  # each task has its own keys; its maker checks them
+        if key.startswith("task.") and (c.task.name in TABULAR_TASKS or key.split(".")[1] not in c.task):
+            continue  # tabular tasks have keys of their own; their makers check them
         if not _get(c, key) > 0:
             raise ValueError(f"{key}={_get(c, key)!r} must be > 0")
     for key in _NON_NEGATIVE:

@@ -147,8 +147,9 @@ def evaluate(eval_step: Callable, params, hyper, split: dict, chunk: int,
     totals = {"loss": 0.0, "correct": 0.0}
     nfe, ok, scores = 0, True, []
     for start in range(0, n, chunk):
-        index = jnp.arange(start, start + chunk) % n
-        weight = (jnp.arange(start, start + chunk) < n).astype(jnp.float32)
+        # NumPy operands: every process of a multi-process run passes the same ones.
+        index = (np.arange(start, start + chunk) % n).astype(np.int32)
+        weight = (np.arange(start, start + chunk) < n).astype(np.float32)
         out = eval_step(params, hyper, split, index, weight)
         totals["loss"] += float(out["loss"])
         totals["correct"] += float(out["correct"])
