@@ -1,6 +1,16 @@
-"""Shared fixtures. Numerical tests run in float64 via the `x64` fixture."""
+"""Shared fixtures. Numerical tests run in float64 via the `x64` fixture.
 
-import jax
+The host platform is split into 8 simulated CPU devices (before JAX is imported) for the
+sharding tests; everything else runs on the first device.
+"""
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
 import pytest
 
 
