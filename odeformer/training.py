@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pandas as pd
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from odeformer.sharding import DATA
@@ -127,6 +128,13 @@ def make_eval_step(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
     return jax.jit(eval_step)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host, also when it is split across processes."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of binary ``labels`` ranked by ``scores`` (Mann–Whitney U,
     ties counted as one half); NaN when a class is absent."""
@@ -153,7 +161,7 @@ def evaluate(eval_step: Callable, params, hyper, split: dict, chunk: int,
         out = eval_step(params, hyper, split, index, weight)
         totals["loss"] += float(out["loss"])
         totals["correct"] += float(out["correct"])
-        scores.append(np.asarray(out["score"]))
+        scores.append(_to_host(out["score"]))
         nfe = max(nfe, int(out["nfe"]))
         ok = ok and bool(out["ok"])
     result = {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n, "nfe": nfe, "ok": ok}

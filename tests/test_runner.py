@@ -200,3 +200,92 @@ def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert len(table) == 5 and table.run_id.is_unique and set(table.status) == {"ok"}
     assert finished <= set(table.run_id)
     assert f"{5 - len(finished)} run(s) trained, {len(finished)} already finished" in out.stdout
+
+
+def _tiny_tabular(**overrides) -> ml_collections.ConfigDict:
+    from configs import embeddings_tiny
+    c = ml_collections.ConfigDict(embeddings_tiny.get_config().to_dict())
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    c.lock()
+    return c
+
+
+def test_tabular_sweep_reports_auc_bytes_neighbours_and_saves_vocabularies(tmp_path):
+    from odeformer.vocab import vocabularies_from_json
+    summary = run_sweep(_tiny_tabular(), tmp_path, quiet=True)
+    table = summary.table.set_index("model.embedding")
+    assert summary.ran == 4 and set(table.status) == {"ok"}
+    assert ((table.test_auc > 0) & (table.test_auc < 1)).all()
+    data = runner._TaskCache().get_task(_tiny_tabular().task)
+    vocab = data.categorical[0].cardinality
+    # float32 rows x dim (the fourth-root rule gives 8 = width here), padding excluded
+    assert table.loc["table", "bytes.c0"] == table.loc["onehot", "bytes.c0"] == vocab * 8 * 4
+    m = -(-vocab // 8)
+    assert table.loc["qr", "bytes.c0"] == (-(-vocab // m) + m) * 8 * 4
+    assert table.loc["hashed", "bytes.c0"] == (m + 8) * 8 * 4
+    for kind in table.index:
+        assert 0 <= table.loc[kind, "p@10.c0"] <= 1 and 0 < table.loc[kind, "p@10_chance.c0"] < 0.2
+        saved = vocabularies_from_json((tmp_path / "runs" / table.loc[kind, "run_id"] / "vocab.json")
+                                       .read_text())
+        assert saved["c0"].size == vocab
+
+
+def test_mesh_runs_match_the_single_device_run(tmp_path):
+    import jax
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated CPU devices (conftest.py)")
+    rows = []
+    for data, model in ((1, 1), (2, 4)):
+        c = _tiny_tabular(**{"mesh.data": data, "mesh.model": model,
+                             "sweep.model.embedding": ("qr",)})
+        summary = run_sweep(c, tmp_path / f"{data}x{model}", quiet=True)
+        assert set(summary.table.status) == {"ok"}
+        rows.append(summary.table.iloc[0])
+    assert rows[1].devices == 8 and rows[0].devices == 1
+    for column in ("train_loss", "test_loss", "test_auc", "p@10.c0"):
+        np.testing.assert_allclose(rows[1][column], rows[0][column], rtol=2e-4, atol=1e-6)
+
+
+def test_mesh_needing_more_devices_is_refused(tmp_path):
+    import jax
+    with pytest.raises(ValueError, match=f"mesh.data=64 x mesh.model=1 needs more devices than the "
+                                         f"{jax.device_count()} available"):
+        run_sweep(_tiny_tabular(**{"mesh.data": 64}), tmp_path, quiet=True)
+    assert not tmp_path.joinpath("results.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_run_as_one(tmp_path):
+    """jax.distributed on localhost: 2 processes x 2 CPU devices, mesh 2 x 2, Gloo collectives."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    flags = ("--config=configs/embeddings_tiny.py", "--config.mesh.data=2", "--config.mesh.model=2",
+             "--config.sweep.model.embedding=('table',)", "--quiet")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", *flags, f"--workdir={tmp_path / 'multi'}",
+         f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    single = subprocess.run([sys.executable, "-m", "experiments.run", *flags,
+                             f"--workdir={tmp_path / 'single'}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi, one = results.load(tmp_path / "multi"), results.load(tmp_path / "single")
+    assert len(multi) == len(one) == 1 and multi.devices[0] == one.devices[0] == 4
+    assert multi.run_id[0] == one.run_id[0]
+    for column in ("train_loss", "test_loss", "test_auc"):
+        np.testing.assert_allclose(multi[column][0], one[column][0], rtol=1e-5)
+    # only process 0 reports (Gloo itself prints connection lines from both)
+    assert "run(s) trained" in outs[0][0] and "run(s) trained" not in outs[1][0]
