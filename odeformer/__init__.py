@@ -19,9 +19,9 @@ from odeformer.time import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, Tim
 from odeformer.vocab import Vocabulary
 
 __all__ = [
-    "ADAPTIVE_SOLVERS", "ADJOINTS", "EMBEDDINGS", "MLP", "EmbeddingSpec", "FeatureEmbedding",
-    "FeatureTokenizer", "Vocabulary", "make_mesh", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
-    "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
-    "TimeParam", "TimeSpec", "TransformerBlockField", "count_params", "solve", "solver_order",
+    "ADAPTIVE_SOLVERS", "ADJOINTS", "EMBEDDINGS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES",
+    "AttentionField", "EmbeddingSpec", "FeatureEmbedding", "FeatureTokenizer", "MultiHeadAttention",
+    "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear", "TimeParam", "TimeSpec",
+    "TransformerBlockField", "Vocabulary", "count_params", "make_mesh", "solve", "solver_order",
     "vector_field",
 ]

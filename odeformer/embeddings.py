@@ -4,7 +4,8 @@ quotient-remainder tables, and the FT-Transformer-style tokenizer of a tabular r
 Every variant maps the ids of one feature (``[0, cardinality)``, validated where data
 enters) to ``dim``-vectors and stores its rows as :class:`odeformer.sharding.EmbeddingRows`,
 so under a mesh with a ``model`` axis every variant is row-sharded the same way (rows padded
-to a multiple of the shard count; padded rows are never looked up).
+to a multiple of the shard count with zero rows). The layers do not check ids: that happens
+where data enters (``odeformer.tasks.check_ids``), so padded rows are never looked up.
 
 =========  ====================================================  ==========================
 kind       vector of id ``i``                                     rows stored
@@ -77,8 +78,9 @@ def _hash(ids: jax.Array) -> jax.Array:
 
 
 def _rows(rngs, rows: int, dim: int, std: float, shards: int, dtype) -> EmbeddingRows:
-    value = std * jax.random.normal(rngs.params(), (padded_rows(rows, shards), dim), dtype)
-    return EmbeddingRows(value)
+    """``rows`` random rows, then zero rows up to a multiple of ``shards``."""
+    value = std * jax.random.normal(rngs.params(), (rows, dim), dtype)
+    return EmbeddingRows(jnp.pad(value, ((0, padded_rows(rows, shards) - rows), (0, 0))))
 
 
 class FeatureEmbedding(nnx.Module):
@@ -111,6 +113,10 @@ class FeatureEmbedding(nnx.Module):
             quotients = math.ceil(cardinality / self.remainders)
             self.rows = _rows(rngs, quotients, dim, dim ** -0.25, shards, dtype)
             self.remainder_rows = _rows(rngs, self.remainders, dim, dim ** -0.25, shards, dtype)
+
+    def tables(self) -> tuple[EmbeddingRows, ...]:
+        """The row arrays (two for ``qr``), padding included."""
+        return (self.rows, self.remainder_rows) if self.kind == "qr" else (self.rows,)
 
     @property
     def stored_rows(self) -> int:
@@ -160,8 +166,11 @@ class FeatureTokenizer(nnx.Module):
                 nnx.Linear(dim, width, use_bias=False, rngs=rngs) if dim != width else None)
         self.categorical_bias = nnx.Param(jnp.zeros((len(categorical), width)))
         scale = width ** -0.5
-        self.numeric_weight = nnx.Param(scale * jax.random.normal(rngs.params(), (num_numeric, width)))
-        self.numeric_bias = nnx.Param(jnp.zeros((num_numeric, width)))
+        self.num_numeric = num_numeric
+        if num_numeric:  # no zero-size parameters: checkpointing refuses them
+            self.numeric_weight = nnx.Param(
+                scale * jax.random.normal(rngs.params(), (num_numeric, width)))
+            self.numeric_bias = nnx.Param(jnp.zeros((num_numeric, width)))
         self.cls = nnx.Param(scale * jax.random.normal(rngs.params(), (1, width)))
 
     def param_bytes(self) -> dict[str, int]:
@@ -179,11 +188,12 @@ class FeatureTokenizer(nnx.Module):
             vectors = embed(categorical[:, f])
             columns.append(vectors if proj is None else proj(vectors))
         cat = jnp.stack(columns, axis=1) + self.categorical_bias[...]
-        num = numeric[..., None] * self.numeric_weight[...] + self.numeric_bias[...]
-        cat = cat.astype(num.dtype)
         # Broadcast against a batch-shaped operand so [CLS] takes the batch's sharding.
-        cls = jnp.zeros_like(num[:, :1, :]) + self.cls[...]
-        return jnp.concatenate([cls, cat, num], axis=1)
+        cls = jnp.zeros_like(cat[:, :1, :]) + self.cls[...]
+        if not self.num_numeric:
+            return jnp.concatenate([cls, cat], axis=1)
+        num = numeric[..., None] * self.numeric_weight[...] + self.numeric_bias[...]
+        return jnp.concatenate([cls.astype(num.dtype), cat.astype(num.dtype), num], axis=1)
 
 
 NEIGHBOURS_K = 10  # precision@k of learned vectors
@@ -216,8 +226,7 @@ def tabular_report(tokenizer: FeatureTokenizer, data: TabularData, mesh) -> dict
     row = {"embedding_bytes": 0, "embedding_bytes_per_device": 0}
     for name, embed, proj in zip(tokenizer.names, tokenizer.embeddings, tokenizer.projections,
                                  strict=True):
-        stored = sum(v[...].nbytes for v in (embed.rows, getattr(embed, "remainder_rows", None))
-                     if v is not None)
+        stored = sum(rows[...].nbytes for rows in embed.tables())
         projection = 0 if proj is None else proj.kernel[...].nbytes
         row[f"bytes.{name}"] = embed.param_bytes() + projection
         row["embedding_bytes"] += embed.param_bytes()

@@ -51,6 +51,7 @@ class PlannedRun:
     run: Run
     shape: ModelShape
     params: int
+    tables: tuple[int, ...] = ()  # a tabular task's table sizes (they depend on its data)
 
 
 def _json(config) -> str:
@@ -81,7 +82,8 @@ def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> 
             shape, params = resolve_budget(shape, run.config.model.param_budget, data, shards)
         else:
             params = model_params(shape, data, shards)
-        planned.append(PlannedRun(run, shape, params))
+        tables = tuple(f.cardinality for f in data.categorical) if isinstance(data, TabularData) else ()
+        planned.append(PlannedRun(run, shape, params, tables))
     return planned
 
 
@@ -94,7 +96,8 @@ def _structure_key(planned: PlannedRun) -> str:
     train = {k: c.train[k] for k in ("batch_size", "num_steps", "warmup_steps", "grad_clip",
                                       "eval_batch_size")}
     mesh = c.mesh.to_dict()
-    return json.dumps([task, dataclasses.asdict(planned.shape), solver, train, mesh], sort_keys=True)
+    return json.dumps([task, dataclasses.asdict(planned.shape), solver, train, mesh,
+                       planned.tables], sort_keys=True)
 
 
 def _solver_spec(c) -> SolverSpec:
@@ -137,7 +140,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
     rdir = results.run_dir(workdir, planned.run.run_id)
     if primary:
         results.write_atomic(rdir / "config.json", json.dumps(c.to_dict(), indent=1, sort_keys=True))
-        for name, text in getattr(data, "artifacts", {}).items():
+        for name, text in data.artifacts.items():
             results.write_atomic(rdir / name, text)
     metrics_path = rdir / "metrics.jsonl"
 
@@ -275,7 +278,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
             results.record(workdir, row)
             results.write_table(workdir)
         ran += 1
-    table = results.write_table(workdir) if workdir.exists() else pd.DataFrame()
+    table = results.write_table(workdir) if primary and workdir.exists() else (
+        results.load(workdir) if workdir.exists() else pd.DataFrame())
     return SweepSummary(table, ran, skipped, failed)
 
 

@@ -184,6 +184,12 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     if c.mesh.data * c.mesh.model > jax.device_count():
         raise ValueError(f"mesh.data={c.mesh.data} x mesh.model={c.mesh.model} needs more devices than "
                          f"the {jax.device_count()} available")
+    if jax.process_count() > 1 and c.mesh.data * c.mesh.model != jax.device_count():
+        raise ValueError(f"mesh.data={c.mesh.data} x mesh.model={c.mesh.model} must use all "
+                         f"{jax.device_count()} devices of the {jax.process_count()} processes")
+    for key in ("train.batch_size", "train.eval_batch_size"):
+        if _get(c, key) % c.mesh.data:
+            raise ValueError(f"{key}={_get(c, key)} must be a multiple of mesh.data={c.mesh.data}")
     if c.solver.adaptive and c.solver.name not in ADAPTIVE_SOLVERS:
         raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
                          f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")

@@ -4,7 +4,8 @@ A task is a function ``make(config, key) -> TaskData | TabularData``; ``TASKS`` 
 registry and :func:`register_task` adds more. A sequence task's sample is a sequence of int32
 token ids in ``[0, vocab_size)``; a tabular task's sample is one int32 id per categorical
 feature and one float per numeric feature. Every sample has one int32 label. Every id is
-checked against its range here, where data enters: JAX would silently clamp it otherwise.
+checked against its range here, where data enters: an embedding lookup never checks it (JAX
+clamps a plain gather; the row-sharded lookup returns zeros).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class TaskData:
     test: dict[str, jax.Array]
     vocab_size: int
     num_classes: int
+    artifacts: dict[str, str] = dataclasses.field(default_factory=dict)  # as in TabularData
 
     @property
     def seq_len(self) -> int:

@@ -289,3 +289,20 @@ def test_two_processes_train_the_same_run_as_one(tmp_path):
         np.testing.assert_allclose(multi[column][0], one[column][0], rtol=1e-5)
     # only process 0 reports (Gloo itself prints connection lines from both)
     assert "run(s) trained" in outs[0][0] and "run(s) trained" not in outs[1][0]
+
+
+def test_tabular_runs_checkpoint_and_seeds_with_other_table_sizes_compile_apart(tmp_path):
+    c = _tiny_tabular(**{"train.checkpoint_every": 3, "sweep.model.embedding": ("qr",),
+                         "sweep.task": ml_collections.ConfigDict({"seed": (0, 1)})})
+    planned = runner.plan(c)
+    assert planned[0].tables != planned[1].tables  # the vocabularies differ with the seed
+    summary = run_sweep(c, tmp_path, quiet=True)
+    assert set(summary.table.status) == {"ok"} and not summary.table.compile_reused.any()
+
+
+def test_batch_must_split_evenly_over_the_data_axis(tmp_path):
+    import jax
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices")
+    with pytest.raises(ValueError, match="train.batch_size=30 must be a multiple of mesh.data=4"):
+        run_sweep(_tiny_tabular(**{"mesh.data": 4, "train.batch_size": 30}), tmp_path, quiet=True)
