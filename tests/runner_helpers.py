@@ -13,6 +13,11 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 4, 8, 1
     c.train.log_every, c.train.eval_batch_size = 2, 16
     c.sweep = ml_collections.ConfigDict({"solver": {"steps": (1, 2)}})
+    return with_overrides(c, overrides)
+
+
+def with_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """Sets dotted keys of ``c`` and locks it."""
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

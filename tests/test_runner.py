@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
-from runner_helpers import tiny_config
+from runner_helpers import tiny_config, with_overrides
 
 from odeformer import results, runner
 from odeformer.runner import run_sweep
@@ -204,15 +204,7 @@ def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
 
 def _tiny_tabular(**overrides) -> ml_collections.ConfigDict:
     from configs import embeddings_tiny
-    c = ml_collections.ConfigDict(embeddings_tiny.get_config().to_dict())
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    c.lock()
-    return c
+    return with_overrides(ml_collections.ConfigDict(embeddings_tiny.get_config().to_dict()), overrides)
 
 
 def test_tabular_sweep_reports_auc_bytes_neighbours_and_saves_vocabularies(tmp_path):
