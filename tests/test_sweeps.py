@@ -65,7 +65,8 @@ ADAPTIVE = {"solver.adaptive": True, "solver.name": "tsit5"}
 @pytest.mark.parametrize("overrides, sweep, message", [
     ({"solver.name": "rk99"}, None, "solver.name='rk99' is not one of euler"),
     ({"solver.adjoint": "adjoint"}, None, "solver.adjoint='adjoint' is not one of checkpoint"),
-    ({"task.name": "mnist"}, None, "task.name='mnist' is not one of associative_recall, majority"),
+    ({"task.name": "mnist"}, None,
+     "task.name='mnist' is not one of associative_recall, flights, majority, synthetic_categorical"),
     ({"model.family": "rnn"}, None, "model.family='rnn' is not one of ode, discrete"),
     ({"model.time": "linear"}, None, "model.time='linear' is not one of tied"),
     ({}, {"solver": {"steps": (2, 0)}}, "solver.steps=0 must be > 0"),
