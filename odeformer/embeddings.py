@@ -110,8 +110,8 @@ class FeatureEmbedding(nnx.Module):
             self.rows = _rows(rngs, self.buckets, dim, dim ** -0.5, shards, dtype)
         else:  # qr: the product of two vectors of std dim**-0.25 has std dim**-0.5
             self.remainders = math.ceil(cardinality / compression)
-            quotients = math.ceil(cardinality / self.remainders)
-            self.rows = _rows(rngs, quotients, dim, dim ** -0.25, shards, dtype)
+            self.quotients = math.ceil(cardinality / self.remainders)
+            self.rows = _rows(rngs, self.quotients, dim, dim ** -0.25, shards, dtype)
             self.remainder_rows = _rows(rngs, self.remainders, dim, dim ** -0.25, shards, dtype)
 
     def tables(self) -> tuple[EmbeddingRows, ...]:
@@ -124,7 +124,7 @@ class FeatureEmbedding(nnx.Module):
         if self.kind == "hashed":
             return self.buckets
         if self.kind == "qr":
-            return math.ceil(self.cardinality / self.remainders) + self.remainders
+            return self.quotients + self.remainders
         return self.cardinality
 
     def param_bytes(self) -> int:
@@ -223,14 +223,11 @@ def tabular_report(tokenizer: FeatureTokenizer, data: TabularData, mesh) -> dict
     """Per-feature parameter bytes (total, and held by one device under ``mesh``) and, for
     features with hidden clusters, precision@k of the learned vectors of frequent ids."""
     shards = mesh.shape.get(MODEL, 1)
-    row = {"embedding_bytes": 0, "embedding_bytes_per_device": 0}
-    for name, embed, proj in zip(tokenizer.names, tokenizer.embeddings, tokenizer.projections,
-                                 strict=True):
-        stored = sum(rows[...].nbytes for rows in embed.tables())
-        projection = 0 if proj is None else proj.kernel[...].nbytes
-        row[f"bytes.{name}"] = embed.param_bytes() + projection
-        row["embedding_bytes"] += embed.param_bytes()
-        row["embedding_bytes_per_device"] += stored // shards
+    row = {f"bytes.{name}": n for name, n in tokenizer.param_bytes().items()}
+    row["embedding_bytes"] = sum(embed.param_bytes() for embed in tokenizer.embeddings)
+    row["embedding_bytes_per_device"] = sum(rows[...].nbytes // shards for embed in tokenizer.embeddings
+                                            for rows in embed.tables())
+    for name, embed in zip(tokenizer.names, tokenizer.embeddings, strict=True):
         if name not in data.clusters:
             continue
         counts = data.train_counts[name]

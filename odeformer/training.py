@@ -18,9 +18,8 @@ import optax
 import pandas as pd
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec as P
 
-from odeformer.sharding import DATA
+from odeformer.sharding import DATA, batch_sharding
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -67,15 +66,14 @@ def _loss_and_metrics(graphdef, params, hyper, inputs, labels):
     logits, stats = nnx.merge(graphdef, params)(**inputs, **hyper)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    score = jax.nn.softmax(logits)[..., -1]  # P(last class): the ranking score of binary tasks
-    return losses.mean(), {"losses": losses, "correct": correct, "score": score, **stats}
+    return losses.mean(), {"logits": logits, "losses": losses, "correct": correct, **stats}
 
 
 def _batch_placement(mesh) -> Callable:
     """Puts a batch's leading axis on the mesh's ``data`` axis (identity without a mesh)."""
     if mesh is None or mesh.shape[DATA] == 1:
         return lambda tree: tree
-    return lambda tree: jax.sharding.reshard(tree, P(DATA))
+    return lambda tree: jax.sharding.reshard(tree, batch_sharding(mesh))
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
@@ -123,7 +121,8 @@ def make_eval_step(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
         batch = place(jax.tree.map(lambda a: a[index], split))
         _, aux = _loss_and_metrics(graphdef, params, hyper, _inputs(batch), batch["label"])
         return {"loss": jnp.sum(aux["losses"] * weight), "correct": jnp.sum(aux["correct"] * weight),
-                "score": aux["score"], "nfe": aux["nfe"], "ok": aux["ok"]}
+                # P(last class): the ranking score of binary tasks (ROC AUC)
+                "score": jax.nn.softmax(aux["logits"])[..., -1], "nfe": aux["nfe"], "ok": aux["ok"]}
 
     return jax.jit(eval_step)
 
