@@ -22,6 +22,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "embeddings"
+    c.experiment = "train"
     c.seed = 0
     c.task = ml_collections.ConfigDict(dict(
         name="flights", seed=0, min_count=1, max_size=0, oov_buckets=0, num_train=0, num_test=0,

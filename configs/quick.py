@@ -13,6 +13,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "quick"
+    c.experiment = "train"
     c.seed = 0
     c.task = ml_collections.ConfigDict(dict(
         name="associative_recall", seed=0, vocab_size=8, seq_len=9, num_train=4096, num_test=512))

@@ -84,8 +84,8 @@ class _FlowClassifier(nnx.Module):
         self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
         self.head = nnx.Linear(shape.width, num_classes, rngs=rngs)
 
-    def _flow(self, x, rtol, atol, t1):
-        """Integrates the tokens; returns ``(normalised final tokens, stats with 'ok')``.
+    def flow(self, x, *, rtol=None, atol=None, t1=None):
+        """The flow map: integrates the tokens ``x``; returns ``(x(T), stats with 'ok')``.
 
         ``rtol``, ``atol`` (required by the adaptive ``ode`` family) and ``t1`` (``ode``
         only) may be traced. The ``discrete`` family ignores them. The whole batch is
@@ -98,7 +98,19 @@ class _FlowClassifier(nnx.Module):
             adaptive = self.block.steps is None
             sol = self.block.integrate(x, rtol=rtol if adaptive else None,
                                        atol=atol if adaptive else None, t1=t1)
-        return self.norm(sol.y1), {**sol.stats, "ok": sol.ok}
+        return sol.y1, {**sol.stats, "ok": sol.ok}
+
+    def horizon(self, t1=None):
+        """Length T of the flow's time interval: ``layers`` for the discrete family
+        (unit steps), ``t1`` (or the block's stored one) for the ode family."""
+        if self.family == "discrete":
+            return float(self.block.t1)
+        return self.block.t1 if t1 is None else t1
+
+    def classify(self, x, *, rtol=None, atol=None, t1=None):
+        """Tokens (after :meth:`embed`) -> ``(logits, stats)``: flow, LayerNorm, readout, head."""
+        h, stats = self.flow(x, rtol=rtol, atol=atol, t1=t1)
+        return self.head(self.read(self.norm(h))), stats
 
 
 class SequenceClassifier(_FlowClassifier):
@@ -109,15 +121,20 @@ class SequenceClassifier(_FlowClassifier):
         if shape.readout not in READOUTS:
             raise ValueError(f"model.readout={shape.readout!r} is not one of {', '.join(READOUTS)}")
         self.readout = shape.readout
-        self.embed = nnx.Embed(vocab_size, shape.width, rngs=rngs)
+        self.embed_tokens = nnx.Embed(vocab_size, shape.width, rngs=rngs)
         self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (seq_len, shape.width)))
         self._build_flow(shape, solver, num_classes, rngs)
 
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """int ids [..., seq_len] -> the flow's initial tokens [..., seq_len, width]."""
+        return self.embed_tokens(tokens) + self.position[...]
+
+    def read(self, h: jax.Array) -> jax.Array:
+        return h[..., -1, :] if self.readout == "last" else h.mean(-2)
+
     def __call__(self, tokens: jax.Array, *, rtol=None, atol=None, t1=None):
-        """Returns ``(logits, solution stats with 'ok')``; see ``_flow`` for the solver values."""
-        h, stats = self._flow(self.embed(tokens) + self.position[...], rtol, atol, t1)
-        h = h[..., -1, :] if self.readout == "last" else h.mean(-2)
-        return self.head(h), stats
+        """Returns ``(logits, solution stats with 'ok')``; see :meth:`flow` for the solver values."""
+        return self.classify(self.embed(tokens), rtol=rtol, atol=atol, t1=t1)
 
 
 class TabularClassifier(_FlowClassifier):
@@ -133,10 +150,16 @@ class TabularClassifier(_FlowClassifier):
                                           shards=shards, rngs=rngs)
         self._build_flow(shape, solver, data.num_classes, rngs)
 
+    def embed(self, categorical: jax.Array, numeric: jax.Array) -> jax.Array:
+        """``categorical`` int [B, F], ``numeric`` float [B, G] -> tokens [B, 1 + F + G', width]."""
+        return self.tokenizer(categorical, numeric)
+
+    def read(self, h: jax.Array) -> jax.Array:
+        return h[..., 0, :]  # the [CLS] token
+
     def __call__(self, categorical: jax.Array, numeric: jax.Array, *, rtol=None, atol=None, t1=None):
         """``categorical`` int [B, F], ``numeric`` float [B, G] -> ``(logits, stats)``."""
-        h, stats = self._flow(self.tokenizer(categorical, numeric), rtol, atol, t1)
-        return self.head(h[..., 0, :]), stats
+        return self.classify(self.embed(categorical, numeric), rtol=rtol, atol=atol, t1=t1)
 
 
 def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularData, *,

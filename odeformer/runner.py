@@ -28,6 +28,7 @@ from odeformer.budgets import model_params, resolve_budget
 from odeformer.embeddings import tabular_report
 from odeformer.models import ModelShape, SolverSpec, build_model
 from odeformer.sharding import make_mesh, place, replicated, state_shardings
+from odeformer.studies import STUDIES
 from odeformer.sweeps import Run, expand, shard
 from odeformer.tasks import TabularData, TaskData, make_task
 from odeformer.training import (
@@ -250,30 +251,53 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
               shard_count: int = 1, quiet: bool = False) -> SweepSummary:
     """Runs this shard's part of the sweep into ``workdir``; finished runs are skipped.
 
-    Every run is validated (and its shape resolved) before anything is compiled or
+    ``config.experiment`` is ``"train"`` (every run trains a model) or the name of a
+    numerical study (``odeformer.studies``; every run calls its ``measure``). Every run
+    is validated (and a training run's shape resolved) before anything is computed or
     written. A run that fails is recorded as ``status = "failed: <reason>"``.
     """
-    tasks = _TaskCache()
-    planned = shard(plan(config, tasks), shard_index, shard_count)
     workdir = Path(workdir)
     progress = not quiet and sys.stderr.isatty()
-    compiled: dict = {}
+    if config.experiment == "train":
+        tasks, compiled = _TaskCache(), {}
+        items = shard(plan(config, tasks), shard_index, shard_count)
+
+        def execute(item):
+            return train_run(item, workdir, tasks, compiled, progress)
+
+        return _sweep(items, workdir, lambda item: item.run, _row, execute, progress)
+    study = STUDIES[config.experiment]
+    items = shard(expand(config), shard_index, shard_count)
+
+    def measure(run):
+        if jax.process_index() == 0:
+            results.write_atomic(results.run_dir(workdir, run.run_id) / "config.json",
+                                 json.dumps(run.config.to_dict(), indent=1, sort_keys=True))
+        return study.measure(run.config)
+
+    return _sweep(items, workdir, lambda run: run, lambda run: {"run_id": run.run_id, **run.swept},
+                  measure, progress)
+
+
+def _sweep(items, workdir: Path, run_of, base_row, execute, progress: bool) -> SweepSummary:
+    """Executes every unfinished item, recording each row as soon as it is known."""
     ran, skipped, failed = 0, 0, []
     primary = jax.process_index() == 0
-    for item in tqdm(planned, desc="runs", disable=not progress):
-        if _finished(workdir, item.run.run_id):
+    for item in tqdm(items, desc="runs", disable=not progress):
+        run_id = run_of(item).run_id
+        if _finished(workdir, run_id):
             skipped += 1
             continue
-        row = _row(item)
+        row = base_row(item)
         try:
-            row.update(train_run(item, workdir, tasks, compiled, progress), status="ok")
+            row.update(execute(item), status="ok")
         except RunFailed as error:  # the run diverged or its solver failed: final
             row["status"] = f"failed: {error}"
-            failed.append(item.run.run_id)
+            failed.append(run_id)
         except Exception as error:  # recorded, retried by the next rerun, the sweep goes on
             detail = str(error).splitlines()[0][:300] if str(error) else ""
             row.update(status=f"failed: {type(error).__name__}: {detail}", crashed=True)
-            failed.append(item.run.run_id)
+            failed.append(run_id)
         if primary:
             results.record(workdir, row)
             results.write_table(workdir)

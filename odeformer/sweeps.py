@@ -26,10 +26,11 @@ from odeformer.embeddings import EMBEDDINGS
 from odeformer.models import FAMILIES, READOUTS
 from odeformer.solve import ADJOINTS
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
+from odeformer.studies import STUDIES
 from odeformer.tasks import TABULAR_TASKS, TASKS
 from odeformer.time import TIME_MODES
 
-_META_KEYS = ("name", "sweep", "sweep_zip")
+_META_KEYS = ("name", "experiment", "sweep", "sweep_zip")
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -203,8 +204,21 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
                          f"{c.solver.t1} would integrate past them; use solver.t1=1.0")
 
 
+def experiments() -> tuple[str, ...]:
+    """Allowed values of ``config.experiment``: training, or a numerical study."""
+    return ("train", *sorted(STUDIES))
+
+
 def expand(config: ml_collections.ConfigDict) -> list[Run]:
-    """All distinct runs of the sweep, validated, in grid order."""
+    """All distinct runs of the sweep, validated, in grid order.
+
+    ``config.experiment`` says what a run is: ``"train"`` (normalised and checked by
+    :func:`validate_run`) or a study of ``odeformer.studies.STUDIES`` (checked by its own
+    ``validate``).
+    """
+    if config.experiment not in experiments():
+        raise ValueError(f"experiment={config.experiment!r} is not one of {', '.join(experiments())}")
+    train = config.experiment == "train"
     dims = _axes(config)
     runs, seen = [], set()
     for combo in itertools.product(*[values for _, values in dims]):
@@ -214,8 +228,11 @@ def expand(config: ml_collections.ConfigDict) -> list[Run]:
             for key, value in zip(keys, values, strict=True):
                 _set(cfg, key, value)
                 swept[key] = value
-        _normalise(cfg, config)
-        validate_run(cfg)
+        if train:
+            _normalise(cfg, config)
+            validate_run(cfg)
+        else:
+            STUDIES[config.experiment].validate(cfg)
         swept = {k: _get(cfg, k) for k in swept}
         cfg.lock()
         rid = run_id(cfg)

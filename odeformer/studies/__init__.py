@@ -1,0 +1,43 @@
+"""Measurements that train nothing (numerical studies), run by the same sweep runner.
+
+A config whose ``experiment`` key names a study here (``configs/convergence.py``:
+``experiment = "convergence"``) is expanded into runs like a training sweep
+(``config.sweep`` axes, run ids, resume, failures recorded), but each run calls the
+study's ``measure(config) -> row`` instead of training. ``experiment = "train"`` is the
+training runner (``odeformer.runner``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A numerical study.
+
+    Attributes:
+      validate: raises ``ValueError`` naming the first invalid key of one run's config
+        (called for every run before anything is computed or written).
+      measure: one run's metrics (a flat dict of numbers and strings), from its config.
+    """
+
+    validate: Callable[[ml_collections.ConfigDict], None]
+    measure: Callable[[ml_collections.ConfigDict], dict[str, Any]]
+
+
+STUDIES: dict[str, Study] = {}
+
+
+def register_study(name: str, *, validate: Callable[[ml_collections.ConfigDict], None]):
+    """Decorator adding ``measure`` as the study ``name`` of :data:`STUDIES`."""
+    def add(measure):
+        STUDIES[name] = Study(validate, measure)
+        return measure
+    return add
+
+
