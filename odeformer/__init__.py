@@ -15,6 +15,7 @@ from odeformer.params import count_params
 from odeformer.sharding import make_mesh
 from odeformer.solve import ADJOINTS, Solution, solve
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
+from odeformer.studies import clustering, convergence  # noqa: F401  (registers the studies)
 from odeformer.time import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
 from odeformer.vocab import Vocabulary
 

@@ -90,12 +90,40 @@ def _rows(workdirs: Iterable[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def load(workdirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+def load(workdirs: str | Path | Iterable[str | Path], *, with_config: Iterable[str] = ()) -> pd.DataFrame:
     """All finished runs of one or several workdirs (e.g. the shards of a sweep) as one
-    DataFrame, one row per run_id."""
+    DataFrame, one row per run_id.
+
+    Args:
+      workdirs: one workdir or several.
+      with_config: dotted config keys (e.g. ``"task.cardinality"``) added as columns
+        from each run's ``config.json``, for values the sweep did not vary (the table
+        holds only swept keys). A column that already exists is left as it is.
+
+    Raises:
+      KeyError: naming a ``with_config`` key that a run's config does not have.
+    """
     if isinstance(workdirs, (str, Path)):
         workdirs = [workdirs]
-    frame = pd.DataFrame(_rows(Path(w) for w in workdirs))
+    workdirs = [Path(w) for w in workdirs]
+    rows = _rows(workdirs)
+    keys = list(with_config)
+    if keys:
+        configs = {}
+        for workdir in workdirs:
+            for path in workdir.glob("runs/*/config.json"):
+                configs[path.parent.name] = json.loads(path.read_text())
+        for row in rows:
+            for key in keys:
+                if key in row:
+                    continue
+                node = configs[row["run_id"]]
+                for part in key.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise KeyError(f"run {row['run_id']}'s config has no key {key!r}")
+                    node = node[part]
+                row[key] = node
+    frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)

@@ -52,3 +52,16 @@ def test_load_merges_workdirs_and_rebuilds_the_table(tmp_path):
     table = pd.read_csv(tmp_path / "s1" / "results.csv")
     assert list(table.run_id) == ["r1"]  # the table is rebuilt on demand, records are the truth
     assert results.load(tmp_path / "empty").empty
+
+
+def test_load_adds_unswept_config_values_from_each_runs_config(tmp_path):
+    import pytest
+    for i, cardinality in enumerate((100, 300)):
+        config = {"task": {"cardinality": cardinality, "name": "synthetic"}, "seed": i}
+        results.write_atomic(results.run_dir(tmp_path, f"r{i}") / "config.json", json.dumps(config))
+        results.record(tmp_path, {"run_id": f"r{i}", "status": "ok", "seed": 7})
+    table = results.load(tmp_path, with_config=["task.cardinality", "seed"]).set_index("run_id")
+    assert table.loc["r0", "task.cardinality"] == 100 and table.loc["r1", "task.cardinality"] == 300
+    assert (table["seed"] == 7).all()  # a column the row already has is kept as recorded
+    with pytest.raises(KeyError, match="run r0's config has no key 'task.width'"):
+        results.load(tmp_path, with_config=["task.width"])

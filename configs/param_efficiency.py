@@ -1,0 +1,36 @@
+"""Parameter efficiency: the smallest budget at which each family reaches a target test
+accuracy, for a discrete 4-layer transformer, a weight-tied ODE, a time-conditioned ODE
+and a discrete 1-layer transformer (6 budgets x 4 families x 3 seeds, 72 runs).
+
+    python -m experiments.run --config configs/param_efficiency.py
+
+Same task and training as configs/depth_vs_width.py (majority of 16 symbols over 24
+positions, 400 AdamW steps). All three families evaluate 4 blocks per forward pass
+(4 layers; 4 Euler steps), so at equal width they cost the same; at equal parameters
+the weight-tied ODE is about twice as wide. The 1-layer discrete model is the baseline at
+equal parameters and a quarter of the compute (on this task the best depth, see
+configs/depth_vs_width.py). ``model.time``: "tied" (one weight set for all
+t) or "concat" (t fed to every linear map as an extra input feature). The targets at
+which budget ratios are read (``analysis.targets``) are fixed here, before the runs;
+they do not define runs (changing them retrains nothing).
+Everything not set here is as in configs/quick.py.
+"""
+
+import ml_collections
+
+from configs import depth_vs_width
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(depth_vs_width.get_config().to_dict())
+    c.name = "param_efficiency"
+    c.model.update(family="ode", time="tied", layers=4, param_budget=12400)
+    c.solver.update(name="euler", steps=4)
+    c.analysis = ml_collections.ConfigDict(dict(targets=(0.6, 0.7, 0.8), resamples=2000))
+    c.sweep = ml_collections.ConfigDict(dict(
+        seed=(0, 1, 2),
+        model=dict(family=("discrete", "ode", "ode", "discrete"), time=("tied", "tied", "concat", "tied"),
+                   layers=(4, 4, 4, 1), param_budget=(900, 1820, 3600, 7100, 14400, 28800))))
+    c.sweep_zip = (("model.family", "model.time", "model.layers"),)
+    c.lock()
+    return c
