@@ -25,8 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
         max_steps=4096))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=300, batch_size=64, learning_rate=1e-2, weight_decay=1e-2, warmup_steps=30,
-        grad_clip=1.0, log_every=50, eval_batch_size=512, checkpoint_every=0))
+        grad_clip=1.0, log_every=50, eval_batch_size=512, checkpoint_every=0,
+        kinetic=0.0, jacobian=0.0))
     c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
+    # After training (odeformer.invariance, odeformer.stability): test accuracy under other
+    # solvers ('name:steps' or 'name:rtol'; the last is the reference of invariance_gap),
+    # and stability metrics on the first `examples` test examples.
+    c.evaluate = ml_collections.ConfigDict(dict(
+        solvers=(), stability=False, epsilon=1e-2, power_iterations=20, examples=64))
     c.sweep = ml_collections.ConfigDict(dict(
         model=dict(family=("ode", "discrete")),
         solver=dict(name=("euler", "rk4"), steps=(2, 4))))

@@ -52,6 +52,24 @@ class ODEBlock(nnx.Module):
         self.max_steps = max_steps
         self.throw = throw
 
+    def solve_options(self, *, rtol=None, atol=None, t1=None) -> dict:
+        """The keyword arguments of :func:`odeformer.solve` (all but ``args``, ``t0`` and
+        ``ts``) this block integrates with; ``rtol``, ``atol``, ``t1`` override the stored
+        values and may be traced.
+
+        Raises:
+          ValueError: if tolerances are passed to a fixed-step block.
+        """
+        adaptive = self.steps is None
+        if not adaptive and (rtol is not None or atol is not None):
+            raise ValueError(f"this ODEBlock uses steps={self.steps}: rtol/atol do not apply")
+        return dict(
+            t1=self.t1 if t1 is None else t1, solver=self.solver, steps=self.steps,
+            rtol=(self.rtol if rtol is None else rtol) if adaptive else None,
+            atol=(self.atol if atol is None else atol) if adaptive else None,
+            adjoint=self.adjoint, max_steps=self.max_steps, throw=self.throw,
+        )
+
     def integrate(self, x: jax.Array, *, rtol=None, atol=None, t1=None, ts=None) -> Solution:
         """Solves from ``x`` at t=0 and returns the full :class:`Solution`.
 
@@ -60,17 +78,9 @@ class ODEBlock(nnx.Module):
         Raises:
           ValueError: if tolerances are passed to a fixed-step block.
         """
-        adaptive = self.steps is None
-        if not adaptive and (rtol is not None or atol is not None):
-            raise ValueError(f"this ODEBlock uses steps={self.steps}: rtol/atol do not apply")
+        options = self.solve_options(rtol=rtol, atol=atol, t1=t1)
         f, state = vector_field(self.field)
-        return solve(
-            f, x, args=state, t0=jnp.zeros((), jnp.result_type(x)),
-            t1=self.t1 if t1 is None else t1, solver=self.solver, steps=self.steps,
-            rtol=(self.rtol if rtol is None else rtol) if adaptive else None,
-            atol=(self.atol if atol is None else atol) if adaptive else None,
-            adjoint=self.adjoint, ts=ts, max_steps=self.max_steps, throw=self.throw,
-        )
+        return solve(f, x, args=state, t0=jnp.zeros((), jnp.result_type(x)), ts=ts, **options)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.integrate(x).y1

@@ -15,6 +15,7 @@ from flax import nnx
 from odeformer.block import ODEBlock
 from odeformer.embeddings import EmbeddingSpec, FeatureTokenizer
 from odeformer.fields import TransformerBlockField
+from odeformer.regularisers import integrate as integrate_regularised
 from odeformer.tasks import TabularData, TaskData
 from odeformer.time import TimeSpec
 
@@ -84,21 +85,30 @@ class _FlowClassifier(nnx.Module):
         self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
         self.head = nnx.Linear(shape.width, num_classes, rngs=rngs)
 
-    def flow(self, x, *, rtol=None, atol=None, t1=None):
+    def flow(self, x, *, rtol=None, atol=None, t1=None, penalties=(), key=None):
         """The flow map: integrates the tokens ``x``; returns ``(x(T), stats with 'ok')``.
 
         ``rtol``, ``atol`` (required by the adaptive ``ode`` family) and ``t1`` (``ode``
         only) may be traced. The ``discrete`` family ignores them. The whole batch is
         one ODE system: an adaptive solver picks one step sequence for all examples
         (as torchdiffeq does), so an example's result depends slightly on its batch.
+
+        ``penalties`` (names of ``odeformer.regularisers.PENALTIES``, ``ode`` family only)
+        integrates those regularisers alongside (``key`` draws the Jacobian term's noise);
+        their integrals are added to ``stats`` under their names.
         """
+        if penalties and self.family == "discrete":
+            raise ValueError(f"penalties {penalties} apply to the ode family only")
+        adaptive = self.block.steps is None
+        tolerances = dict(rtol=rtol if adaptive else None, atol=atol if adaptive else None, t1=t1)
+        values = {}
         if self.family == "discrete":
             sol = self.block.integrate(x)
+        elif penalties:
+            sol, values = integrate_regularised(self.block, x, tuple(penalties), key, **tolerances)
         else:
-            adaptive = self.block.steps is None
-            sol = self.block.integrate(x, rtol=rtol if adaptive else None,
-                                       atol=atol if adaptive else None, t1=t1)
-        return sol.y1, {**sol.stats, "ok": sol.ok}
+            sol = self.block.integrate(x, **tolerances)
+        return sol.y1, {**sol.stats, "ok": sol.ok, **values}
 
     def horizon(self, t1=None):
         """Length T of the flow's time interval: ``layers`` for the discrete family
@@ -107,9 +117,11 @@ class _FlowClassifier(nnx.Module):
             return float(self.block.t1)
         return self.block.t1 if t1 is None else t1
 
-    def classify(self, x, *, rtol=None, atol=None, t1=None):
-        """Tokens (after :meth:`embed`) -> ``(logits, stats)``: flow, LayerNorm, readout, head."""
-        h, stats = self.flow(x, rtol=rtol, atol=atol, t1=t1)
+    def classify(self, x, *, rtol=None, atol=None, t1=None, penalties=(), key=None):
+        """Tokens (after :meth:`embed`) -> ``(logits, stats)``: flow, LayerNorm, readout, head.
+
+        ``penalties`` and ``key``: see :meth:`flow`."""
+        h, stats = self.flow(x, rtol=rtol, atol=atol, t1=t1, penalties=penalties, key=key)
         return self.head(self.read(self.norm(h))), stats
 
 

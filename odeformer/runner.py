@@ -26,8 +26,12 @@ from tqdm.auto import tqdm
 from odeformer import results
 from odeformer.budgets import model_params, resolve_budget
 from odeformer.embeddings import tabular_report
+from odeformer.invariance import parse_solvers, solver_report
 from odeformer.models import ModelShape, SolverSpec, build_model
+from odeformer.regularisers import PENALTIES
+from odeformer.regularisers import weights as penalty_weights
 from odeformer.sharding import make_mesh, place, replicated, state_shardings
+from odeformer.stability import forward_mode, make_stability_step, summarise
 from odeformer.studies import STUDIES
 from odeformer.sweeps import Run, expand, shard
 from odeformer.tasks import TabularData, TaskData, make_task
@@ -96,6 +100,7 @@ def _structure_key(planned: PlannedRun) -> str:
     task = {k: v for k, v in c.task.to_dict().items() if k != "seed"}
     train = {k: c.train[k] for k in ("batch_size", "num_steps", "warmup_steps", "grad_clip",
                                       "eval_batch_size")}
+    train["penalties"] = sorted(penalty_weights(c.train))  # which are on; their weights are traced
     mesh = c.mesh.to_dict()
     return json.dumps([task, dataclasses.asdict(planned.shape), solver, train, mesh,
                        planned.tables], sort_keys=True)
@@ -133,7 +138,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
                         rngs=nnx.Rngs(params=init_key))
     graphdef, params = nnx.split(model)
     tx = make_optimizer(c.train)
-    state = init_state(params, tx, c.solver)
+    state = init_state(params, tx, c.solver, penalty_weights(c.train))
     state = place(state, state_shardings(state, mesh))
     train_split = place(data.train, replicated(mesh))
     test_split = place(data.test, replicated(mesh))
@@ -173,13 +178,14 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
         bar = tqdm(total=c.train.num_steps, initial=start, desc=planned.run.run_id, leave=False,
                    disable=not progress)
         t = time.perf_counter()
-        last = {}
+        last, logged = {}, []
         for step in range(start + 1, c.train.num_steps + 1):
             state, metrics = train_step(state, train_split, train_key)
             log = step % c.train.log_every == 0 or step == c.train.num_steps
             checkpoint = manager is not None and step % c.train.checkpoint_every == 0
             if log:
                 last = {k: v.item() for k, v in jax.device_get(metrics).items()}
+                logged.append({"step": step, **last})
                 if primary:
                     results.append_metrics(metrics_path, {"step": step, **last})
                 bar.update(step - bar.n)
@@ -207,11 +213,60 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
         "step_ms": 1000 * train_time / done if done else None,
         "compile_s": compile_s, "compile_reused": reused, "step_bytes": _step_bytes(train_step),
         "resumed_from_step": start, "devices": mesh.size,
+        **_late_training_means(logged, c.train.num_steps),
     }
     if "auc" in test_eval:
         row.update(train_auc=train_eval["auc"], test_auc=test_eval["auc"])
     if isinstance(data, TabularData):
         row.update(tabular_report(nnx.merge(graphdef, state["params"]).tokenizer, data, mesh))
+    row.update(_evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled,
+                                 row["test_accuracy"]))
+    return row
+
+
+def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: dict,
+                      test_accuracy: float) -> dict[str, Any]:
+    """The ``evaluate`` section's measurements of a trained run (none without that section):
+    test accuracy under other solvers (``odeformer.invariance``) and stability
+    (``odeformer.stability``). Their jitted steps are cached in ``compiled`` by graphdef, so
+    runs of one shape share them whatever their training solver."""
+    if "evaluate" not in c or not (c.evaluate.solvers or c.evaluate.stability):
+        return {}
+    e, params, hyper = c.evaluate, state["params"], state["hyper"]
+    t = time.perf_counter()
+    with jax.set_mesh(mesh):
+        def evaluate_with(solved, values):
+            if ("eval", solved, mesh) not in compiled:
+                compiled["eval", solved, mesh] = make_eval_step(solved, mesh)
+            return evaluate(compiled["eval", solved, mesh], params, values, test_split,
+                            c.train.eval_batch_size, data.num_classes)
+
+        row = solver_report(parse_solvers(e.solvers), graphdef, params, hyper, test_accuracy,
+                            evaluate_with)
+        if e.stability:
+            if ("stability", graphdef, e.power_iterations) not in compiled:
+                compiled["stability", graphdef, e.power_iterations] = make_stability_step(
+                    graphdef, forward_mode(graphdef, params), e.power_iterations)
+            subset = jax.tree.map(lambda a: a[:e.examples], test_split)  # the first examples
+            labels = subset.pop("label")
+            key = jax.random.fold_in(jax.random.key(c.seed), 1)  # not training's split of the key
+            row.update(summarise(compiled["stability", graphdef, e.power_iterations](
+                params, hyper, subset, labels, key, e.epsilon)))
+    row["evaluate_s"] = time.perf_counter() - t
+    return row
+
+
+def _late_training_means(logged: list[dict], num_steps: int) -> dict[str, float | None]:
+    """``train_nfe`` (and ``train_<penalty>`` for each regulariser that is on): means of the
+    values logged over the last quarter of training (steps > 0.75 num_steps) by this
+    process since it started or resumed; ``train_nfe`` is None if none was logged."""
+    late = [line for line in logged if line["step"] > 0.75 * num_steps]
+    nfe = [line["nfe"] for line in late]
+    row = {"train_nfe": float(np.mean(nfe)) if nfe else None}
+    for name in PENALTIES:
+        values = [line[name] for line in late if name in line]
+        if values:
+            row[f"train_{name}"] = float(np.mean(values))
     return row
 
 
@@ -307,7 +362,7 @@ def _sweep(items, workdir: Path, run_of, base_row, execute, progress: bool) -> S
     return SweepSummary(table, ran, skipped, failed)
 
 
-_SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "test_loss", "nfe_forward",
+_SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "test_loss", "nfe_forward", "invariance_gap",
                     "train_time_s", "compile_s")
 
 
@@ -317,7 +372,8 @@ def format_summary(summary: SweepSummary) -> str:
              f"{len(summary.failed)} failed"]
     frame = summary.table
     if not frame.empty:
-        swept = [c for c in frame.columns if "." in c and not c.startswith("shape.")]
+        swept = [c for c in frame.columns
+                 if "." in c and "@" not in c and not c.startswith(("shape.", "stability."))]
         cols = ["run_id", *swept, *[c for c in _SUMMARY_COLUMNS if c in frame.columns]]
         with pd.option_context("display.width", 200, "display.max_columns", 50):
             lines.append(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))

@@ -17,20 +17,25 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from typing import Any
 
 import jax
 import ml_collections
 
 from odeformer.embeddings import EMBEDDINGS
+from odeformer.invariance import parse_solvers
 from odeformer.models import FAMILIES, READOUTS
+from odeformer.regularisers import PENALTIES
 from odeformer.solve import ADJOINTS
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
 from odeformer.studies import STUDIES
 from odeformer.tasks import TABULAR_TASKS, TASKS
 from odeformer.time import TIME_MODES
 
-_META_KEYS = ("name", "experiment", "sweep", "sweep_zip")
+# Keys that do not define a run: its label, the runner it uses, the sweep itself, and
+# settings read only by the analysis of the results (notebooks).
+_META_KEYS = ("name", "experiment", "sweep", "sweep_zip", "analysis")
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -130,6 +135,8 @@ def _normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) 
 
     if model.param_budget > 0:
         reset("model", "width")  # resolved from the budget
+    if "evaluate" in run and not run.evaluate.stability:
+        reset("evaluate", "epsilon", "power_iterations", "examples")
     if run.task.name not in TABULAR_TASKS:
         reset("model", "embedding", "embed_dim", "compression")
     elif model.embedding not in ("hashed", "qr"):
@@ -202,6 +209,49 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     if c.model.family == "ode" and c.model.time in ("piecewise", "smooth") and c.solver.t1 != 1.0:
         raise ValueError(f"model.time={c.model.time!r} defines the weights on [0, 1]: solver.t1="
                          f"{c.solver.t1} would integrate past them; use solver.t1=1.0")
+    _validate_penalties(c)
+    _validate_evaluate(c)
+
+
+def _validate_penalties(c: ml_collections.ConfigDict) -> None:
+    """The regulariser weights ``train.kinetic`` and ``train.jacobian`` (odeformer.regularisers)."""
+    for name in PENALTIES:
+        key = f"train.{name}"
+        if name not in c.train:
+            raise ValueError(f"{key} is missing: every train section needs {', '.join(PENALTIES)} "
+                             "(regulariser weights, 0.0 = off; see configs/quick.py)")
+        weight = c.train[name]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ValueError(f"{key}={weight!r} must be a finite number >= 0 (0 turns it off)")
+        if weight > 0 and c.model.family != "ode":
+            raise ValueError(f"{key}={weight!r} applies to model.family='ode' only (the "
+                             f"{c.model.family} family is a fixed stack of layers whose cost a "
+                             f"regulariser cannot change); use {key}=0.0 for its runs")
+
+
+_EVALUATE_KEYS = ("solvers", "stability", "epsilon", "power_iterations", "examples")
+
+
+def _validate_evaluate(c: ml_collections.ConfigDict) -> None:
+    """The optional ``evaluate`` section: measurements after training (odeformer.invariance,
+    odeformer.stability); a config without it evaluates nothing more."""
+    if "evaluate" not in c:
+        return
+    for key in _EVALUATE_KEYS:
+        if key not in c.evaluate:
+            raise ValueError(f"evaluate.{key} is missing: an evaluate section needs "
+                             f"{', '.join(_EVALUATE_KEYS)} (see configs/quick.py)")
+    parse_solvers(c.evaluate.solvers)
+    e = c.evaluate
+    if not isinstance(e.stability, bool):
+        raise ValueError(f"evaluate.stability={e.stability!r} must be True or False")
+    if isinstance(e.epsilon, bool) or not isinstance(e.epsilon, (int, float)) or not 0 < e.epsilon < math.inf:
+        raise ValueError(f"evaluate.epsilon={e.epsilon!r} must be a finite number > 0 (a perturbation's "
+                         "norm relative to the input's)")
+    for key, low in (("power_iterations", 2), ("examples", 1)):
+        value = e[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"evaluate.{key}={value!r} must be an integer >= {low}")
 
 
 def experiments() -> tuple[str, ...]:

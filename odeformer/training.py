@@ -3,7 +3,9 @@
 Structural (one compile per value): model shape, solver name/steps/adjoint/adaptivity/
 max_steps, task shapes, ``train.batch_size``, ``train.num_steps``, ``train.warmup_steps``,
 ``train.grad_clip``, ``train.eval_batch_size``. Traced (same compile): seed, ``train.learning_rate``,
-``train.weight_decay``, ``solver.rtol``, ``solver.atol``, ``solver.t1``.
+``train.weight_decay``, ``solver.rtol``, ``solver.atol``, ``solver.t1``. The regularisers
+``train.kinetic`` and ``train.jacobian`` (``odeformer.regularisers``): whether each is > 0 is
+structural, its value traced.
 """
 
 from __future__ import annotations
@@ -42,10 +44,17 @@ def make_optimizer(train) -> optax.GradientTransformation:
     )
 
 
-def init_state(params: nnx.State, tx: optax.GradientTransformation, solver) -> dict[str, Any]:
+def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
+               penalty: dict[str, float] | None = None) -> dict[str, Any]:
     """The train state: parameters, optimiser state, step, traced solver values, and the
-    first failure (step, kind), kept in the state so no step's failure is missed."""
-    return {
+    first failure (step, kind), kept in the state so no step's failure is missed.
+
+    ``penalty`` maps the regularisers that are on to their weights
+    (``odeformer.regularisers.weights(config.train)``); it becomes ``state["penalty"]``
+    (traced weights; its keys are structural). Without it the state has no such entry
+    and the train step computes no regulariser.
+    """
+    state = {
         "params": params,
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
@@ -55,6 +64,9 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver) -> d
                   "atol": jnp.asarray(solver.atol, jnp.float32),
                   "t1": jnp.asarray(solver.t1, jnp.float32)},
     }
+    if penalty:
+        state["penalty"] = {name: jnp.asarray(w, jnp.float32) for name, w in penalty.items()}
+    return state
 
 
 def _inputs(split: dict) -> dict:
@@ -62,11 +74,23 @@ def _inputs(split: dict) -> dict:
     return {k: v for k, v in split.items() if k != "label"}
 
 
-def _loss_and_metrics(graphdef, params, hyper, inputs, labels):
-    logits, stats = nnx.merge(graphdef, params)(**inputs, **hyper)
+def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key=None):
+    """Mean cross-entropy, plus ``weight * integral`` of each regulariser in ``penalty``
+    (``{name: weight}``; ``key`` draws the Jacobian term's noise); the integrals and the
+    cross-entropy alone are then in the metrics too."""
+    model = nnx.merge(graphdef, params)
+    if penalty:
+        logits, stats = model.classify(model.embed(**inputs), **hyper, penalties=tuple(penalty), key=key)
+    else:
+        logits, stats = model(**inputs, **hyper)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    return losses.mean(), {"logits": logits, "losses": losses, "correct": correct, **stats}
+    loss = losses.mean()
+    metrics = {"logits": logits, "losses": losses, "correct": correct, **stats}
+    if penalty:
+        metrics["cross_entropy"] = loss
+        loss = loss + sum(weight * stats[name] for name, weight in penalty.items())
+    return loss, metrics
 
 
 def _batch_placement(mesh) -> Callable:
@@ -83,17 +107,25 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     The batch is drawn inside the step from ``data`` (the whole train split, on device)
     with ``fold_in(key, step)``, so one key per run is threaded explicitly. Under a
     ``mesh`` (call it inside ``jax.set_mesh(mesh)``) the batch is split on ``data``.
+
+    With ``state["penalty"]`` (see :func:`init_state`) the objective adds the regularisers
+    and the step's key is split into the batch's and the Jacobian noise's; the metrics
+    then carry ``cross_entropy`` and each regulariser's integral.
     """
     place = _batch_placement(mesh)
 
     def train_step(state, data, key):
         key = jax.random.fold_in(key, state["step"])
+        penalty, noise_key = state.get("penalty"), None
+        if penalty:  # without regularisers the batch key stays as it was
+            key, noise_key = jax.random.split(key)
         index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0])
         batch = place(jax.tree.map(lambda a: a[index], data))
         inputs, labels = _inputs(batch), batch["label"]
 
         def loss_fn(params):
-            return _loss_and_metrics(graphdef, params, state["hyper"], inputs, labels)
+            return _loss_and_metrics(graphdef, params, state["hyper"], inputs, labels, penalty,
+                                     noise_key)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -107,6 +139,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
                    "solver_steps": aux["num_steps"], "ok": aux["ok"],
                    "grad_norm": optax.tree.norm(grads), "failed_at": new_state["failed_at"],
                    "failure": new_state["failure"]}
+        if penalty:
+            metrics.update({name: aux[name] for name in ("cross_entropy", *penalty)})
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)

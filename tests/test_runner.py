@@ -298,3 +298,76 @@ def test_batch_must_split_evenly_over_the_data_axis(tmp_path):
         pytest.skip("needs 4 devices")
     with pytest.raises(ValueError, match="train.batch_size=30 must be a multiple of mesh.data=4"):
         run_sweep(_tiny_tabular(**{"mesh.data": 4, "train.batch_size": 30}), tmp_path, quiet=True)
+
+
+def test_evaluate_section_reports_solver_invariance_and_stability(tmp_path):
+    specs = ("euler:2", "rk4:4", "dopri5:1e-4")  # the first is the training solver itself
+    c = tiny_config(**{"solver.name": "euler", "evaluate.solvers": specs, "evaluate.stability": True,
+                       "evaluate.examples": 8})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"solver": {"steps": (2,)}, "seed": (0, 1)})
+    c.lock()
+    summary = run_sweep(c, tmp_path, quiet=True)
+    table = results.load(tmp_path)
+    assert summary.ran == 2 and set(table.status) == {"ok"}
+    assert table.test_loss.nunique() == 2  # two different models...
+    for _, row in table.iterrows():  # ...each evaluated with its own parameters
+        np.testing.assert_allclose(row["test_accuracy@euler:2"], row.test_accuracy, rtol=1e-6)
+        np.testing.assert_allclose(row["test_loss@euler:2"], row.test_loss, rtol=1e-6)
+        assert row.invariance_gap == row.test_accuracy - row["test_accuracy@dopri5:1e-4"]
+        assert row["nfe_forward@euler:2"] == 2 and row["nfe_forward@rk4:4"] == 16
+        assert row["nfe_forward@dopri5:1e-4"] >= 7  # at least one Dopri5 step
+        stability = row[[k for k in row.index if k.startswith("stability.")]]
+        assert len(stability) >= 20 and np.isfinite(stability.astype(float)).all()
+        assert row["stability.examples"] == 8 and row["stability.horizon"] == 1.0
+        assert row["stability.lyapunov_max"] == pytest.approx(np.log(row["stability.jacobian_norm_max"]))
+        assert row["stability.flow_gain_random_max"] <= 1.05 * row["stability.jacobian_norm_max"]
+        assert row["stability.adv_loss"] > row["stability.random_loss"]
+        assert 0 <= row["stability.adv_accuracy"] <= row["stability.clean_accuracy"] + 1 / 8
+        assert row.evaluate_s > 0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("evaluate.solvers", ("rk4:1e-6",), "evaluate.solvers entry 'rk4:1e-6': rk4 has no error estimate"),
+    ("evaluate.solvers", ("euler:64", "heun"), "evaluate.solvers entry 'heun' must be a string 'name:steps'"),
+    ("evaluate.epsilon", 0.0, "evaluate.epsilon=0.0 must be a finite number > 0"),
+    ("evaluate.power_iterations", 1, "evaluate.power_iterations=1 must be an integer >= 2"),
+])
+def test_bad_evaluate_settings_are_refused_before_anything_is_written(tmp_path, key, value, message):
+    with pytest.raises(ValueError) as error:
+        run_sweep(tiny_config(**{key: value}), tmp_path / "w", quiet=True)
+    assert message in str(error.value)
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_a_bad_evaluate_solver_before_writing(tmp_path):
+    out = _cli(*TINY_FLAGS, f"--workdir={tmp_path / 'w'}", "--config.evaluate.solvers=('euler:0',)")
+    assert out.returncode == 2
+    assert "evaluate.solvers entry 'euler:0': steps must be an integer >= 1" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
+
+
+def test_stability_settings_do_not_split_runs_that_measure_no_stability():
+    c = tiny_config()
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"evaluate": {"epsilon": (1e-2, 1e-1)}})
+    assert len(runner.plan(c)) == 1
+    c.evaluate.stability = True
+    assert len(runner.plan(c)) == 2
+
+
+def test_regularised_runs_report_their_integrals_and_share_one_compile_across_weights(tmp_path):
+    c = tiny_config(**{"solver.adaptive": True, "solver.name": "bosh3"})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"train": {"kinetic": (0.0, 0.1, 1.0), "jacobian": (0.0, 0.1, 1.0)}})
+    c.sweep_zip = (("train.kinetic", "train.jacobian"),)
+    run_sweep(c, tmp_path, quiet=True)
+    table = results.load(tmp_path).sort_values("train.kinetic").reset_index(drop=True)
+    assert len(table) == 3 and set(table.status) == {"ok"}
+    off, on = table.iloc[0], table.iloc[1:]
+    assert np.isnan(off.train_kinetic) and np.isnan(off.train_jacobian)
+    assert (on.train_kinetic > 0).all() and (on.train_jacobian > 0).all() and (table.train_nfe > 0).all()
+    # Whether the regularisers are on is structural, their weights traced: 2 compiles, 3 runs.
+    assert (table.compile_s > 0).sum() == 2 and on.compile_reused.sum() == 1
+    logged = (tmp_path / "runs" / on.iloc[0].run_id / "metrics.jsonl").read_text().splitlines()
+    assert {"kinetic", "jacobian", "cross_entropy", "nfe"} <= set(json.loads(logged[-1]))
