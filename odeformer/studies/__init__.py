@@ -33,6 +33,20 @@ class Study:
 STUDIES: dict[str, Study] = {}
 
 
+def check_section(c: ml_collections.ConfigDict, section: str, keys) -> ml_collections.ConfigDict:
+    """The checks every study's ``validate`` starts with: ``seed`` is an int and the
+    study's section has exactly ``keys``. Returns the section.
+
+    Raises:
+      ValueError: naming the key.
+    """
+    if not isinstance(c.seed, int) or isinstance(c.seed, bool):
+        raise ValueError(f"seed={c.seed!r} must be an int")
+    if set(c[section].keys()) != set(keys):
+        raise ValueError(f"{section} has keys {sorted(c[section].keys())}; expected exactly {sorted(keys)}")
+    return c[section]
+
+
 def register_study(name: str, *, validate: Callable[[ml_collections.ConfigDict], None]):
     """Decorator adding ``measure`` as the study ``name`` of :data:`STUDIES`."""
     def add(measure):

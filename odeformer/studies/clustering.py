@@ -46,7 +46,7 @@ import pandas as pd
 
 from odeformer.solve import solve
 from odeformer.solvers import ADAPTIVE_SOLVERS
-from odeformer.studies import register_study
+from odeformer.studies import check_section, register_study
 
 PARTS: tuple[str, ...] = ("phase", "equal_angle")
 NORMALISATIONS: tuple[str, ...] = ("softmax", "mean")
@@ -61,11 +61,7 @@ def _is_int(value) -> bool:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid key of one run's config."""
-    if not _is_int(c.seed):
-        raise ValueError(f"seed={c.seed!r} must be an int")
-    v = c.clustering
-    if set(v.keys()) != set(KEYS):
-        raise ValueError(f"clustering has keys {sorted(v.keys())}; expected exactly {sorted(KEYS)}")
+    v = check_section(c, "clustering", KEYS)
     if v.part not in PARTS:
         raise ValueError(f"clustering.part={v.part!r} is not one of {', '.join(PARTS)}")
     if v.normalisation not in NORMALISATIONS:

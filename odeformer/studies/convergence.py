@@ -57,7 +57,7 @@ from flax import nnx
 from odeformer.fields import AttentionField
 from odeformer.solve import solve
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
-from odeformer.studies import register_study
+from odeformer.studies import check_section, register_study
 from odeformer.time import TimeSpec
 
 WEIGHTS: tuple[str, ...] = ("smooth", "random", "random_sqrt")
@@ -68,11 +68,7 @@ ROUNDOFF_FLOOR = 1e-13  # not fitted below: round-off, and the error of a 1e-14 
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid key of one run's config."""
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool):
-        raise ValueError(f"seed={c.seed!r} must be an int")
-    v = c.convergence
-    if set(v.keys()) != set(KEYS):
-        raise ValueError(f"convergence has keys {sorted(v.keys())}; expected exactly {sorted(KEYS)}")
+    v = check_section(c, "convergence", KEYS)
     if v.weights not in WEIGHTS:
         raise ValueError(f"convergence.weights={v.weights!r} is not one of {', '.join(WEIGHTS)}")
     if v.solver not in SOLVERS:
