@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
@@ -63,11 +64,11 @@ def parse_solver(spec, where: str = "evaluate.solvers") -> EvalSolver:
     name, value = (part.strip() for part in spec.split(":"))
     if name not in SOLVERS:
         raise ValueError(f"{where} entry {spec!r}: solver {name!r} is not one of {', '.join(SOLVERS)}")
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]+", value):
         steps = int(value)
         if steps < 1:
             raise ValueError(f"{where} entry {spec!r}: steps must be an integer >= 1")
-        return EvalSolver(spec, name, steps=steps)
+        return EvalSolver(f"{name}:{steps}", name, steps=steps)  # one spelling per solve
     try:
         rtol = float(value)
     except ValueError:
@@ -78,7 +79,7 @@ def parse_solver(spec, where: str = "evaluate.solvers") -> EvalSolver:
     if name not in ADAPTIVE_SOLVERS:
         raise ValueError(f"{where} entry {spec!r}: {name} has no error estimate, so it cannot be "
                          f"adaptive; use 'name:steps' or one of {', '.join(ADAPTIVE_SOLVERS)}")
-    return EvalSolver(spec, name, rtol=rtol, atol=rtol * ATOL_PER_RTOL)
+    return EvalSolver(f"{name}:{value}", name, rtol=rtol, atol=rtol * ATOL_PER_RTOL)
 
 
 def parse_solvers(specs, where: str = "evaluate.solvers") -> tuple[EvalSolver, ...]:

@@ -67,19 +67,29 @@ def append_metrics(path: Path, line: dict[str, Any]) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drops logged lines after ``last_step`` (a run resumed from a checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The logged lines of a ``metrics.jsonl`` (none if it does not exist); a line torn by
+    a kill mid-write is skipped."""
+    if not Path(path).exists():
+        return []
+    lines = []
+    for line in Path(path).read_text().splitlines():
         try:
-            step = json.loads(line)["step"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line torn by a kill mid-write
-        if step <= last_step:
-            keep.append(line)
-    write_atomic(path, "".join(ln + "\n" for ln in keep))
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "step" in entry:
+            lines.append(entry)
+    return lines
+
+
+def truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
+    """Drops logged lines after ``last_step`` (a run resumed from a checkpoint); returns
+    the lines kept."""
+    keep = [entry for entry in read_metrics(path) if entry["step"] <= last_step]
+    if Path(path).exists():
+        write_atomic(path, "".join(json.dumps(entry) + "\n" for entry in keep))
+    return keep
 
 
 def _rows(workdirs: Iterable[Path]) -> list[dict[str, Any]]:

@@ -160,8 +160,9 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
         if latest is not None:
             state = manager.restore(latest, args=ocp.args.StandardRestore(state))
             start = latest
+    earlier = []
     if primary:
-        results.truncate_metrics(metrics_path, start)
+        earlier = results.truncate_metrics(metrics_path, start)  # logged before a resume
 
     key = _structure_key(planned)
     reused = key in compiled
@@ -178,7 +179,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
         bar = tqdm(total=c.train.num_steps, initial=start, desc=planned.run.run_id, leave=False,
                    disable=not progress)
         t = time.perf_counter()
-        last, logged = {}, []
+        last, logged = {}, list(earlier)
         for step in range(start + 1, c.train.num_steps + 1):
             state, metrics = train_step(state, train_split, train_key)
             log = step % c.train.log_every == 0 or step == c.train.num_steps
@@ -258,8 +259,8 @@ def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: dict
 
 def _late_training_means(logged: list[dict], num_steps: int) -> dict[str, float | None]:
     """``train_nfe`` (and ``train_<penalty>`` for each regulariser that is on): means of the
-    values logged over the last quarter of training (steps > 0.75 num_steps) by this
-    process since it started or resumed; ``train_nfe`` is None if none was logged."""
+    values logged over the last quarter of training (steps > 0.75 num_steps), before and
+    after a resume; ``train_nfe`` is None if none was logged."""
     late = [line for line in logged if line["step"] > 0.75 * num_steps]
     nfe = [line["nfe"] for line in late]
     row = {"train_nfe": float(np.mean(nfe)) if nfe else None}
@@ -321,8 +322,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
             return train_run(item, workdir, tasks, compiled, progress)
 
         return _sweep(items, workdir, lambda item: item.run, _row, execute, progress)
+    items = shard(expand(config), shard_index, shard_count)  # checks config.experiment first
     study = STUDIES[config.experiment]
-    items = shard(expand(config), shard_index, shard_count)
 
     def measure(run):
         if jax.process_index() == 0:

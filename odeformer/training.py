@@ -108,17 +108,19 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     with ``fold_in(key, step)``, so one key per run is threaded explicitly. Under a
     ``mesh`` (call it inside ``jax.set_mesh(mesh)``) the batch is split on ``data``.
 
-    With ``state["penalty"]`` (see :func:`init_state`) the objective adds the regularisers
-    and the step's key is split into the batch's and the Jacobian noise's; the metrics
+    With ``state["penalty"]`` (see :func:`init_state`) the objective adds the regularisers,
+    whose Jacobian noise comes from a key derived from the step's (the batch is the same as
+    without regularisers); the metrics
     then carry ``cross_entropy`` and each regulariser's integral.
     """
     place = _batch_placement(mesh)
 
     def train_step(state, data, key):
         key = jax.random.fold_in(key, state["step"])
-        penalty, noise_key = state.get("penalty"), None
-        if penalty:  # without regularisers the batch key stays as it was
-            key, noise_key = jax.random.split(key)
+        penalty = state.get("penalty")
+        # The noise key is derived, not split off, so a regularised run draws the same
+        # batches as its unregularised twin (paired comparisons).
+        noise_key = jax.random.fold_in(key, 1) if penalty else None
         index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0])
         batch = place(jax.tree.map(lambda a: a[index], data))
         inputs, labels = _inputs(batch), batch["label"]

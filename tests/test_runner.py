@@ -371,3 +371,10 @@ def test_regularised_runs_report_their_integrals_and_share_one_compile_across_we
     assert (table.compile_s > 0).sum() == 2 and on.compile_reused.sum() == 1
     logged = (tmp_path / "runs" / on.iloc[0].run_id / "metrics.jsonl").read_text().splitlines()
     assert {"kinetic", "jacobian", "cross_entropy", "nfe"} <= set(json.loads(logged[-1]))
+
+
+def test_unknown_experiment_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="experiment='convergance' is not one of train, clustering, "
+                                         "convergence"):
+        run_sweep(tiny_config(experiment="convergance"), tmp_path, quiet=True)
+    assert not any(tmp_path.iterdir())

@@ -42,6 +42,9 @@ def check_section(c: ml_collections.ConfigDict, section: str, keys) -> ml_collec
     """
     if not isinstance(c.seed, int) or isinstance(c.seed, bool):
         raise ValueError(f"seed={c.seed!r} must be an int")
+    if section not in c or not isinstance(c[section], ml_collections.ConfigDict):
+        raise ValueError(f"the config has no {section} section; a {section} study needs one with "
+                         f"keys {', '.join(sorted(keys))}")
     if set(c[section].keys()) != set(keys):
         raise ValueError(f"{section} has keys {sorted(c[section].keys())}; expected exactly {sorted(keys)}")
     return c[section]
