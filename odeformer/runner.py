@@ -229,8 +229,9 @@ def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: dict
                       test_accuracy: float) -> dict[str, Any]:
     """The ``evaluate`` section's measurements of a trained run (none without that section):
     test accuracy under other solvers (``odeformer.invariance``) and stability
-    (``odeformer.stability``). Their jitted steps are cached in ``compiled`` by graphdef, so
-    runs of one shape share them whatever their training solver."""
+    (``odeformer.stability``). Their jitted steps are cached in ``compiled`` by graphdef:
+    the extra solvers' eval steps are shared by runs of one shape whatever their training
+    solver; the stability step is one per training graphdef."""
     if "evaluate" not in c or not (c.evaluate.solvers or c.evaluate.stability):
         return {}
     e, params, hyper = c.evaluate, state["params"], state["hyper"]
