@@ -10,6 +10,7 @@ training runner (``odeformer.runner``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,20 @@ def check_section(c: ml_collections.ConfigDict, section: str, keys) -> ml_collec
     if set(c[section].keys()) != set(keys):
         raise ValueError(f"{section} has keys {sorted(c[section].keys())}; expected exactly {sorted(keys)}")
     return c[section]
+
+
+def check_numbers(section: str, values: dict[str, Any]) -> None:
+    """Each value (or each element of a tuple value) must be a finite int or float, not a
+    bool, before any range check compares it.
+
+    Raises:
+      ValueError: naming ``<section>.<key>``.
+    """
+    for key, value in values.items():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                raise ValueError(f"{section}.{key}={value!r} must be a finite number"
+                                 f"{' (each element)' if isinstance(value, (tuple, list)) else ''}")
 
 
 def register_study(name: str, *, validate: Callable[[ml_collections.ConfigDict], None]):

@@ -46,7 +46,7 @@ import pandas as pd
 
 from odeformer.solve import solve
 from odeformer.solvers import ADAPTIVE_SOLVERS
-from odeformer.studies import check_section, register_study
+from odeformer.studies import check_numbers, check_section, register_study
 
 PARTS: tuple[str, ...] = ("phase", "equal_angle")
 NORMALISATIONS: tuple[str, ...] = ("softmax", "mean")
@@ -73,6 +73,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key, low in (("tokens", 2), ("dim", 2), ("check_points", 2), ("max_steps", 1)):
         if not _is_int(v[key]) or v[key] < low:
             raise ValueError(f"clustering.{key}={v[key]!r} must be an int >= {low}")
+    check_numbers("clustering", {k: v[k] for k in ("beta", "horizon", "rtol", "atol", "times",
+                                                   "threshold", "rate_window", "rho0")})
     if not v.beta >= 0:
         raise ValueError(f"clustering.beta={v.beta!r} must be >= 0")
     for key in ("horizon", "rtol", "atol"):

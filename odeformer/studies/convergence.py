@@ -57,7 +57,7 @@ from flax import nnx
 from odeformer.fields import AttentionField
 from odeformer.solve import solve
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
-from odeformer.studies import check_section, register_study
+from odeformer.studies import check_numbers, check_section, register_study
 from odeformer.time import TimeSpec
 
 WEIGHTS: tuple[str, ...] = ("smooth", "random", "random_sqrt")
@@ -86,6 +86,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ValueError(f"convergence.{key}={value!r} must be an int >= 1")
     if v.width % v.heads:
         raise ValueError(f"convergence.width={v.width} must be a multiple of convergence.heads={v.heads}")
+    check_numbers("convergence", {k: v[k] for k in ("cycles", "reference_rtol", "reference_atol")})
     for key in ("cycles", "reference_rtol", "reference_atol"):
         if not v[key] > 0:
             raise ValueError(f"convergence.{key}={v[key]!r} must be > 0")
