@@ -13,7 +13,7 @@ configs/depth_vs_width.py). ``model.time``: "tied" (one weight set for all
 t) or "concat" (t fed to every linear map as an extra input feature). The targets at
 which budget ratios are read (``analysis.targets``) are fixed here, before the runs;
 they do not define runs (changing them retrains nothing).
-Everything not set here is as in configs/quick.py.
+Everything not set here is as in configs/depth_vs_width.py.
 """
 
 import ml_collections

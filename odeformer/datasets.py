@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import pathlib
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from odeformer.config_checks import is_int, is_number
 from odeformer.tasks import CategoricalFeature, TabularData, register_task
 from odeformer.vocab import Vocabulary, vocabularies_to_json
 
@@ -208,14 +208,13 @@ def _check_vocab_config(config: ml_collections.ConfigDict) -> None:
 
 def _require_int(config: ml_collections.ConfigDict, name: str, low: int) -> int:
     value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"task.{name}={value!r} must be an integer >= {low}")
     return int(value)
 
 
 def _require_float(config: ml_collections.ConfigDict, name: str, low: float) -> float:
     value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value < low:
+    if not is_number(value) or value < low:
         raise ValueError(f"task.{name}={value!r} must be a finite number >= {low}")
     return float(value)

@@ -17,12 +17,12 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 from typing import Any
 
 import jax
 import ml_collections
 
+from odeformer.config_checks import is_int, is_number
 from odeformer.embeddings import EMBEDDINGS
 from odeformer.invariance import parse_solvers
 from odeformer.models import FAMILIES, READOUTS
@@ -221,7 +221,7 @@ def _validate_penalties(c: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{key} is missing: every train section needs {', '.join(PENALTIES)} "
                              "(regulariser weights, 0.0 = off; see configs/quick.py)")
         weight = c.train[name]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+        if not is_number(weight) or weight < 0:
             raise ValueError(f"{key}={weight!r} must be a finite number >= 0 (0 turns it off)")
         if weight > 0 and c.model.family != "ode":
             raise ValueError(f"{key}={weight!r} applies to model.family='ode' only (the "
@@ -245,12 +245,12 @@ def _validate_evaluate(c: ml_collections.ConfigDict) -> None:
     e = c.evaluate
     if not isinstance(e.stability, bool):
         raise ValueError(f"evaluate.stability={e.stability!r} must be True or False")
-    if isinstance(e.epsilon, bool) or not isinstance(e.epsilon, (int, float)) or not 0 < e.epsilon < math.inf:
+    if not is_number(e.epsilon) or e.epsilon <= 0:
         raise ValueError(f"evaluate.epsilon={e.epsilon!r} must be a finite number > 0 (a perturbation's "
                          "norm relative to the input's)")
     for key, low in (("power_iterations", 2), ("examples", 1)):
         value = e[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"evaluate.{key}={value!r} must be an integer >= {low}")
 
 

@@ -79,10 +79,8 @@ def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key
     (``{name: weight}``; ``key`` draws the Jacobian term's noise); the integrals and the
     cross-entropy alone are then in the metrics too."""
     model = nnx.merge(graphdef, params)
-    if penalty:
-        logits, stats = model.classify(model.embed(**inputs), **hyper, penalties=tuple(penalty), key=key)
-    else:
-        logits, stats = model(**inputs, **hyper)
+    logits, stats = model.classify(model.embed(**inputs), **hyper, penalties=tuple(penalty or ()),
+                                   key=key)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     loss = losses.mean()

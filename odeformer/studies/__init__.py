@@ -10,11 +10,12 @@ training runner (``odeformer.runner``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+
+from odeformer.config_checks import is_int, is_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ def check_section(c: ml_collections.ConfigDict, section: str, keys) -> ml_collec
     Raises:
       ValueError: naming the key.
     """
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool):
+    if not is_int(c.seed):
         raise ValueError(f"seed={c.seed!r} must be an int")
     if section not in c or not isinstance(c[section], ml_collections.ConfigDict):
         raise ValueError(f"the config has no {section} section; a {section} study needs one with "
@@ -60,7 +61,7 @@ def check_numbers(section: str, values: dict[str, Any]) -> None:
     """
     for key, value in values.items():
         for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            if not is_number(item):
                 raise ValueError(f"{section}.{key}={value!r} must be a finite number"
                                  f"{' (each element)' if isinstance(value, (tuple, list)) else ''}")
 

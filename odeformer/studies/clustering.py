@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from odeformer.config_checks import is_int
 from odeformer.solve import solve
 from odeformer.solvers import ADAPTIVE_SOLVERS
 from odeformer.studies import check_numbers, check_section, register_study
@@ -53,10 +54,6 @@ NORMALISATIONS: tuple[str, ...] = ("softmax", "mean")
 KEYS: tuple[str, ...] = ("part", "beta", "normalisation", "tokens", "dim", "horizon", "times", "threshold",
                          "rho0", "check_points", "rate_window", "solver", "rtol", "atol", "max_steps")
 _NORM_GRID = 61  # times (with ``times``) at which the phase part checks the norms
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -71,7 +68,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"clustering.solver={v.solver!r} is not one of {', '.join(ADAPTIVE_SOLVERS)} "
                          "(adaptive solvers)")
     for key, low in (("tokens", 2), ("dim", 2), ("check_points", 2), ("max_steps", 1)):
-        if not _is_int(v[key]) or v[key] < low:
+        if not is_int(v[key]) or v[key] < low:
             raise ValueError(f"clustering.{key}={v[key]!r} must be an int >= {low}")
     check_numbers("clustering", {k: v[k] for k in ("beta", "horizon", "rtol", "atol", "times",
                                                    "threshold", "rate_window", "rho0")})

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from odeformer.config_checks import is_int
 from odeformer.fields import AttentionField
 from odeformer.solve import solve
 from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
@@ -82,7 +83,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          f"{', '.join(ADAPTIVE_SOLVERS)}")
     for key in ("steps", "width", "heads", "tokens", "reference_max_steps"):
         value = v[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"convergence.{key}={value!r} must be an int >= 1")
     if v.width % v.heads:
         raise ValueError(f"convergence.width={v.width} must be a multiple of convergence.heads={v.heads}")
