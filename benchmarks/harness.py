@@ -11,10 +11,16 @@ from typing import Any
 import diffrax
 import jax
 
+import odeformer
 
-def print_header(**versions: str) -> None:
-    """Prints the exact command, the machine and the library versions."""
+
+def print_header(*, reuse_host_memory: bool = True, **versions: str) -> None:
+    """Prints the exact command, the machine and the library versions. Call it before any
+    JAX computation: unless ``reuse_host_memory`` is False it first applies
+    ``odeformer.reuse_host_memory()``, as ``python -m experiments.run`` does."""
+    applied = reuse_host_memory and odeformer.reuse_host_memory()
     print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
+    print("host memory:", "odeformer.reuse_host_memory() applied" if applied else "system malloc defaults")
     extra = "".join(f", {name} {version}" for name, version in versions.items())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}{extra}")

@@ -1,7 +1,7 @@
 """Runs a sweep of jit-compiled trainings and leaves a results table.
 
     python -m experiments.run --config configs/quick.py [--config.solver.name=rk4 ...]
-        [--workdir DIR] [--shard i/n] [--quiet]
+        [--workdir DIR] [--shard i/n] [--quiet] [--noreuse_host_memory]
         [--coordinator HOST:PORT --num_processes N --process_id I]
 
 With ``--coordinator`` the same command runs as one of N processes (one per machine, or
@@ -15,6 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from odeformer.host_memory import reuse_host_memory
 from odeformer.runner import format_summary, run_sweep
 from odeformer.sharding import join_processes
 from odeformer.sweeps import parse_shard
@@ -23,6 +24,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_REUSE_HOST_MEMORY = flags.DEFINE_bool(
+    "reuse_host_memory", True, "Keep freed host buffers for reuse instead of page-faulting them in at "
+    "every step (glibc malloc; odeformer.reuse_host_memory). --noreuse_host_memory: system defaults.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
@@ -49,6 +53,8 @@ def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
     config = _CONFIG.value
+    if _REUSE_HOST_MEMORY.value:
+        reuse_host_memory()  # before JAX's first computation
     try:
         if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -160,8 +160,8 @@ def test_cli_rejects_bad_config_before_writing(tmp_path, flag, message):
 
 @pytest.mark.slow
 def test_cli_shards_merge_into_one_table(tmp_path):
-    for i in range(2):
-        out = _cli(*TINY_FLAGS, "--config.sweep.solver.name=('rk4',)",
+    for i in range(2):  # the second shard runs with system malloc settings
+        out = _cli(*TINY_FLAGS, "--config.sweep.solver.name=('rk4',)", *["--noreuse_host_memory"] * i,
                    f"--workdir={tmp_path / f's{i}'}", f"--shard={i}/2")
         assert out.returncode == 0, out.stderr
     merged = results.load([tmp_path / "s0", tmp_path / "s1"])
