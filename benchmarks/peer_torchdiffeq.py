@@ -122,10 +122,14 @@ def check_same_work(name, fixed, exact, jax_result, torch_result):
 
 
 def time_interleaved(jax_fn, torch_fn, repeats):
-    """Median ms of each side and median per-pair ratio, run A, B, A, B, ..."""
+    """Median ms of each side and median per-pair ratio, run A, B, A, B, ...; then the
+    ratio of medians with each side run alone, ``repeats`` times in a row (the two runtimes'
+    thread pools then do not take turns on the same cores)."""
     ms = interleaved_ms({"jax": jax_fn, "torch": torch_fn}, repeats)
     ratio = statistics.median(a / b for a, b in zip(ms["jax"], ms["torch"], strict=True))
-    return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio
+    alone = {name: statistics.median(interleaved_ms({name: fn}, repeats)[name])
+             for name, fn in (("jax", jax_fn), ("torch", torch_fn))}
+    return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio, alone["jax"] / alone["torch"]
 
 
 def reference(params, heads, y0):
@@ -177,12 +181,13 @@ def main():
         rows.append((name, nfes, errors, loss_diff, time_interleaved(jax_fn, torch_fn, repeats)))
 
     print("\n| case | odeformer / torchdiffeq | nfe | err vs ref | loss diff | odeformer ms | torch ms "
-          "| ratio |\n|---|---|---|---|---|---|---|---|")
-    for name, nfes, errors, loss_diff, (ms_jax, ms_torch, ratio) in rows:
+          "| ratio | ratio, each alone |\n|---|---|---|---|---|---|---|---|---|")
+    for name, nfes, errors, loss_diff, (ms_jax, ms_torch, ratio, alone) in rows:
         print(f"| {name} | {CASES[name][3]} | {nfes[0]} / {nfes[1]} | {errors[0]:.1e} / {errors[1]:.1e} "
-              f"| {loss_diff:.1e} | {ms_jax:.1f} | {ms_torch:.1f} | {ratio:.2f} |")
+              f"| {loss_diff:.1e} | {ms_jax:.1f} | {ms_torch:.1f} | {ratio:.2f} | {alone:.2f} |")
     print("\nratio: median over interleaved pairs of odeformer ms / torch ms (< 1: odeformer faster); "
-          "err: max|x(1) - ref| / max|ref|; loss diff: |odeformer - torch| / |torch|")
+          "each alone: ratio of medians of runs of one side only; err: max|x(1) - ref| / max|ref|; "
+          "loss diff: |odeformer - torch| / |torch|")
 
 
 if __name__ == "__main__":

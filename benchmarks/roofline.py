@@ -2,10 +2,11 @@
 
 How close the solver_overhead training step comes to this machine's float32 matmul ceiling.
 
-Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). (a) Ceiling: best
-median GFLOP/s (2 n^3 / t) of a jitted ``jnp.dot`` of two n x n float32 matrices over a
-few n. (b) The training step of ``benchmarks/solver_overhead.py``: ``TransformerBlockField
-(64, 4)``, float32, x (32, 64, 64), ``mean(x(1)**2)`` after N fixed Euler / RK4 steps
+Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). (a) Ceiling: median
+GFLOP/s (2 n^3 / t) of a jitted ``jnp.dot`` of two n x n float32 matrices over a few n; the
+best n is then timed again interleaved with the training steps, and that same-load figure
+is the ceiling the fractions use. (b) The training step of ``benchmarks/solver_overhead.py``:
+``TransformerBlockField(64, 4)``, float32, x (32, 64, 64), ``mean(x(1)**2)`` after N fixed Euler / RK4 steps
 (``adjoint="checkpoint"``), value and gradient in the field state. Its FLOPs are counted
 three ways: XLA's ``cost_analysis()`` of the whole compiled step, XLA's count of one
 loop-free field evaluation (forward + VJP) times NFE, and an analytic count of the matmuls.
@@ -81,8 +82,7 @@ def main():
     ceiling_rows = matmul_ceiling(sizes, repeats)
     for n, ms, gflops in ceiling_rows:
         print(f"{n:6d} {ms:11.3f} {gflops:9.1f}")
-    ceiling = max(row[2] for row in ceiling_rows)
-    print(f"ceiling (best): {ceiling:.1f} GFLOP/s\n")
+    print(f"ceiling (best): {max(row[2] for row in ceiling_rows):.1f} GFLOP/s\n")
 
     param_key, data_key = jax.random.split(jax.random.key(0))
     field = odeformer.TransformerBlockField(width, heads, mlp_ratio=mlp_ratio,
@@ -123,10 +123,18 @@ def main():
         steps_fns[solver] = compiled
         rows.append((solver, int(nfe), flops_of(compiled)))
 
-    times = interleaved_ms(  # euler, rk4, euler, rk4, ...
-        {solver: functools.partial(step, state, y0) for solver, step in steps_fns.items()}, repeats)
+    # The ceiling's matmul runs interleaved with the steps too (euler, rk4, matmul, euler, ...),
+    # so that the fraction compares times taken under the same load.
+    best_n = max(ceiling_rows, key=lambda row: row[2])[0]
+    a, b = (jax.random.normal(k, (best_n, best_n), jnp.float32) for k in jax.random.split(jax.random.key(1)))
+    dot = jax.jit(jnp.dot).lower(a, b).compile()
+    jax.block_until_ready(dot(a, b))
+    calls = {solver: functools.partial(step, state, y0) for solver, step in steps_fns.items()}
+    times = interleaved_ms({**calls, "matmul": functools.partial(dot, a, b)}, repeats)
+    ceiling = 2 * best_n**3 / (statistics.median(times["matmul"]) * 1e-3) / 1e9
+    print(f"\nceiling measured interleaved with the steps (n = {best_n}): {ceiling:.1f} GFLOP/s")
 
-    print("\nGFLOP per training step, three counts: XLA whole = cost_analysis() of the compiled "
+    print("GFLOP per training step, three counts: XLA whole = cost_analysis() of the compiled "
           "step;\nXLA/eval = loop-free XLA fwd+vjp x nfe; matmul = analytic 4 x forward matmuls "
           "x nfe.\nGFLOP/s and % of ceiling use the analytic matmul count (the ceiling is a "
           "matmul).")
