@@ -90,3 +90,14 @@ def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
     want_acc = jnp.mean(jnp.argmax(logits, -1) == split["label"])
     np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
     np.testing.assert_allclose(got["accuracy"], want_acc, rtol=1e-6)
+
+
+def test_train_and_test_splits_of_different_sizes_share_one_eval_compile():
+    from odeformer.training import evaluate, make_eval_step
+
+    data, graphdef, _, state = _setup()
+    eval_step = make_eval_step(graphdef)
+    for size in (50, 30):
+        split = {k: v[:size] for k, v in data.test.items()}
+        evaluate(eval_step, state["params"], state["hyper"], split, chunk=16, num_classes=data.num_classes)
+    assert eval_step._cache_size() == 1
