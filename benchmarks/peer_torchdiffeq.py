@@ -132,6 +132,22 @@ def time_interleaved(jax_fn, torch_fn, repeats):
     return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio, alone["jax"] / alone["torch"]
 
 
+def print_one_evaluation(f, state, y0, t_field, t_y0, repeats):
+    """One field evaluation's forward + backward (loss ``mean(F(x)**2)``, gradient in the
+    parameters), each framework on its own: what every solver step of either side is made of."""
+    jax_fn = functools.partial(jax.jit(jax.grad(lambda s, y: jnp.mean(f(0.0, y, s) ** 2))), state, y0)
+    params = list(t_field.p.values())
+
+    def torch_fn():
+        return torch.autograd.grad(torch.mean(t_field(0.0, t_y0) ** 2), params)
+
+    jax.block_until_ready(jax_fn())
+    torch_fn()
+    ms_jax, ms_torch, ratio, alone = time_interleaved(jax_fn, torch_fn, 3 * repeats)
+    print(f"one field evaluation, forward + backward: odeformer {ms_jax:.2f} ms, torch {ms_torch:.2f} ms, "
+          f"ratio {ratio:.2f} (each alone {alone:.2f})")
+
+
 def reference(params, heads, y0):
     """x(1) by torchdiffeq dopri8 in float64 at rtol = atol = 1e-10."""
     with torch.no_grad():
@@ -165,6 +181,7 @@ def main():
     assert err <= RTOL, f"one field evaluation differs by {err:.1e} of its max (> {RTOL})"
     print(f"field evaluation: torch vs odeformer differ by {err:.1e} of the max entry")
     ref = reference(flat_params(state), heads, t_y0)
+    print_one_evaluation(f, state, y0, t_field, t_y0, repeats)
 
     rows = []
     for name, (solver, method, exact, _) in CASES.items():

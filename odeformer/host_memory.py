@@ -6,8 +6,8 @@ array is done. glibc's malloc serves a block above 32 MiB -- and, in the per-thr
 that XLA's worker threads use, any block larger than an arena heap (64 MiB) -- with a fresh
 ``mmap`` and gives it back with ``munmap`` on free. A program whose buffers exceed that size
 therefore page-faults all of them in again, zero-filled by the kernel, on every call:
-``python benchmarks/host_memory.py`` measures ~100,000 faults and ~200 ms of kernel time per
-training step with ``adjoint="direct"`` (409 MB temporary buffer), ~350,000 for the
+``python benchmarks/host_memory.py`` measures ~100,000 faults and ~280 ms of kernel time per
+training step with ``adjoint="direct"`` (409 MB temporary buffer), ~39,000 for the
 checkpoint adjoint at 512 tokens.
 
 :func:`reuse_host_memory` changes two glibc malloc parameters with ``mallopt`` so that
