@@ -15,9 +15,9 @@ import odeformer
 
 
 def print_header(*, reuse_host_memory: bool = True, **versions: str) -> None:
-    """Prints the exact command, the machine and the library versions. Call it before any
-    JAX computation: unless ``reuse_host_memory`` is False it first applies
-    ``odeformer.reuse_host_memory()``, as ``python -m experiments.run`` does."""
+    """Prints the exact command, the machine and the library versions. Unless
+    ``reuse_host_memory`` is False it first applies ``odeformer.reuse_host_memory()``, as
+    ``python -m experiments.run`` does; call it before the timed work."""
     applied = reuse_host_memory and odeformer.reuse_host_memory()
     print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
     print("host memory:", "odeformer.reuse_host_memory() applied" if applied else "system malloc defaults")

@@ -3,19 +3,20 @@
 System malloc against ``odeformer.reuse_host_memory()``, in alternating fresh processes.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). The setting is
-process-wide and must precede JAX's first computation, so it cannot be switched inside one
-process: each pair runs this script twice as a child (``--child system`` / ``--child reuse``,
-order alternating between pairs). A child times training steps (loss ``mean(x(1)**2)`` and
-its gradient in the field state) of ``TransformerBlockField(64, 4)``, float32, and counts
-the minor page faults and kernel CPU time per call with ``getrusage``. ``temp MB`` is the
-compiled step's temporary buffer (``memory_analysis``). The ratio is the median over pairs
-of reuse ms / system ms (below 1: reuse faster); the peak resident memory of each child
-(``ru_maxrss``) is the price of keeping freed blocks.
+process-wide and cannot be undone, so it cannot be switched inside one process: each pair
+runs this script twice as a child (``--child system`` / ``--child reuse``, order alternating
+between pairs). A child times training steps (loss ``mean(x(1)**2)`` and its gradient in the
+field state) of ``TransformerBlockField(64, 4)``, float32, and counts the minor page faults
+and kernel CPU time per call with ``getrusage``. ``temp MB`` is the compiled step's
+temporary buffer (``memory_analysis``). The ratio is the median over pairs of reuse ms /
+system ms (below 1: reuse faster); the peak resident memory of each child (``ru_maxrss``) is
+the price of keeping freed blocks.
 """
 
 import argparse
 import json
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -65,13 +66,15 @@ def child(mode, names, repeats):
                      "faults": (after.ru_minflt - before.ru_minflt) / repeats,
                      "sys_ms": 1e3 * (after.ru_stime - before.ru_stime) / repeats,
                      "temp_mb": step.memory_analysis().temp_size_in_bytes / 1e6}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out), flush=True)
 
 
 def run_child(mode, names, repeats):
     command = [sys.executable, __file__, "--child", mode, "--repeats", str(repeats), "--cases", *names]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"child {mode} failed:\n{done.stderr}")
     header = [line for line in done.stdout.splitlines() if line.startswith(("machine", "host memory"))]
     result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     return header, json.loads(result.removeprefix("RESULT "))
@@ -90,7 +93,7 @@ def main():
         return
     names = list(QUICK) if args.quick else args.cases
     pairs, repeats = (2, 2) if args.quick else (args.pairs, args.repeats)
-    print("command:", " ".join(getattr(sys, "orig_argv", sys.argv)))
+    print("command:", shlex.join(getattr(sys, "orig_argv", sys.argv)))
     runs = {"system": [], "reuse": []}
     for i in range(pairs):
         for mode in (("system", "reuse") if i % 2 == 0 else ("reuse", "system")):
@@ -111,9 +114,9 @@ def main():
         print(f"| {name} | {s[0]['temp_mb']:.0f} | {med(s, 'ms'):.1f} | {med(r, 'ms'):.1f} | {ratio:.2f} "
               f"| {med(s, 'faults'):.0f} / {med(r, 'faults'):.0f} | {med(s, 'sys_ms'):.1f} / "
               f"{med(r, 'sys_ms'):.1f} |")
-    rss = {mode: statistics.median(run["peak_rss_mb"] for run in runs[mode]) for mode in runs}
-    print(f"\npeak resident memory of a child process (all cases, ru_maxrss): system {rss['system']:.0f} MB, "
-          f"reuse {rss['reuse']:.0f} MB")
+    rss = {mode: statistics.median(run["peak_rss_mib"] for run in runs[mode]) for mode in runs}
+    print(f"\npeak resident memory of a child process (all cases, ru_maxrss): "
+          f"system {rss['system']:.0f} MiB, reuse {rss['reuse']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -14,21 +14,23 @@ checkpoint adjoint at 512 tokens.
 freed large blocks stay with the process and are reused: no ``mmap``-served blocks
 (``M_MMAP_MAX = 0``: large blocks come from the heap of the allocating thread's arena) and
 free memory at the top of a heap returned to the system only beyond ``trim_threshold``
-bytes (``M_TRIM_THRESHOLD``). Costs: the process keeps freed memory, in every thread's
-arena, so its resident size is higher (see benchmarks/README.md for the measured figures);
-a block larger than a thread arena's 64 MiB heap is still served by ``mmap``. Forcing one
-arena (``M_ARENA_MAX = 1``) would catch those too but made the ordinary checkpoint-adjoint
-step 10-25% slower (malloc lock contention between XLA's threads), so it is not set. It is
-process-wide and must precede JAX's first computation, so odeformer never does it on
-import: ``python -m experiments.run`` (unless ``--noreuse_host_memory``) and the
-``benchmarks/`` scripts call it, and a script can call it first thing. It has no effect on non-glibc systems
-(macOS, musl) and touches host allocations only (harmless with an accelerator).
+bytes (``M_TRIM_THRESHOLD``). Both are global settings that reach every arena at once, so
+the call works at any time (a buffer mapped before it is unmapped once more, then reused).
+Costs: the process keeps freed memory, in every thread's arena, so its resident size can
+stay at its high-water mark (+3% peak in the benchmark; the setting applies to every
+library in the process); a block larger than a thread arena's 64 MiB heap is still served
+by ``mmap``. Also forcing one arena (``M_ARENA_MAX = 1``) caught those too but made the
+checkpoint-adjoint steps 1.23-1.26x slower (malloc lock contention between XLA's threads;
+an earlier run of the same benchmark), so it is not set. Because it is a process-wide
+policy, importing odeformer does not apply it: ``python -m experiments.run`` (unless
+``--noreuse_host_memory``) and the ``benchmarks/`` scripts call it, and a script can call
+it first thing. It has no effect on non-glibc systems (macOS, musl); on a machine with an
+accelerator it changes host allocations only (not measured there).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 # glibc's <malloc.h> parameter numbers.
@@ -40,20 +42,10 @@ DEFAULT_TRIM_THRESHOLD = 1 << 30  # bytes of free heap kept before any is return
 _applied: int | None = None  # the trim threshold set by an earlier call in this process
 
 
-def _jax_backend_started() -> bool:
-    """Whether JAX has already created its runtime clients (and their worker threads)."""
-    import jax._src.xla_bridge as xla_bridge  # private: there is no public query
-
-    started = getattr(xla_bridge, "backends_are_initialized", None)
-    return bool(started and started())
-
-
 def reuse_host_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
     """Makes glibc malloc keep and reuse freed blocks (see the module docstring).
 
-    Call it before the first JAX computation (before ``jax.devices()`` or any jitted
-    call): XLA's worker threads take their malloc arena when the CPU client starts, and
-    later settings do not reach them.
+    Call it early; it also takes effect when JAX is already running.
 
     Args:
       trim_threshold: bytes of free memory at the top of the heap the process keeps
@@ -66,7 +58,7 @@ def reuse_host_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
 
     Raises:
       ValueError: for a bad ``trim_threshold``, or one different from an earlier call's.
-      RuntimeError: if JAX's runtime has already started, so the call would have no effect.
+      RuntimeError: if glibc refuses a setting.
     """
     global _applied
     if isinstance(trim_threshold, bool) or not isinstance(trim_threshold, int) or not (
@@ -75,16 +67,14 @@ def reuse_host_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
     if _applied is not None:
         if trim_threshold != _applied:
             raise ValueError(f"reuse_host_memory was already called with trim_threshold={_applied}; "
-                             f"got {trim_threshold}: the settings cannot change once JAX is running")
+                             f"got {trim_threshold}: one process keeps one setting")
         return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if _jax_backend_started():
-        raise RuntimeError("reuse_host_memory() must run before the first JAX computation: JAX's "
-                           "CPU runtime has started and its threads keep their malloc arenas")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, trim_threshold)):
+    libc = ctypes.CDLL(None)  # this process's symbols, glibc's mallopt among them
+    for name, param, value in (("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, trim_threshold),
+                               ("M_MMAP_MAX", _M_MMAP_MAX, 0)):
         if libc.mallopt(param, value) != 1:
-            raise RuntimeError(f"glibc mallopt({param}, {value}) failed")
+            raise RuntimeError(f"glibc mallopt({name}, {value}) failed")
     _applied = trim_threshold
     return True

@@ -185,7 +185,7 @@ def solve(
         ``"direct"``: differentiates straight through the loop; memory grows with
         ``max_steps`` (or ``steps``); supports forward-mode too. On CPU its large
         activation buffer is page-faulted in at every call unless
-        :func:`odeformer.reuse_host_memory` ran first (measured 1.8x faster with it).
+        :func:`odeformer.reuse_host_memory` was called (measured 1.5-1.8x faster with it).
       ts: optional increasing 1-D times in ``[t0, t1]`` at which to also save the
         state (dense interpolation, no extra evaluations). Traced values; length
         is structural.
