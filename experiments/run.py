@@ -54,7 +54,7 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
     config = _CONFIG.value
     if _REUSE_HOST_MEMORY.value:
-        reuse_host_memory()  # before JAX's first computation
+        reuse_host_memory()  # this process's malloc policy (see odeformer.host_memory)
     try:
         if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
