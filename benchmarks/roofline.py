@@ -40,13 +40,17 @@ def median_ms(fn, *args, repeats):
     return statistics.median(interleaved_ms({"fn": lambda: fn(*args)}, repeats)["fn"])
 
 
+def square_operands(n):
+    """Two random n x n float32 matrices (the ceiling's matmul operands)."""
+    return tuple(jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(n)))
+
+
 def matmul_ceiling(sizes, repeats):
     """Rows ``(n, median ms, GFLOP/s)`` of a jitted float32 ``jnp.dot``."""
     dot = jax.jit(jnp.dot)
     rows = []
     for n in sizes:
-        a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(n)))
-        ms = median_ms(dot, a, b, repeats=repeats)
+        ms = median_ms(dot, *square_operands(n), repeats=repeats)
         rows.append((n, ms, 2 * n**3 / (ms * 1e-3) / 1e9))
     return rows
 
@@ -126,7 +130,7 @@ def main():
     # The ceiling's matmul runs interleaved with the steps too (euler, rk4, matmul, euler, ...),
     # so that the fraction compares times taken under the same load.
     best_n = max(ceiling_rows, key=lambda row: row[2])[0]
-    a, b = (jax.random.normal(k, (best_n, best_n), jnp.float32) for k in jax.random.split(jax.random.key(1)))
+    a, b = square_operands(best_n)
     dot = jax.jit(jnp.dot).lower(a, b).compile()
     jax.block_until_ready(dot(a, b))
     calls = {solver: functools.partial(step, state, y0) for solver, step in steps_fns.items()}
