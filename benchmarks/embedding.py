@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from harness import interleaved_ms, print_header
+from harness import interleaved_ms, start_benchmark
 
 from odeformer.embeddings import FeatureEmbedding
 from odeformer.sharding import batch_sharding, make_mesh, place, replicated, state_shardings
@@ -164,7 +164,7 @@ def main():
     sharded_mesh = tuple(int(n) for n in args.sharded_mesh.split("x"))
     placements = {"replicated": (DEVICES, 1), "sharded": sharded_mesh}
 
-    print_header(optax=optax.__version__)
+    start_benchmark(optax=optax.__version__)
     print(f"workload: FeatureEmbedding(V, {args.dim}) float32, batch {args.batch} {args.ids} ids, "
           f"loss mean(sum((rows[ids] @ W)^2)), {args.optimizer} lr {LEARNING_RATE}, state donated; "
           f"replicated = mesh data {DEVICES} x model 1, sharded = mesh data {sharded_mesh[0]} x "

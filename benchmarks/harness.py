@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the run header and interleaved timing."""
+"""What every benchmark script shares: process setup with the run header, and interleaved timing."""
 
 import os
 import platform
@@ -14,10 +14,14 @@ import jax
 import odeformer
 
 
-def print_header(*, reuse_host_memory: bool = True, **versions: str) -> None:
-    """Prints the exact command, the machine and the library versions. Unless
-    ``reuse_host_memory`` is False it first applies ``odeformer.reuse_host_memory()``, as
-    ``python -m experiments.run`` does; call it before the timed work."""
+def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:
+    """Sets this process up as ``python -m experiments.run`` does and prints the run header.
+
+    Call it before any timed work. Unless ``reuse_host_memory`` is False it applies
+    ``odeformer.reuse_host_memory()`` (a process-wide malloc policy); then it prints the
+    exact command, which malloc policy holds, the machine and the library versions
+    (``versions``: extra name=version pairs).
+    """
     applied = reuse_host_memory and odeformer.reuse_host_memory()
     print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
     print("host memory:", "odeformer.reuse_host_memory() applied" if applied else "system malloc defaults")

@@ -34,9 +34,9 @@ QUICK = ("euler 8, checkpoint", "euler 8, direct")
 
 def child(mode, names, repeats):
     """Times every case in this process; prints one JSON line."""
-    from harness import print_header  # imports jax and odeformer; starts no computation
+    from harness import start_benchmark  # imports jax and odeformer; starts no computation
 
-    print_header(reuse_host_memory=mode == "reuse")
+    start_benchmark(reuse_host_memory=mode == "reuse")
     import jax
     import jax.numpy as jnp
     from flax import nnx

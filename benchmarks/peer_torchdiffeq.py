@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchdiffeq
 from flax import nnx
-from harness import interleaved_ms, print_header
+from harness import interleaved_ms, start_benchmark
 
 import odeformer
 
@@ -166,7 +166,7 @@ def main():
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
 
-    print_header(torch=torch.__version__, torchdiffeq=torchdiffeq.__version__)
+    start_benchmark(torch=torch.__version__, torchdiffeq=torchdiffeq.__version__)
     print(f"threads: XLA {cores} (affinity mask; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
           f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "

@@ -27,7 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from harness import print_header
+from harness import start_benchmark
 
 import odeformer
 
@@ -122,7 +122,7 @@ def main():
     args = parser.parse_args()
     batch, steps, calls = (4, 2, 4) if args.quick else (32, args.steps, args.calls)
 
-    print_header()
+    start_benchmark()
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(64, 4, rngs=nnx.Rngs(param_key)))
     y0 = jax.random.normal(data_key, (batch, 64, 64), jnp.float32)

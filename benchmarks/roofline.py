@@ -21,7 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from harness import interleaved_ms, print_header
+from harness import interleaved_ms, start_benchmark
 
 import odeformer
 
@@ -77,7 +77,7 @@ def main():
     sizes = (256, 512, 1024) if args.quick else (512, 1024, 1536, 2048)
     repeats = 5 if args.quick else args.repeats
 
-    print_header()
+    start_benchmark()
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
           f"{args.steps} steps, {repeats} repeats\n")
 

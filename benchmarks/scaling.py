@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from harness import interleaved_ms, print_header
+from harness import interleaved_ms, start_benchmark
 
 import odeformer
 
@@ -117,7 +117,7 @@ def main():
     repeats = 3 if q else args.repeats
     b, n, d, s = args.batch, args.tokens, args.width, args.steps
 
-    print_header()
+    start_benchmark()
     print(f"workload: TransformerBlockField(width, {HEADS}, mlp_ratio={MLP_RATIO}) float32, "
           f"euler, adjoint checkpoint unless stated, batch {b}, {repeats} repeats")
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from harness import interleaved_ms, print_header
+from harness import interleaved_ms, start_benchmark
 
 import odeformer
 
@@ -109,7 +109,7 @@ def main():
     batch, tokens, width, heads = (2, 8, 64, 4) if args.quick else (32, 64, 64, 4)
     steps, repeats = (2, 3) if args.quick else (args.steps, args.repeats)
 
-    print_header()
+    start_benchmark()
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
           f"{steps} steps, {repeats} repeats\n")
 

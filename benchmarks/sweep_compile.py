@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-from harness import print_header
+from harness import start_benchmark
 
 from odeformer.runner import run_sweep
 
@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.values, args.train_steps = [1, 2], 10
-    print_header()
+    start_benchmark()
     print(f"{'K':>3} {'sweep s':>8} {'compiles':>8} {'reused':>6} {'loop s':>8} {'compiles':>8} "
           f"{'loop/sweep':>10}")
     one_sweep(1, args.train_steps)  # warm caches shared by both (task data, imports)

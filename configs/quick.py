@@ -1,10 +1,11 @@
 """Quick sweep: an ODE transformer under 2 solvers x 2 step counts, and a discrete baseline.
 
-    python -m experiments.run --config configs/quick.py
+    python -m experiments.run --config configs/quick.py --workers 2
 
 Associative recall (4 key-value pairs, vocabulary 8), width 32, 300 AdamW steps per run.
 The discrete family ignores the solver keys, so the grid's discrete points collapse
-into one run: 5 runs in all.
+into one run: 5 runs in all. ``--workers 2`` trains two at a time (the runs are tiny, so
+one compiles while the other trains); the results are the same with one worker.
 """
 
 import ml_collections

@@ -1,7 +1,7 @@
 """Runs a sweep of jit-compiled trainings and leaves a results table.
 
     python -m experiments.run --config configs/quick.py [--config.solver.name=rk4 ...]
-        [--workdir DIR] [--shard i/n] [--quiet] [--noreuse_host_memory]
+        [--workdir DIR] [--shard i/n] [--workers N] [--quiet] [--noreuse_host_memory]
         [--coordinator HOST:PORT --num_processes N --process_id I]
 
 With ``--coordinator`` the same command runs as one of N processes (one per machine, or
@@ -23,6 +23,9 @@ from odeformer.sweeps import parse_shard
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 1, "Runs trained at a time, on threads of this process (odeformer.workers): one "
+    "run compiles while another trains. Single-process sweeps only.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory", True, "Keep freed host buffers for reuse instead of page-faulting them in at "
@@ -60,7 +63,7 @@ def main(argv) -> int:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         index, count = parse_shard(_SHARD.value)
         summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
-                            shard_count=count, quiet=_QUIET.value)
+                            shard_count=count, quiet=_QUIET.value, workers=_WORKERS.value)
     except ValueError as error:  # invalid config: raised before anything is written
         print(f"error: {error}", file=sys.stderr)
         return 2

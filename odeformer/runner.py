@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from odeformer.training import (
     make_optimizer,
     make_train_step,
 )
+from odeformer.workers import BuildOnce, Stopped, check_workers, execute
 
 _SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 
@@ -63,12 +65,11 @@ def _json(config) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
-class _TaskCache(dict):
+class _TaskCache(BuildOnce):
+    """Each distinct task config's data, made once per sweep."""
+
     def get_task(self, config) -> TaskData:
-        key = _json(config)
-        if key not in self:
-            self[key] = make_task(config)
-        return self[key]
+        return self.get(_json(config), lambda: make_task(config))[0]
 
 
 def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> list[PlannedRun]:
@@ -120,9 +121,13 @@ def _step_bytes(compiled) -> int | None:
         return None
 
 
-def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: dict,
-              progress: bool) -> dict[str, Any]:
+def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: BuildOnce,
+              progress: bool, stop: threading.Event | None = None) -> dict[str, Any]:
     """Trains one run (resuming from its last checkpoint) and returns its metrics.
+
+    ``compiled`` holds the jitted steps of every structure (``_structure_key``) met so far
+    in the sweep. ``stop`` (``odeformer.workers``) is checked before every training step;
+    once it is set the run raises ``Stopped``.
 
     The run's mesh (``config.mesh``) holds the train state and data for the whole run:
     embedding tables row-sharded on ``model``, batches split on ``data``. With several
@@ -164,23 +169,23 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
     if primary:
         earlier = results.truncate_metrics(metrics_path, start)  # logged before a resume
 
-    key = _structure_key(planned)
-    reused = key in compiled
-    compile_s = 0.0
+    def build():
+        t = time.perf_counter()
+        step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh)
+        return (step_fn.lower(state, train_split, train_key).compile(),
+                make_eval_step(graphdef, mesh), time.perf_counter() - t)
+
     with jax.set_mesh(mesh):
-        if not reused:
-            t = time.perf_counter()
-            step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh)
-            compiled[key] = (step_fn.lower(state, train_split, train_key).compile(),
-                             make_eval_step(graphdef, mesh))
-            compile_s = time.perf_counter() - t
-        train_step, eval_step = compiled[key]
+        (train_step, eval_step, seconds), built = compiled.get(_structure_key(planned), build)
+        compile_s, reused = (seconds, False) if built else (0.0, True)
 
         bar = tqdm(total=c.train.num_steps, initial=start, desc=planned.run.run_id, leave=False,
                    disable=not progress)
         t = time.perf_counter()
         last, logged = {}, list(earlier)
         for step in range(start + 1, c.train.num_steps + 1):
+            if stop is not None and stop.is_set():
+                raise Stopped(planned.run.run_id)
             state, metrics = train_step(state, train_split, train_key)
             log = step % c.train.log_every == 0 or step == c.train.num_steps
             checkpoint = manager is not None and step % c.train.checkpoint_every == 0
@@ -225,7 +230,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: d
     return row
 
 
-def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: dict,
+def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: BuildOnce,
                       test_accuracy: float) -> dict[str, Any]:
     """The ``evaluate`` section's measurements of a trained run (none without that section):
     test accuracy under other solvers (``odeformer.invariance``) and stability
@@ -238,22 +243,20 @@ def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: dict
     t = time.perf_counter()
     with jax.set_mesh(mesh):
         def evaluate_with(solved, values):
-            if ("eval", solved, mesh) not in compiled:
-                compiled["eval", solved, mesh] = make_eval_step(solved, mesh)
-            return evaluate(compiled["eval", solved, mesh], params, values, test_split,
-                            c.train.eval_batch_size, data.num_classes)
+            step, _ = compiled.get(("eval", solved, mesh), lambda: make_eval_step(solved, mesh))
+            return evaluate(step, params, values, test_split, c.train.eval_batch_size,
+                            data.num_classes)
 
         row = solver_report(parse_solvers(e.solvers), graphdef, params, hyper, test_accuracy,
                             evaluate_with)
         if e.stability:
-            if ("stability", graphdef, e.power_iterations) not in compiled:
-                compiled["stability", graphdef, e.power_iterations] = make_stability_step(
-                    graphdef, forward_mode(graphdef, params), e.power_iterations)
+            step, _ = compiled.get(("stability", graphdef, e.power_iterations),
+                                   lambda: make_stability_step(graphdef, forward_mode(graphdef, params),
+                                                               e.power_iterations))
             subset = jax.tree.map(lambda a: a[:e.examples], test_split)  # the first examples
             labels = subset.pop("label")
             key = jax.random.fold_in(jax.random.key(c.seed), 1)  # not training's split of the key
-            row.update(summarise(compiled["stability", graphdef, e.power_iterations](
-                params, hyper, subset, labels, key, e.epsilon)))
+            row.update(summarise(step(params, hyper, subset, labels, key, e.epsilon)))
     row["evaluate_s"] = time.perf_counter() - t
     return row
 
@@ -305,63 +308,81 @@ class SweepSummary:
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_index: int = 0,
-              shard_count: int = 1, quiet: bool = False) -> SweepSummary:
+              shard_count: int = 1, quiet: bool = False, workers: int = 1) -> SweepSummary:
     """Runs this shard's part of the sweep into ``workdir``; finished runs are skipped.
 
     ``config.experiment`` is ``"train"`` (every run trains a model) or the name of a
     numerical study (``odeformer.studies``; every run calls its ``measure``). Every run
     is validated (and a training run's shape resolved) before anything is computed or
     written. A run that fails is recorded as ``status = "failed: <reason>"``.
+
+    ``workers`` runs that many runs at a time on threads of this process
+    (``odeformer.workers``; single-process sweeps only). Results do not depend on it;
+    the timings in each row (``train_time_s``, ``step_ms``, ``compile_s``) are then
+    measured while other runs share the machine, and the row's ``workers`` says so.
     """
+    check_workers(workers, jax.process_count())
     workdir = Path(workdir)
     progress = not quiet and sys.stderr.isatty()
     if config.experiment == "train":
-        tasks, compiled = _TaskCache(), {}
+        tasks, compiled = _TaskCache(), BuildOnce()
         items = shard(plan(config, tasks), shard_index, shard_count)
+        run_progress = progress and workers == 1  # one bar per run only when runs take turns
 
-        def execute(item):
-            return train_run(item, workdir, tasks, compiled, progress)
+        def attempt(item, stop):
+            return train_run(item, workdir, tasks, compiled, run_progress, stop)
 
-        return _sweep(items, workdir, lambda item: item.run, _row, execute, progress)
+        return _sweep(items, workdir, lambda item: item.run, _row, attempt, progress, workers)
     items = shard(expand(config), shard_index, shard_count)  # checks config.experiment first
     study = STUDIES[config.experiment]
 
-    def measure(run):
+    def measure(run, stop):
+        del stop  # a study's run is short; an interrupt waits for it
         if jax.process_index() == 0:
             results.write_atomic(results.run_dir(workdir, run.run_id) / "config.json",
                                  json.dumps(run.config.to_dict(), indent=1, sort_keys=True))
         return study.measure(run.config)
 
     return _sweep(items, workdir, lambda run: run, lambda run: {"run_id": run.run_id, **run.swept},
-                  measure, progress)
+                  measure, progress, workers)
 
 
-def _sweep(items, workdir: Path, run_of, base_row, execute, progress: bool) -> SweepSummary:
+def _sweep(items, workdir: Path, run_of, base_row, measure, progress: bool,
+           workers: int) -> SweepSummary:
     """Executes every unfinished item, recording each row as soon as it is known."""
-    ran, skipped, failed = 0, 0, []
     primary = jax.process_index() == 0
-    for item in tqdm(items, desc="runs", disable=not progress):
-        run_id = run_of(item).run_id
-        if _finished(workdir, run_id):
-            skipped += 1
-            continue
-        row = base_row(item)
+    todo = [item for item in items if not _finished(workdir, run_of(item).run_id)]
+    order = {run_of(item).run_id: i for i, item in enumerate(todo)}
+    failed = []
+
+    def attempt(item, stop):
+        row = {**base_row(item), "workers": workers}
         try:
-            row.update(execute(item), status="ok")
+            row.update(measure(item, stop), status="ok")
         except RunFailed as error:  # the run diverged or its solver failed: final
             row["status"] = f"failed: {error}"
-            failed.append(run_id)
         except Exception as error:  # recorded, retried by the next rerun, the sweep goes on
             detail = str(error).splitlines()[0][:300] if str(error) else ""
             row.update(status=f"failed: {type(error).__name__}: {detail}", crashed=True)
-            failed.append(run_id)
+        return row
+
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="runs", disable=not progress)
+
+    def finish(row):
+        if row["status"] != "ok":
+            failed.append(row["run_id"])
         if primary:
             results.record(workdir, row)
             results.write_table(workdir)
-        ran += 1
+        bar.update()
+
+    try:
+        execute(todo, attempt, finish, workers)
+    finally:
+        bar.close()
     table = results.write_table(workdir) if primary and workdir.exists() else (
         results.load(workdir) if workdir.exists() else pd.DataFrame())
-    return SweepSummary(table, ran, skipped, failed)
+    return SweepSummary(table, len(todo), len(items) - len(todo), sorted(failed, key=order.get))
 
 
 _SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "test_loss", "nfe_forward", "invariance_gap",

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from runner_helpers import tiny_config, with_overrides
 
 from odeformer import results, runner
 from odeformer.runner import run_sweep
+from odeformer.workers import BuildOnce, Stopped
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,31 @@ def test_end_to_end_sweep_writes_one_row_per_run(tmp_path):
         assert steps == [2, 4]
     pd.testing.assert_frame_equal(results.load(tmp_path).sort_values("run_id").reset_index(drop=True),
                                   table.sort_values("run_id").reset_index(drop=True), check_dtype=False)
+
+
+def test_runs_on_two_workers_match_one_worker_and_share_each_compile(tmp_path):
+    c = tiny_config()
+    c.unlock()
+    c.sweep.seed = (0, 1)  # traced: runs with one step count share their compiled step
+    c.lock()
+    tables = {w: run_sweep(c, tmp_path / str(w), quiet=True, workers=w).table.set_index("run_id")
+              for w in (1, 2)}
+    one, two = tables[1], tables[2]
+    assert len(two) == 4 and set(two.status) == {"ok"} and set(two.workers) == {2}
+    assert set(one.workers) == {1}
+    # one compile per step count, however the two threads met them
+    assert sorted(two.groupby("solver.steps").compile_reused.sum()) == [1, 1]
+    for column in ("train_loss", "test_loss", "test_accuracy", "train_nfe"):
+        pd.testing.assert_series_equal(two[column], one.loc[two.index, column])
+
+
+def test_a_run_stops_at_the_next_step_once_the_stop_event_is_set(tmp_path):
+    planned = runner.plan(tiny_config())[0]
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped, match=planned.run.run_id):
+        runner.train_run(planned, tmp_path, runner._TaskCache(), BuildOnce(), False, stop)
+    assert not (results.run_dir(tmp_path, planned.run.run_id) / "metrics.jsonl").exists()
 
 
 def test_rerun_skips_finished_runs(tmp_path):
@@ -149,6 +176,7 @@ TINY_FLAGS = ("--config=configs/quick.py", "--config.task.num_train=64", "--conf
     ("--config.solver.steps=three", "invalid literal for int() with base 10: 'three'"),
     ("--config.sweep.solver.steps=()", "must be a non-empty tuple"),
     ("--shard=3/2", "needs 0 <= i < n"),
+    ("--workers=0", "workers=0 must be an integer >= 1"),
 ])
 def test_cli_rejects_bad_config_before_writing(tmp_path, flag, message):
     out = _cli(*TINY_FLAGS, f"--workdir={tmp_path / 'w'}", flag)
@@ -200,6 +228,33 @@ def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert len(table) == 5 and table.run_id.is_unique and set(table.status) == {"ok"}
     assert finished <= set(table.run_id)
     assert f"{5 - len(finished)} run(s) trained, {len(finished)} already finished" in out.stdout
+
+
+@pytest.mark.slow
+def test_cli_interrupted_on_two_workers_stops_both_runs_and_records_neither(tmp_path):
+    """SIGINT (Ctrl-C) while two runs train on worker threads: both stop at their next step,
+    the process exits, and neither run is recorded (a rerun trains them again)."""
+    workdir = tmp_path / "w"
+    long_runs = (*TINY_FLAGS, "--config.train.num_steps=1000000", "--config.train.log_every=1")
+    # Python turns SIGINT into KeyboardInterrupt only if SIGINT is not ignored, and a shell
+    # running this suite in the background may ignore it: reset it, then exec the CLI.
+    launch = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+              "os.execv(sys.executable, [sys.executable, '-m', 'experiments.run', *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", launch, *long_runs, f"--workdir={workdir}",
+                             "--workers=2"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(workdir.glob("runs/*/metrics.jsonl"))) < 2:
+        time.sleep(0.05)
+    assert len(list(workdir.glob("runs/*/metrics.jsonl"))) == 2, "two runs never trained at once"
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the sweep did not stop within 60 s of SIGINT") from None
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert not list(workdir.glob("runs/*/result.json"))
 
 
 def _tiny_tabular(**overrides) -> ml_collections.ConfigDict:
