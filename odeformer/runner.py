@@ -65,11 +65,14 @@ def _json(config) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
-class _TaskCache(BuildOnce):
-    """Each distinct task config's data, made once per sweep."""
+class _TaskCache:
+    """Each distinct task config's data, made once per sweep (also from worker threads)."""
+
+    def __init__(self):
+        self._made = BuildOnce()
 
     def get_task(self, config) -> TaskData:
-        return self.get(_json(config), lambda: make_task(config))[0]
+        return self._made.get(_json(config), lambda: make_task(config))[0]
 
 
 def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> list[PlannedRun]:
@@ -126,8 +129,8 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     """Trains one run (resuming from its last checkpoint) and returns its metrics.
 
     ``compiled`` holds the jitted steps of every structure (``_structure_key``) met so far
-    in the sweep. ``stop`` (``odeformer.workers``) is checked before every training step;
-    once it is set the run raises ``Stopped``.
+    in the sweep. ``stop`` (``odeformer.workers``) is checked before every training step
+    and before the evaluation; once it is set the run raises ``Stopped``.
 
     The run's mesh (``config.mesh``) holds the train state and data for the whole run:
     embedding tables row-sharded on ``model``, batches split on ``data``. With several
@@ -202,6 +205,8 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
                 manager.save(step, args=ocp.args.StandardSave(state))
         bar.close()
         train_time = time.perf_counter() - t
+        if stop is not None and stop.is_set():
+            raise Stopped(planned.run.run_id)
 
         chunk = c.train.eval_batch_size
         train_eval = evaluate(eval_step, state["params"], state["hyper"], train_split, chunk,
@@ -329,10 +334,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
         items = shard(plan(config, tasks), shard_index, shard_count)
         run_progress = progress and workers == 1  # one bar per run only when runs take turns
 
-        def attempt(item, stop):
+        def train(item, stop):
             return train_run(item, workdir, tasks, compiled, run_progress, stop)
 
-        return _sweep(items, workdir, lambda item: item.run, _row, attempt, progress, workers)
+        return _sweep(items, workdir, lambda item: item.run, _row, train, progress, workers)
     items = shard(expand(config), shard_index, shard_count)  # checks config.experiment first
     study = STUDIES[config.experiment]
 
@@ -347,18 +352,28 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
                   measure, progress, workers)
 
 
-def _sweep(items, workdir: Path, run_of, base_row, measure, progress: bool,
+def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
            workers: int) -> SweepSummary:
-    """Executes every unfinished item, recording each row as soon as it is known."""
+    """Executes every unfinished item, recording each row as soon as it is known.
+
+    Args:
+      items: planned runs (training) or runs (studies), in grid order.
+      run_of: ``item -> Run``.
+      base_row: ``item -> dict``, the row's columns known before running.
+      run_item: ``run_item(item, stop) -> dict``, the measured columns; raises
+        ``RunFailed`` for a final failure.
+      progress: show a bar over runs.
+      workers: worker threads (``odeformer.workers.execute``).
+    """
     primary = jax.process_index() == 0
     todo = [item for item in items if not _finished(workdir, run_of(item).run_id)]
     order = {run_of(item).run_id: i for i, item in enumerate(todo)}
     failed = []
 
-    def attempt(item, stop):
+    def row_of(item, stop):
         row = {**base_row(item), "workers": workers}
         try:
-            row.update(measure(item, stop), status="ok")
+            row.update(run_item(item, stop), status="ok")
         except RunFailed as error:  # the run diverged or its solver failed: final
             row["status"] = f"failed: {error}"
         except Exception as error:  # recorded, retried by the next rerun, the sweep goes on
@@ -377,7 +392,7 @@ def _sweep(items, workdir: Path, run_of, base_row, measure, progress: bool,
         bar.update()
 
     try:
-        execute(todo, attempt, finish, workers)
+        execute(todo, row_of, finish, workers)
     finally:
         bar.close()
     table = results.write_table(workdir) if primary and workdir.exists() else (

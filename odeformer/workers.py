@@ -3,12 +3,14 @@
 Small models keep a CPU core busy with per-op dispatch while the other cores idle, and
 XLA compiles on one core; with ``workers > 1`` one run compiles while another trains.
 JAX releases the GIL while it compiles and while a computation runs, and its context
-managers (``jax.set_mesh``) are per thread. Rows are handed back to the caller's thread
-as runs finish, so only that thread writes results.
+managers (``jax.set_mesh``) are per thread. Each run writes its own folder; rows are
+handed back to the caller's thread as runs finish, so only that thread records rows
+(``result.json``, ``results.csv``).
 
 Ctrl-C (KeyboardInterrupt in the caller's thread) sets a stop event that each running run
-checks between training steps; the rows of runs that finished before it are still handed
-back, and then the interrupt is raised again.
+checks between training steps and before its evaluation (a compile in progress finishes
+first); the rows of runs that finished anyway are still recorded, and then the interrupt
+is raised again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ class Stopped(BaseException):
 
 class BuildOnce:
     """Values built once per key, also when several threads ask for the same key at
-    the same time (the later ones wait for the first one's build)."""
+    the same time: the later ones wait for the first one's build.
+
+    A build must not call ``get`` on the same instance (the key's lock is held while it
+    runs). A build that raises stores nothing, so each waiting request tries it again.
+    """
 
     def __init__(self):
         self._values: dict[Any, Any] = {}
@@ -36,7 +42,11 @@ class BuildOnce:
         self._guard = threading.Lock()
 
     def get(self, key, build: Callable[[], T]) -> tuple[T, bool]:
-        """``(value, built)``: ``built`` is True in the one call that ran ``build``."""
+        """The value stored under ``key``, built by ``build()`` if there is none yet.
+
+        Returns:
+          ``(value, built)``: ``built`` is True in the one call that ran ``build``.
+        """
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
@@ -57,33 +67,42 @@ def check_workers(workers: int, processes: int) -> None:
                          f"{processes} processes, so use workers=1")
 
 
-def execute(items: Iterable[T], attempt: Callable[[T, threading.Event], dict],
+def execute(items: Iterable[T], run_item: Callable[[T, threading.Event], dict],
             finish: Callable[[dict], None], workers: int) -> None:
-    """Calls ``attempt(item, stop)`` for every item, on ``workers`` threads, and
-    ``finish(row)`` in this thread with each returned row as soon as it is known (in
-    item order with one worker, in order of completion with several).
+    """Runs every item and hands each row to ``finish`` in this thread as soon as it is known.
 
-    ``attempt`` must return a row for any ``Exception`` of its own; anything else it
-    raises (KeyboardInterrupt, :class:`Stopped`) ends the sweep.
+    Args:
+      items: what to run.
+      run_item: ``run_item(item, stop) -> row``; it returns a row for any ``Exception`` of
+        its own. Anything else it raises (KeyboardInterrupt, :class:`Stopped`) ends the
+        sweep. ``stop`` is set once the sweep is interrupted.
+      finish: called with each row, in item order with one worker and in order of
+        completion with several. If it raises, the sweep ends with that error after the
+        rows of runs that had already finished are handed over.
+      workers: threads; 1 runs the items in this thread.
     """
     stop = threading.Event()
     if workers == 1:
         for item in items:
-            finish(attempt(item, stop))
+            finish(run_item(item, stop))
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="odeformer-run") as pool:
-        futures = [pool.submit(attempt, item, stop) for item in items]
-        unhandled = set(futures)
+        unhandled = set()
         try:
-            for future in as_completed(futures):
-                finish(future.result())
+            for item in items:
+                unhandled.add(pool.submit(run_item, item, stop))
+            for future in as_completed(list(unhandled)):
                 unhandled.discard(future)
+                finish(future.result())
         except BaseException:
-            stop.set()
-            for future in unhandled:
+            for future in unhandled:  # first, so no queued item starts once runs stop
                 future.cancel()
+            stop.set()
             wait(unhandled)
-            for future in unhandled:  # finished after the interrupt: keep their rows
+            for future in unhandled:  # finished after the interrupt or error: keep their rows
                 if not future.cancelled() and future.exception() is None:
-                    finish(future.result())
+                    try:
+                        finish(future.result())
+                    except Exception:  # the original error is the one to report
+                        pass
             raise

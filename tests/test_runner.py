@@ -43,20 +43,23 @@ def test_end_to_end_sweep_writes_one_row_per_run(tmp_path):
                                   table.sort_values("run_id").reset_index(drop=True), check_dtype=False)
 
 
-def test_runs_on_two_workers_match_one_worker_and_share_each_compile(tmp_path):
-    c = tiny_config()
+def test_runs_on_two_workers_match_one_worker_bit_for_bit_and_share_one_compile(tmp_path):
+    # One structure (the seed is traced), so both threads want the same compile at once;
+    # checkpoints on, so orbax saves from both threads.
+    c = tiny_config(**{"train.checkpoint_every": 2, "sweep.solver.steps": (2,)})
     c.unlock()
-    c.sweep.seed = (0, 1)  # traced: runs with one step count share their compiled step
+    c.sweep.seed = (0, 1, 2, 3)
     c.lock()
     tables = {w: run_sweep(c, tmp_path / str(w), quiet=True, workers=w).table.set_index("run_id")
               for w in (1, 2)}
     one, two = tables[1], tables[2]
     assert len(two) == 4 and set(two.status) == {"ok"} and set(two.workers) == {2}
     assert set(one.workers) == {1}
-    # one compile per step count, however the two threads met them
-    assert sorted(two.groupby("solver.steps").compile_reused.sum()) == [1, 1]
-    for column in ("train_loss", "test_loss", "test_accuracy", "train_nfe"):
-        pd.testing.assert_series_equal(two[column], one.loc[two.index, column])
+    assert two.compile_reused.sum() == 3  # the second thread waited for the first's compile
+    assert len(list((tmp_path / "2").glob("runs/*/checkpoints/4"))) == 4
+    for column in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "train_nfe",
+                   "nfe_forward", "solver_steps"):
+        pd.testing.assert_series_equal(two[column], one.loc[two.index, column], check_exact=True)
 
 
 def test_a_run_stops_at_the_next_step_once_the_stop_event_is_set(tmp_path):

@@ -51,7 +51,7 @@ def test_every_row_reaches_finish_in_the_callers_thread(workers):
         assert not stop.is_set()
         if item == 0 and workers > 1:  # item 0 finishes last: rows arrive as runs end
             release_first.wait(WAIT_S)
-        return {"run_id": item, "thread": threading.current_thread().name}
+        return {"run_id": item}
 
     def finish(row):
         assert threading.current_thread() is caller
@@ -68,28 +68,66 @@ def test_every_row_reaches_finish_in_the_callers_thread(workers):
 
 
 def test_interrupt_stops_running_items_and_keeps_rows_that_finished():
-    started_slow, stop_seen, finished = threading.Event(), threading.Event(), []
+    started = threading.Barrier(3)
+    stop_seen, finished = threading.Event(), []
 
-    def attempt(item, stop):
-        if item == "slow":  # a long training run: checks the event between steps
-            started_slow.set()
-            if not stop.wait(WAIT_S):
-                raise AssertionError("the stop event was never set")
+    def run_item(item, stop):
+        started.wait(WAIT_S)  # all three are running before anything finishes
+        if item == "fast":
+            return {"run_id": item}
+        if not stop.wait(WAIT_S):
+            raise AssertionError("the stop event was never set")
+        if item == "training":  # a training run: checks the event between steps
             stop_seen.set()
             raise Stopped(item)
-        started_slow.wait(WAIT_S)
+        return {"run_id": item}  # e.g. a study's measurement, which finishes anyway
+
+    def finish(row):
+        finished.append(row["run_id"])
+        if row["run_id"] == "fast":
+            raise KeyboardInterrupt  # Ctrl-C while the first row is being recorded
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(["fast", "training", "study"], run_item, finish, workers=3)
+    assert stop_seen.is_set()
+    assert finished == ["fast", "study"]  # each row once; the stopped run has none
+
+
+def test_an_error_while_recording_ends_the_sweep_and_keeps_the_other_finished_rows():
+    started = threading.Barrier(2)
+    finished = []
+
+    def run_item(item, stop):
+        started.wait(WAIT_S)  # both are running, so neither can be cancelled
         return {"run_id": item}
 
     def finish(row):
         finished.append(row["run_id"])
         if len(finished) == 1:
-            raise KeyboardInterrupt  # Ctrl-C while the first row is being recorded
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        execute(["a", "b"], run_item, finish, workers=2)
+    assert sorted(finished) == ["a", "b"]  # the failing row is not handed over twice
+
+
+def test_items_still_queued_when_interrupted_never_run():
+    ran = []
+
+    def run_item(item, stop):
+        ran.append(item)
+        if item == 0:
+            return {"run_id": item}
+        if not stop.wait(WAIT_S):  # items 1 and (perhaps) 2 hold both threads until then
+            raise AssertionError("the stop event was never set")
+        return {"run_id": item}
+
+    def finish(row):
+        raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        execute(["slow", "fast"], attempt, finish, workers=2)
-    assert stop_seen.is_set()
-    # The interrupted recording of "fast" is done again; "slow" never reports a row.
-    assert finished == ["fast", "fast"]
+        execute(range(10), run_item, finish, workers=2)
+    assert {0, 1} <= set(ran) <= {0, 1, 2}
 
 
 @pytest.mark.parametrize("workers, processes, message", [
