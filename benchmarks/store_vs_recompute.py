@@ -1,18 +1,18 @@
 """python benchmarks/store_vs_recompute.py [--batch 32] [--steps 8] [--repeats 15] [--quick]
 
-Why a training step that stores every activation is slower in XLA than one that recomputes.
+Why a training step that stores every activation is usually slower in XLA than one that recomputes.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). PyTorch's backprop keeps
 every activation (3 matmul passes per evaluation); ``solve``'s checkpoint adjoint stores
-states only and recomputes each step's forward (4 passes). Storing should then be 3/4 the
-time, yet in XLA it is slower (benchmarks/README.md). This script times one training step
-of ``TransformerBlockField(64, 4)``, float32, x (batch, 64, 64), N fixed Euler steps,
-six ways, interleaved in one process:
+states only and recomputes each step's forward (4 passes). Storing should then take 3/4 of
+the time; in XLA it usually takes more (benchmarks/README.md). This script times one
+training step of ``TransformerBlockField(64, 4)``, float32, x (batch, 64, 64), N fixed Euler
+steps, six ways, interleaved in one process:
 
 - ``checkpoint``: ``odeformer.solve(..., adjoint="checkpoint")``, the baseline;
 - ``direct``: ``odeformer.solve(..., adjoint="direct")`` (Diffrax's ``DirectAdjoint``);
 - ``scan``: the Euler update in ``lax.scan``, no remat: residuals stacked in the loop;
-- ``unrolled``: a Python loop, no remat: no loop, every residual its own buffer;
+- ``unrolled``: a Python loop (no loop in the program), no remat: each residual its own buffer;
 - ``unrolled+fence``: as ``unrolled``, with the state and its cotangent passed through a
   one-trip ``while`` loop whose trip count is a runtime argument, so that XLA must
   materialise them (an experiment, not a proposal: it exists to show what fusion costs);
@@ -21,11 +21,11 @@ six ways, interleaved in one process:
 Per variant it prints the median ms, the median of per-repeat ratios to ``checkpoint``, the
 compiled program's temporary buffer (where stored residuals live), the operand count of its
 largest fusion (a fusion that recomputes a chain of steps has many) and how many
-``opt-barrier`` ops it still has. Then it
-profiles ``scan`` and sums the time of the ops whose output has the stacked ``[N, ...]``
-shape (zero-filling, copying and slice-updating the stacked residuals). Gradients of all
-variants are checked against ``checkpoint`` before anything is timed. Run it under
-``taskset -c 0`` to take XLA's concurrent scheduling of independent ops out of the picture.
+``opt-barrier`` ops survive compilation. Then it profiles ``scan`` and sums the time of the
+ops whose output is a stacked ``[N, batch, ...]`` or ``[N, batch * 64, ...]`` buffer (the ops
+that write the stored residuals, which may also compute them). Gradients of all variants
+are checked against ``checkpoint`` before anything is timed. Run it under ``taskset -c 0``
+to take XLA's concurrent scheduling of independent ops out of the picture.
 """
 
 import argparse
@@ -94,8 +94,45 @@ def losses(f, steps):
 
 def largest_fusion(hlo: str) -> int:
     """The most operands of any fusion in a compiled module's text."""
-    return max((line.split(" kind=")[0].count("%") for line in hlo.splitlines() if " fusion(" in line),
-               default=0)
+    return max((line.split(" fusion(", 1)[1].split(" kind=")[0].count("%")
+                for line in hlo.splitlines() if " fusion(" in line), default=0)
+
+
+def check_gradients(compiled, args):
+    """Raises unless every variant's gradient matches ``checkpoint``'s."""
+    reference = jax.tree.leaves(compiled["checkpoint"](*args))
+    for name, c in compiled.items():
+        for a, b in zip(jax.tree.leaves(c(*args)), reference, strict=True):
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(jnp.max(jnp.abs(b))),
+                                       err_msg=name)
+    print(f"gradients of every variant agree with checkpoint's (rtol {RTOL}, atol {RTOL} x the leaf's "
+          "largest magnitude)")
+
+
+def print_table(compiled, args, repeats):
+    calls = {name: (lambda c=c: c(*args)) for name, c in compiled.items()}
+    interleaved_ms(calls, 2)
+    times = interleaved_ms(calls, repeats)
+    print(f"\n{repeats} interleaved repeats\n"
+          "| variant | median ms | / checkpoint | temp MB | largest fusion (operands) | opt-barrier ops |\n"
+          "|---|---|---|---|---|---|")
+    for name, c in compiled.items():
+        hlo = c.as_text()
+        ratio = statistics.median(t / b for t, b in zip(times[name], times["checkpoint"], strict=True))
+        temp_mb = c.memory_analysis().temp_size_in_bytes / 2**20
+        print(f"| {name} | {statistics.median(times[name]):.1f} | {ratio:.2f} | {temp_mb:.0f} | "
+              f"{largest_fusion(hlo)} | {hlo.count(' opt-barrier(')} |")
+
+
+def print_stacking(grad, args, steps, batch, calls):
+    """Profiles ``grad`` and prints the share of op time in ops that write stacked buffers."""
+    wall, spent, ops = profile(grad, args, calls)
+    stacked = re.compile(rf"^f32\[{steps},({batch}|{batch * 64})[,\]]")
+    stack_ms = sum(ns for op, ns in spent.items() if stacked.match(ops[op][1])) / calls / 1e6
+    total_ms = sum(spent.values()) / calls / 1e6
+    print(f"\nscan under the profiler: wall {wall:.1f} ms, op time {total_ms:.1f} ms summed over threads, "
+          f"of which {stack_ms:.1f} ms ({100 * stack_ms / total_ms:.0f}%) in ops whose output is a stacked "
+          f"f32[{steps}, {batch} or {batch * 64}, ...] buffer")
 
 
 def main():
@@ -111,41 +148,15 @@ def main():
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(64, 4, rngs=nnx.Rngs(param_key)))
     y0 = jax.random.normal(data_key, (batch, 64, 64), jnp.float32)
-    one = jnp.int32(1)
+    inputs = (state, y0, jnp.int32(1))
     print(f"workload: TransformerBlockField(64, 4) float32, x {(batch, 64, 64)}, {steps} Euler steps, "
           "loss mean(x(1)^2), gradient with respect to the parameters")
 
     grads = {name: jax.jit(jax.grad(loss)) for name, loss in losses(f, steps).items()}
-    compiled = {name: g.lower(state, y0, one).compile() for name, g in grads.items()}
-    reference = jax.tree.leaves(compiled["checkpoint"](state, y0, one))
-    for name, c in compiled.items():
-        for a, b in zip(jax.tree.leaves(c(state, y0, one)), reference, strict=True):
-            np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(jnp.max(jnp.abs(b))),
-                                       err_msg=name)
-    print(f"gradients of every variant agree with checkpoint's (rtol {RTOL})")
-
-    calls = {name: (lambda c=c: c(state, y0, one)) for name, c in compiled.items()}
-    interleaved_ms(calls, 2)
-    times = interleaved_ms(calls, repeats)
-    base = times["checkpoint"]
-    print(f"\n{repeats} interleaved repeats\n"
-          "| variant | median ms | / checkpoint | temp MB | largest fusion (operands) | opt-barrier ops |\n"
-          "|---|---|---|---|---|---|")
-    for name, c in compiled.items():
-        hlo = c.as_text()
-        ratio = statistics.median(t / b for t, b in zip(times[name], base, strict=True))
-        temp_mb = c.memory_analysis().temp_size_in_bytes / 2**20
-        print(f"| {name} | {statistics.median(times[name]):.1f} | {ratio:.2f} | {temp_mb:.0f} | "
-              f"{largest_fusion(hlo)} | {hlo.count(' opt-barrier(')} |")
-
-    calls_profiled = max(2, repeats // 3)
-    wall, spent, ops = profile(grads["scan"], (state, y0, one), calls_profiled)
-    stacked = re.compile(rf"^f32\[{steps},")
-    stack_ms = sum(ns for op, ns in spent.items() if stacked.match(ops[op][1])) / calls_profiled / 1e6
-    total_ms = sum(spent.values()) / calls_profiled / 1e6
-    print(f"\nscan under the profiler: wall {wall:.1f} ms, op time {total_ms:.1f} ms summed over threads, "
-          f"of which {stack_ms:.1f} ms ({100 * stack_ms / total_ms:.0f}%) in ops whose output is a stacked "
-          f"f32[{steps}, ...] buffer")
+    compiled = {name: g.lower(*inputs).compile() for name, g in grads.items()}
+    check_gradients(compiled, inputs)
+    print_table(compiled, inputs, repeats)
+    print_stacking(grads["scan"], inputs, steps, batch, max(2, repeats // 3))
 
 
 if __name__ == "__main__":
