@@ -4,9 +4,10 @@ What the attention of ``TransformerBlockField(64, 4)`` costs, op by op, and whet
 both cores.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). The attention core of
-``odeformer.fields.MultiHeadAttention`` (64 tokens, 4 heads of 16, float32): the score
-matmul ``q k^T``, the softmax over keys, the ``weights v`` matmul, each jitted alone, then
-the three in one program (XLA fuses them) forward and forward + backward, and, for scale, a
+``odeformer.fields.MultiHeadAttention``, ``odeformer.fields.attend`` (64 tokens, 4 heads of
+16, float32): its three steps (the score matmul ``q k^T``, the softmax over keys, the
+``weights v`` matmul) each jitted alone, checked to compose to ``attend``, then ``attend``
+itself (XLA fuses the three) forward and forward + backward, and, for scale, a
 single 2-D matmul with the same FLOPs as one attention matmul and one shaped like the MLP's
 first layer (4x the FLOPs). All interleaved in one
 process; it prints median ms and GFLOP/s. Run it again under ``taskset -c 0`` to see what
@@ -19,11 +20,15 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from harness import interleaved_ms, start_benchmark
+
+from odeformer.fields import attend
 
 TOKENS, HEADS, HEAD_DIM = 64, 4, 16
 
 
+# attend's three steps, to time one at a time; main checks that they compose to attend.
 def scores(q, k):
     return jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(HEAD_DIM).astype(q.dtype)
 
@@ -34,10 +39,6 @@ def softmax(s):
 
 def mix(w, v):
     return jnp.einsum("...hqk,...khc->...qhc", w, v)
-
-
-def attention(q, k, v):
-    return mix(softmax(scores(q, k)), v)
 
 
 def main():
@@ -58,14 +59,16 @@ def main():
     a, b = jnp.ones((rows, HEADS * HEAD_DIM)), jnp.ones((HEADS * HEAD_DIM, cols))
     up = jnp.ones((HEADS * HEAD_DIM, 4 * HEADS * HEAD_DIM))  # the block's MLP, mlp_ratio 4
 
+    np.testing.assert_allclose(mix(softmax(scores(q, k)), v), attend(q, k, v), rtol=1e-5, atol=1e-6)
+
     def grad_attention(q, k, v):
-        return jax.grad(lambda *x: jnp.sum(attention(*x) ** 2), argnums=(0, 1, 2))(q, k, v)
+        return jax.grad(lambda *x: jnp.sum(attend(*x) ** 2), argnums=(0, 1, 2))(q, k, v)
 
     programs = {  # name: (function, arguments, matmul FLOPs)
         "scores q k^T": (scores, (q, k), matmul_flops),
         "softmax": (softmax, (s,), 0),
         "weights v": (mix, (s, v), matmul_flops),
-        "attention, forward (fused)": (attention, (q, k, v), 2 * matmul_flops),
+        "attention, forward (fused)": (attend, (q, k, v), 2 * matmul_flops),
         "attention, forward + backward": (grad_attention, (q, k, v), 6 * matmul_flops),
         f"2-D matmul [{rows},64] @ [64,{cols}]": (lambda a, b: a @ b, (a, b), matmul_flops),
         f"MLP-shaped matmul [{rows},64] @ [64,256]": (lambda a, b: a @ b, (a, up), 4 * matmul_flops),

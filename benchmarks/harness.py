@@ -10,6 +10,8 @@ from typing import Any
 
 import diffrax
 import jax
+import jax.numpy as jnp
+from flax import nnx
 
 import odeformer
 
@@ -28,6 +30,15 @@ def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:
     extra = "".join(f", {name} {version}" for name, version in versions.items())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}{extra}")
+
+
+def block_workload(batch: int, tokens: int = 64, width: int = 64, heads: int = 4):
+    """``(f, state, y0)``: the benchmarks' field ``TransformerBlockField(width, heads)`` as
+    Diffrax's ``f(t, y, state)`` with its parameters, and a float32 input
+    ``(batch, tokens, width)``, both drawn from fixed keys."""
+    param_key, data_key = jax.random.split(jax.random.key(0))
+    f, state = odeformer.vector_field(odeformer.TransformerBlockField(width, heads, rngs=nnx.Rngs(param_key)))
+    return f, state, jax.random.normal(data_key, (batch, tokens, width), jnp.float32)
 
 
 def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:

@@ -26,8 +26,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from harness import start_benchmark
+from harness import block_workload, start_benchmark
 
 import odeformer
 
@@ -75,7 +74,11 @@ def op_table(hlo: str) -> dict[str, tuple[str, str]]:
 
 def profile(fn, args, calls):
     """``(wall ms per call, {op: summed ns}, compiled ops)`` of ``fn(*args)``."""
-    compiled = jax.jit(fn).lower(*args).compile()
+    return profile_compiled(jax.jit(fn).lower(*args).compile(), args, calls)
+
+
+def profile_compiled(compiled, args, calls):
+    """:func:`profile` of a program already compiled for ``args``."""
     ops = op_table(compiled.as_text())
     for _ in range(3):
         jax.block_until_ready(compiled(*args))
@@ -123,10 +126,8 @@ def main():
     batch, steps, calls = (4, 2, 4) if args.quick else (32, args.steps, args.calls)
 
     start_benchmark()
-    param_key, data_key = jax.random.split(jax.random.key(0))
-    f, state = odeformer.vector_field(odeformer.TransformerBlockField(64, 4, rngs=nnx.Rngs(param_key)))
-    y0 = jax.random.normal(data_key, (batch, 64, 64), jnp.float32)
-    print(f"workload: TransformerBlockField(64, 4) float32, x {(batch, 64, 64)}")
+    f, state, y0 = block_workload(batch)
+    print(f"workload: TransformerBlockField(64, 4) float32, x {y0.shape}")
 
     def train(s, y):
         return jnp.mean(odeformer.solve(f, y, args=s, solver="euler", steps=steps).y1 ** 2)

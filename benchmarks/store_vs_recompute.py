@@ -35,9 +35,8 @@ import statistics
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from harness import interleaved_ms, start_benchmark
-from profile_step import profile
+from harness import block_workload, interleaved_ms, start_benchmark
+from profile_step import profile_compiled
 
 import odeformer
 
@@ -124,9 +123,9 @@ def print_table(compiled, args, repeats):
               f"{largest_fusion(hlo)} | {hlo.count(' opt-barrier(')} |")
 
 
-def print_stacking(grad, args, steps, batch, calls):
-    """Profiles ``grad`` and prints the share of op time in ops that write stacked buffers."""
-    wall, spent, ops = profile(grad, args, calls)
+def print_stacking(compiled, args, steps, batch, calls):
+    """Profiles ``compiled`` and prints the share of op time in ops that write stacked buffers."""
+    wall, spent, ops = profile_compiled(compiled, args, calls)
     stacked = re.compile(rf"^f32\[{steps},({batch}|{batch * 64})[,\]]")
     stack_ms = sum(ns for op, ns in spent.items() if stacked.match(ops[op][1])) / calls / 1e6
     total_ms = sum(spent.values()) / calls / 1e6
@@ -145,18 +144,16 @@ def main():
     batch, steps, repeats = (4, 2, 3) if args.quick else (args.batch, args.steps, args.repeats)
 
     start_benchmark()
-    param_key, data_key = jax.random.split(jax.random.key(0))
-    f, state = odeformer.vector_field(odeformer.TransformerBlockField(64, 4, rngs=nnx.Rngs(param_key)))
-    y0 = jax.random.normal(data_key, (batch, 64, 64), jnp.float32)
+    f, state, y0 = block_workload(batch)
     inputs = (state, y0, jnp.int32(1))
     print(f"workload: TransformerBlockField(64, 4) float32, x {(batch, 64, 64)}, {steps} Euler steps, "
           "loss mean(x(1)^2), gradient with respect to the parameters")
 
-    grads = {name: jax.jit(jax.grad(loss)) for name, loss in losses(f, steps).items()}
-    compiled = {name: g.lower(*inputs).compile() for name, g in grads.items()}
+    compiled = {name: jax.jit(jax.grad(loss)).lower(*inputs).compile()
+                for name, loss in losses(f, steps).items()}
     check_gradients(compiled, inputs)
     print_table(compiled, inputs, repeats)
-    print_stacking(grads["scan"], inputs, steps, batch, max(2, repeats // 3))
+    print_stacking(compiled["scan"], inputs, steps, batch, max(2, repeats // 3))
 
 
 if __name__ == "__main__":

@@ -70,16 +70,22 @@ class MultiHeadAttention(nnx.Module):
 
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
         *batch, n, d = x.shape
-        head_dim = d // self.heads
-        qkv = self.qkv(t, x).reshape(*batch, n, 3, self.heads, head_dim)
+        qkv = self.qkv(t, x).reshape(*batch, n, 3, self.heads, d // self.heads)
         q, k, v = (qkv[..., i, :, :] for i in range(3))
-        scores = jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
-        if self.causal:
-            mask = jnp.tril(jnp.ones((n, n), bool))
-            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)
-        mixed = jnp.einsum("...hqk,...khc->...qhc", weights, v).reshape(*batch, n, d)
-        return self.out(t, mixed)
+        return self.out(t, attend(q, k, v, causal=self.causal).reshape(*batch, n, d))
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False) -> jax.Array:
+    """Scaled dot-product attention of ``q, k, v`` shaped ``(..., n, heads, head_dim)``:
+    ``softmax_keys(q k^T / sqrt(head_dim)) v`` per head, same shape as ``q``; with
+    ``causal`` a query sees only keys at or before its position."""
+    n, head_dim = q.shape[-3], q.shape[-1]
+    scores = jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+    if causal:
+        mask = jnp.tril(jnp.ones((n, n), bool))
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("...hqk,...khc->...qhc", weights, v)
 
 
 class AttentionField(nnx.Module):
