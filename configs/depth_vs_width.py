@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
         max_steps=4096))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=400, batch_size=64, learning_rate=1e-2, weight_decay=1e-2, warmup_steps=40,
-        grad_clip=1.0, log_every=100, eval_batch_size=512, checkpoint_every=0,
+        grad_clip=1.0, log_every=100, eval_batch_size=512, checkpoint_every=0, microbatch=0,
         kinetic=0.0, jacobian=0.0))
     c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
     c.evaluate = ml_collections.ConfigDict(dict(

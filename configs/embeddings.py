@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
         max_steps=4096))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=600, batch_size=256, learning_rate=3e-3, weight_decay=1e-5, warmup_steps=50,
-        grad_clip=1.0, log_every=100, eval_batch_size=4096, checkpoint_every=0,
+        grad_clip=1.0, log_every=100, eval_batch_size=4096, checkpoint_every=0, microbatch=0,
         kinetic=0.0, jacobian=0.0))
     c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
     c.sweep = ml_collections.ConfigDict(dict(

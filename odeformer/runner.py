@@ -102,8 +102,8 @@ def _structure_key(planned: PlannedRun) -> str:
     if not c.solver.adaptive:
         solver["steps"] = c.solver.steps
     task = {k: v for k, v in c.task.to_dict().items() if k != "seed"}
-    train = {k: c.train[k] for k in ("batch_size", "num_steps", "warmup_steps", "grad_clip",
-                                      "eval_batch_size")}
+    train = {k: c.train[k] for k in ("batch_size", "microbatch", "num_steps", "warmup_steps",
+                                      "grad_clip", "eval_batch_size")}
     train["penalties"] = sorted(penalty_weights(c.train))  # which are on; their weights are traced
     mesh = c.mesh.to_dict()
     return json.dumps([task, dataclasses.asdict(planned.shape), solver, train, mesh,
@@ -174,7 +174,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
 
     def build():
         t = time.perf_counter()
-        step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh)
+        step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh, c.train.microbatch)
         return (step_fn.lower(state, train_split, train_key).compile(),
                 make_eval_step(graphdef, mesh), time.perf_counter() - t)
 

@@ -32,6 +32,7 @@ from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
 from odeformer.studies import STUDIES
 from odeformer.tasks import TABULAR_TASKS, TASKS
 from odeformer.time import TIME_MODES
+from odeformer.training import check_microbatch
 
 # Keys that do not define a run: its label, the runner it uses, the sweep itself, and
 # settings read only by the analysis of the results (notebooks).
@@ -198,6 +199,10 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     for key in ("train.batch_size", "train.eval_batch_size"):
         if _get(c, key) % c.mesh.data:
             raise ValueError(f"{key}={_get(c, key)} must be a multiple of mesh.data={c.mesh.data}")
+    if "microbatch" not in c.train:
+        raise ValueError("train.microbatch is missing: every train section needs it (examples per "
+                         "gradient chunk, 0 = the whole batch at once; see configs/quick.py)")
+    check_microbatch(c.train.microbatch, c.train.batch_size, c.mesh.data)
     if c.solver.adaptive and c.solver.name not in ADAPTIVE_SOLVERS:
         raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
                          f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")

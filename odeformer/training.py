@@ -1,11 +1,11 @@
 """Optimiser, the pure jitted train step, evaluation, and one training run.
 
 Structural (one compile per value): model shape, solver name/steps/adjoint/adaptivity/
-max_steps, task shapes, ``train.batch_size``, ``train.num_steps``, ``train.warmup_steps``,
-``train.grad_clip``, ``train.eval_batch_size``. Traced (same compile): seed, ``train.learning_rate``,
-``train.weight_decay``, ``solver.rtol``, ``solver.atol``, ``solver.t1``. The regularisers
-``train.kinetic`` and ``train.jacobian`` (``odeformer.regularisers``): whether each is > 0 is
-structural, its value traced.
+max_steps, task shapes, ``train.batch_size``, ``train.microbatch``, ``train.num_steps``,
+``train.warmup_steps``, ``train.grad_clip``, ``train.eval_batch_size``. Traced (same compile):
+seed, ``train.learning_rate``, ``train.weight_decay``, ``solver.rtol``, ``solver.atol``,
+``solver.t1``. The regularisers ``train.kinetic`` and ``train.jacobian``
+(``odeformer.regularisers``): whether each is > 0 is structural, its value traced.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pandas as pd
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from odeformer.sharding import DATA, batch_sharding
+from odeformer.config_checks import is_int
+from odeformer.sharding import DATA
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -91,15 +92,79 @@ def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key
     return loss, metrics
 
 
-def _batch_placement(mesh) -> Callable:
-    """Puts a batch's leading axis on the mesh's ``data`` axis (identity without a mesh)."""
+def _batch_placement(mesh, axis: int = 0) -> Callable:
+    """Puts a batch's axis ``axis`` on the mesh's ``data`` axis (identity without a mesh)."""
     if mesh is None or mesh.shape[DATA] == 1:
         return lambda tree: tree
-    return lambda tree: jax.sharding.reshard(tree, batch_sharding(mesh))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*[None] * axis, DATA))
+    return lambda tree: jax.sharding.reshard(tree, sharding)
+
+
+def check_microbatch(microbatch, batch_size: int, data_shards: int = 1) -> int:
+    """The number of chunks a batch of ``batch_size`` is split into for ``microbatch``
+    (see :func:`make_train_step`); ValueError naming ``train.microbatch`` if it is not
+    0 or a divisor of the batch that each of the ``data_shards`` devices can split evenly."""
+    if not is_int(microbatch) or microbatch < 0:
+        raise ValueError(f"train.microbatch={microbatch!r} must be an integer >= 0 (0 = the whole "
+                         "batch in one pass)")
+    if microbatch == 0:
+        return 1
+    if batch_size % microbatch or microbatch % data_shards:
+        raise ValueError(f"train.microbatch={microbatch} must divide train.batch_size={batch_size} "
+                         f"and be a multiple of mesh.data={data_shards} (or be 0 = off)")
+    return batch_size // microbatch
+
+
+def _combine_chunks(metrics: dict) -> dict:
+    """One step's metrics from the per-chunk ones (leading chunk axis): chunks are equal in
+    size, so means average; counts take the largest chunk's, ``ok`` needs every chunk."""
+    def combine(name, x):
+        if name == "ok":
+            return jnp.all(x)
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            return jnp.max(x)
+        return jnp.mean(x)
+    return {name: combine(name, x) for name, x in metrics.items()}
+
+
+def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key=None,
+                   chunks: int = 1) -> tuple[Any, dict]:
+    """``(gradient, metrics)`` of the training objective on ``batch``.
+
+    ``chunks == 1``: one pass over ``batch`` (arrays with a leading batch axis).
+    ``chunks > 1``: ``batch``'s arrays are ``[chunks, chunk_size, ...]``; the chunks are
+    differentiated one after another in a ``lax.scan`` and their gradients and metrics
+    averaged (equal sizes, so the means are the whole batch's; ``nfe`` and
+    ``solver_steps`` are the largest chunk's, ``ok`` holds if it holds for every chunk).
+    Chunk ``i`` draws its Jacobian noise from ``fold_in(noise_key, i)``.
+    """
+    def one(batch, noise_key):
+        def loss_fn(params):
+            return _loss_and_metrics(graphdef, params, hyper, _inputs(batch), batch["label"],
+                                     penalty, noise_key)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
+                   "solver_steps": aux["num_steps"], "ok": aux["ok"]}
+        if penalty:
+            metrics.update({name: aux[name] for name in ("cross_entropy", *penalty)})
+        return grads, metrics
+
+    if chunks == 1:
+        return one(batch, noise_key)
+
+    def accumulate(total, chunk):
+        batch, i = chunk
+        grads, metrics = one(batch, None if noise_key is None else jax.random.fold_in(noise_key, i))
+        return jax.tree.map(jnp.add, total, grads), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, per_chunk = jax.lax.scan(accumulate, zeros, (batch, jnp.arange(chunks)))
+    return jax.tree.map(lambda g: g / chunks, grads), _combine_chunks(per_chunk)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
-                    mesh: jax.sharding.Mesh | None = None) -> Callable:
+                    mesh: jax.sharding.Mesh | None = None, microbatch: int = 0) -> Callable:
     """``train_step(state, data, key) -> (state, metrics)``, pure, state donated.
 
     The batch is drawn inside the step from ``data`` (the whole train split, on device)
@@ -110,8 +175,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     whose Jacobian noise comes from a key derived from the step's (the batch is the same as
     without regularisers); the metrics
     then carry ``cross_entropy`` and each regulariser's integral.
+
+    ``microbatch > 0`` computes the loss and gradient in ``batch_size / microbatch`` chunks
+    of that many examples, one after another, and averages them (gradient accumulation,
+    one optimiser update per step; see :func:`batch_gradient`). The examples are the same
+    (chunk ``i`` is rows ``i * microbatch ...`` of the batch drawn without chunks); with a
+    fixed-step solver the loss and gradient equal the whole batch's up to float rounding.
+    Each chunk is its own solve, so an adaptive solver picks each chunk's steps, and the
+    Jacobian regulariser's noise is drawn per chunk. Smaller chunks need less memory and,
+    on CPU, can be faster when one pass's activations outgrow the cache (``python
+    benchmarks/microbatch.py``).
     """
-    place = _batch_placement(mesh)
+    chunks = check_microbatch(microbatch, batch_size, 1 if mesh is None else mesh.shape[DATA])
+    place = _batch_placement(mesh, axis=0 if chunks == 1 else 1)
+    shape = (batch_size,) if chunks == 1 else (chunks, batch_size // chunks)
 
     def train_step(state, data, key):
         key = jax.random.fold_in(key, state["step"])
@@ -119,28 +196,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
         # The noise key is derived, not split off, so a regularised run draws the same
         # batches as its unregularised twin (paired comparisons).
         noise_key = jax.random.fold_in(key, 1) if penalty else None
-        index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0])
+        index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0]).reshape(shape)
         batch = place(jax.tree.map(lambda a: a[index], data))
-        inputs, labels = _inputs(batch), batch["label"]
-
-        def loss_fn(params):
-            return _loss_and_metrics(graphdef, params, state["hyper"], inputs, labels, penalty,
-                                     noise_key)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grads, metrics = batch_gradient(graphdef, state["params"], state["hyper"], batch, penalty,
+                                        noise_key, chunks)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        kind = jnp.where(~aux["ok"], FAILURE_SOLVER, jnp.where(jnp.isfinite(loss), 0, FAILURE_LOSS))
+        loss = metrics["loss"]
+        kind = jnp.where(~metrics["ok"], FAILURE_SOLVER, jnp.where(jnp.isfinite(loss), 0, FAILURE_LOSS))
         first = (state["failed_at"] < 0) & (kind > 0)
         new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1,
                      "failed_at": jnp.where(first, state["step"] + 1, state["failed_at"]),
                      "failure": jnp.where(first, kind, state["failure"])}
-        metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
-                   "solver_steps": aux["num_steps"], "ok": aux["ok"],
-                   "grad_norm": optax.tree.norm(grads), "failed_at": new_state["failed_at"],
-                   "failure": new_state["failure"]}
-        if penalty:
-            metrics.update({name: aux[name] for name in ("cross_entropy", *penalty)})
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+                   "failed_at": new_state["failed_at"], "failure": new_state["failure"]}
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0)

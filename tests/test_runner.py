@@ -95,6 +95,26 @@ def test_tolerance_axis_reuses_one_compiled_step(tmp_path):
     assert nfe.iloc[0] > nfe.iloc[-1]  # tightest rtol -> most evaluations
 
 
+def test_microbatched_run_trains_the_same_model_with_its_own_compile(tmp_path):
+    c = tiny_config(**{"solver.name": "euler"})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"train": {"microbatch": (0, 4, 2)}})
+    run_sweep(c, tmp_path, quiet=True)
+    table = results.load(tmp_path).set_index("train.microbatch")
+    assert len(table) == 3 and set(table.status) == {"ok"} and not table.compile_reused.any()
+    for chunk in (4, 2):  # float32: the chunks' sums round differently
+        for column in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            np.testing.assert_allclose(table[column][chunk], table[column][0], rtol=1e-4, err_msg=column)
+
+
+def test_a_train_section_without_microbatch_is_refused_before_writing(tmp_path):
+    c = ml_collections.ConfigDict(tiny_config().to_dict())
+    del c.train["microbatch"]
+    with pytest.raises(ValueError, match="train.microbatch is missing: every train section needs it"):
+        run_sweep(c, tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
+
+
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     c = tiny_config(**{"solver.adaptive": True, "solver.name": "tsit5", "solver.rtol": 1e-1})
     c.unlock()
@@ -180,6 +200,7 @@ TINY_FLAGS = ("--config=configs/quick.py", "--config.task.num_train=64", "--conf
     ("--config.sweep.solver.steps=()", "must be a non-empty tuple"),
     ("--shard=3/2", "needs 0 <= i < n"),
     ("--workers=0", "workers=0 must be an integer >= 1"),
+    ("--config.train.microbatch=3", "train.microbatch=3 must divide train.batch_size=8"),
 ])
 def test_cli_rejects_bad_config_before_writing(tmp_path, flag, message):
     out = _cli(*TINY_FLAGS, f"--workdir={tmp_path / 'w'}", flag)

@@ -104,7 +104,8 @@ def test_each_device_holds_one_eighth_of_each_table(kind):
             np.testing.assert_array_equal(shard.data, full[i * block:(i + 1) * block])
 
 
-def test_train_step_gathers_no_table_and_keeps_state_sharded():
+@pytest.mark.parametrize("microbatch", [0, 8])
+def test_train_step_gathers_no_table_and_keeps_state_sharded(microbatch):
     data = _data(n=64)
     model = _model("table", shards=4)
     graphdef, params = nnx.split(model)
@@ -115,14 +116,14 @@ def test_train_step_gathers_no_table_and_keeps_state_sharded():
     key = jax.random.key(0)
 
     fresh = init_state(jax.tree.map(jnp.copy, params), tx, solver)  # the step donates it
-    want_state, want = make_train_step(graphdef, tx, 16)(fresh, data.train, key)
+    want_state, want = make_train_step(graphdef, tx, 16, microbatch=microbatch)(fresh, data.train, key)
 
     mesh = sh.make_mesh(2, 4, devices=CPUS[:8])
     state = init_state(params, tx, solver)
     state = sh.place(state, sh.state_shardings(state, mesh))
     split = sh.place(data.train, sh.replicated(mesh))
     with jax.set_mesh(mesh):
-        step = make_train_step(graphdef, tx, 16, mesh)
+        step = make_train_step(graphdef, tx, 16, mesh, microbatch)
         hlo = step.lower(state, split, key).compile().as_text()
         state, got = step(state, split, key)
     assert "all-gather" not in hlo

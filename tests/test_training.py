@@ -1,8 +1,12 @@
 """The pure train step: determinism, traced learning rate, learning (float32)."""
 
+import re
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from flax import nnx
 
 from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
@@ -14,20 +18,33 @@ TASK = ml_collections.ConfigDict(dict(name="majority", seed=0, vocab_size=4, seq
 SOLVER = ml_collections.ConfigDict(dict(rtol=1e-3, atol=1e-6, t1=1.0))
 
 
-def _setup(learning_rate=1e-2, num_steps=60):
+RK4 = SolverSpec("rk4", 2)
+
+
+def _setup(learning_rate=1e-2, num_steps=60, solver=RK4, float64=False):
+    """``float64=True`` (under the x64 fixture): the whole model and state in float64."""
     train = ml_collections.ConfigDict(dict(num_steps=num_steps, warmup_steps=5, grad_clip=1.0,
                                            learning_rate=learning_rate, weight_decay=0.0))
     data = make_task(TASK)
-    model = SequenceClassifier(ModelShape(width=16, heads=2, mlp_ratio=2), SolverSpec("rk4", 2),
+    model = SequenceClassifier(ModelShape(width=16, heads=2, mlp_ratio=2), solver,
                                vocab_size=data.vocab_size, seq_len=data.seq_len,
                                num_classes=data.num_classes, rngs=nnx.Rngs(0))
+    if float64:
+        model.embed_tokens.dtype = np.float64  # its lookup casts to this (float32 by default)
     graphdef, params = nnx.split(model)
     tx = make_optimizer(train)
-    return data, graphdef, tx, init_state(params, tx, SOLVER)
+    state = init_state(params, tx, SOLVER)
+    return data, graphdef, tx, _float64(state) if float64 else state
 
 
 def _copy(tree):
     return jax.tree_util.tree_map(lambda a: a.copy(), tree)
+
+
+def _float64(tree):
+    """A copy of ``tree`` with every floating array in float64 (under the x64 fixture)."""
+    return jax.tree_util.tree_map(
+        lambda a: jnp.array(a, np.float64 if np.issubdtype(a.dtype, np.floating) else a.dtype), tree)
 
 
 def test_step_is_pure_and_deterministic():
@@ -73,6 +90,101 @@ def test_training_lowers_the_loss():
         state, metrics = step(state, data.train, key)
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+@pytest.mark.parametrize("penalty", [None, "kinetic"])
+def test_microbatched_step_equals_the_whole_batch_step(x64, penalty):
+    data, graphdef, tx, state = _setup(float64=True)
+    if penalty:
+        state = {**state, "penalty": {penalty: np.float64(0.1)}}
+    key = jax.random.key(3)
+    want, want_metrics = _float64(state), []  # a copy: the step donates its state
+    for _ in range(3):  # from step 5 the warmup has moved the parameters
+        want, m = make_train_step(graphdef, tx, 32)(want, data.train, key)
+        want_metrics.append(jax.device_get(m))  # the next step donates arrays it shares
+    for microbatch in (16, 8):
+        step = make_train_step(graphdef, tx, 32, microbatch=microbatch)
+        got = _float64(state)
+        for m_want in want_metrics:
+            got, m = step(got, data.train, key)
+            m = jax.device_get(m)
+            assert set(m) == set(m_want)
+            for name in m:
+                np.testing.assert_allclose(m[name], m_want[name], rtol=1e-12, err_msg=name)
+        assert int(m["nfe"]) == 8 and m["loss"].dtype == np.float64
+    # (Parameters are not compared: a gradient entry that is 0 in exact arithmetic, like the
+    # key bias's under softmax, is rounding noise whose sign AdamW's first steps amplify to
+    # +-learning rate. The gradients themselves are compared below.)
+
+
+@pytest.mark.parametrize("penalty", [None, "kinetic"])
+def test_chunked_gradient_equals_the_whole_batch_gradient(x64, penalty):
+    from odeformer.training import batch_gradient
+
+    data, graphdef, _, state = _setup(float64=True)
+    batch = {k: v[:32] for k, v in data.train.items()}
+    weights = {penalty: np.float64(0.1)} if penalty else None
+    want, want_metrics = batch_gradient(graphdef, state["params"], state["hyper"], batch, weights)
+    chunked = jax.tree_util.tree_map(lambda a: a.reshape(4, 8, *a.shape[1:]), batch)
+    got, metrics = batch_gradient(graphdef, state["params"], state["hyper"], chunked, weights,
+                                  chunks=4)
+    for name in want_metrics:
+        np.testing.assert_allclose(metrics[name], want_metrics[name], rtol=1e-13, err_msg=name)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-14 * np.abs(w).max())
+
+
+def test_microbatched_adaptive_step_solves_each_chunk_on_its_own(x64):
+    """With an adaptive solver every chunk gets its own steps: the step reports the chunk
+    that took most, and its loss is the mean of the chunks' own losses."""
+    import optax
+
+    data, graphdef, tx, state = _setup(solver=SolverSpec("dopri5", None), float64=True)
+    # tight enough that the chunks' step counts differ (163 to 181 evaluations)
+    state["hyper"].update(rtol=np.float64(1e-8), atol=np.float64(1e-10))
+    key = jax.random.key(0)
+    _, metrics = make_train_step(graphdef, tx, 32, microbatch=8)(_float64(state), data.train, key)
+    # the batch the step draws (see make_train_step)
+    index = jax.random.randint(jax.random.fold_in(key, 0), (32,), 0, data.train["label"].shape[0])
+    model = nnx.merge(graphdef, state["params"])
+    losses, nfes = [], []
+    for chunk in np.asarray(index).reshape(4, 8):
+        logits, stats = model(data.train["tokens"][chunk], **state["hyper"])
+        losses.append(optax.softmax_cross_entropy_with_integer_labels(
+            logits, data.train["label"][chunk]).mean())
+        nfes.append(int(stats["nfe"]))
+    assert len(set(nfes)) > 1  # otherwise this test could not tell max from any chunk's count
+    assert int(metrics["nfe"]) == max(nfes)
+    np.testing.assert_allclose(metrics["loss"], jnp.mean(jnp.array(losses)), rtol=1e-12)
+
+
+def test_jacobian_noise_is_drawn_per_chunk_and_the_cross_entropy_is_unchanged(x64):
+    data, graphdef, tx, state = _setup(float64=True)
+    state = {**state, "penalty": {"jacobian": np.float64(0.1)}}
+    key = jax.random.key(0)
+    _, whole = make_train_step(graphdef, tx, 32)(_float64(state), data.train, key)
+    _, chunked = make_train_step(graphdef, tx, 32, microbatch=8)(_float64(state), data.train, key)
+    np.testing.assert_allclose(chunked["cross_entropy"], whole["cross_entropy"], rtol=1e-12)
+    assert np.isfinite(chunked["jacobian"]) and chunked["jacobian"] != whole["jacobian"]
+
+
+@pytest.mark.parametrize("microbatch, batch, shards, message", [
+    (3, 32, 1, "train.microbatch=3 must divide train.batch_size=32"),
+    (6, 12, 4, "train.microbatch=6 must divide train.batch_size=12 and be a multiple of mesh.data=4"),
+    (-1, 32, 1, "train.microbatch=-1 must be an integer >= 0"),
+    (True, 32, 1, "train.microbatch=True must be an integer >= 0"),
+    (8.0, 32, 1, "train.microbatch=8.0 must be an integer >= 0"),
+])
+def test_bad_microbatch_is_refused_with_its_key(microbatch, batch, shards, message):
+    from odeformer.training import check_microbatch
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_microbatch(microbatch, batch, shards)
+    if shards == 1:  # the step checks with its mesh's data axis (tests/test_sharding.py)
+        _, graphdef, tx, _ = _setup()
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_train_step(graphdef, tx, batch, microbatch=microbatch)
 
 
 def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
