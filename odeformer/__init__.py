@@ -12,6 +12,7 @@ from odeformer.fields import (
     TransformerBlockField,
 )
 from odeformer.host_memory import reuse_host_memory
+from odeformer.microbatch import accumulate
 from odeformer.params import count_params
 from odeformer.sharding import make_mesh
 from odeformer.solve import ADJOINTS, Solution, solve
@@ -24,6 +25,6 @@ __all__ = [
     "ADAPTIVE_SOLVERS", "ADJOINTS", "EMBEDDINGS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES",
     "AttentionField", "EmbeddingSpec", "FeatureEmbedding", "FeatureTokenizer", "MultiHeadAttention",
     "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear", "TimeParam", "TimeSpec",
-    "TransformerBlockField", "Vocabulary", "count_params", "make_mesh", "reuse_host_memory", "solve",
-    "solver_order", "vector_field",
+    "TransformerBlockField", "Vocabulary", "accumulate", "count_params", "make_mesh",
+    "reuse_host_memory", "solve", "solver_order", "vector_field",
 ]

@@ -22,6 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from odeformer.config_checks import is_int
+from odeformer.microbatch import accumulate
 from odeformer.sharding import DATA
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
@@ -133,12 +134,12 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
 
     ``chunks == 1``: one pass over ``batch`` (arrays with a leading batch axis).
     ``chunks > 1``: ``batch``'s arrays are ``[chunks, chunk_size, ...]``; the chunks are
-    differentiated one after another in a ``lax.scan`` and their gradients and metrics
-    averaged (equal sizes, so the means are the whole batch's; ``nfe`` and
+    differentiated one after another (:func:`odeformer.accumulate`) and their gradients and
+    metrics averaged (equal sizes, so the means are the whole batch's; ``nfe`` and
     ``solver_steps`` are the largest chunk's, ``ok`` holds if it holds for every chunk).
     Chunk ``i`` draws its Jacobian noise from ``fold_in(noise_key, i)``.
     """
-    def one(batch, noise_key):
+    def one(params, batch, noise_key):
         def loss_fn(params):
             return _loss_and_metrics(graphdef, params, hyper, _inputs(batch), batch["label"],
                                      penalty, noise_key)
@@ -151,16 +152,12 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
         return grads, metrics
 
     if chunks == 1:
-        return one(batch, noise_key)
-
-    def accumulate(total, chunk):
-        batch, i = chunk
-        grads, metrics = one(batch, None if noise_key is None else jax.random.fold_in(noise_key, i))
-        return jax.tree.map(jnp.add, total, grads), metrics
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, per_chunk = jax.lax.scan(accumulate, zeros, (batch, jnp.arange(chunks)))
-    return jax.tree.map(lambda g: g / chunks, grads), _combine_chunks(per_chunk)
+        return one(params, batch, noise_key)
+    grads, per_chunk = accumulate(
+        lambda params, chunk, i: one(params, chunk, None if noise_key is None
+                                     else jax.random.fold_in(noise_key, i)),
+        params, batch)
+    return grads, _combine_chunks(per_chunk)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
