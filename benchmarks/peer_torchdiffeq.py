@@ -79,15 +79,29 @@ class TorchBlockField(torch.nn.Module):
         return attn + up @ p["mlp/down/kernel"] + p["mlp/down/bias"]
 
 
-def jax_step(f, solver, steps):
-    """Jitted ``(state, y0) -> ((loss, (nfe, y1)), grads)``."""
+def jax_step(f, solver, steps, microbatch=0):
+    """Jitted ``(state, y0) -> ((loss, (nfe, y1)), grads)``; ``microbatch > 0``: the gradient
+    in chunks of that many examples (``odeformer.accumulate``, as ``train.microbatch``)."""
     tol = {"steps": steps} if steps else {"rtol": TOL, "atol": TOL}
 
     def loss(state, y0):
         sol = odeformer.solve(f, y0, args=state, solver=solver, adjoint="checkpoint", **tol)
         return jnp.mean(sol.y1**2), (sol.stats["nfe"], sol.y1)
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+    whole = jax.value_and_grad(loss, has_aux=True)
+    if not microbatch:
+        return jax.jit(whole)
+
+    def chunked(state, y0):
+        def chunk_gradient(state, y, i):
+            (value, (nfe, y1)), grads = whole(state, y)
+            return grads, (value, nfe, y1)
+
+        chunks = y0.reshape(-1, microbatch, *y0.shape[1:])
+        grads, (values, nfe, y1) = odeformer.accumulate(chunk_gradient, state, chunks)
+        return (values.mean(), (nfe.max(), y1.reshape(y0.shape))), grads
+
+    return jax.jit(chunked)
 
 
 def torch_step(field, method, steps, y0):
@@ -160,9 +174,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     parser.add_argument("--steps", type=int, default=8, help="fixed steps over [0, 1]")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each side per case")
+    parser.add_argument("--microbatch", type=int, default=0,
+                        help="odeformer's gradient in chunks of this many examples (0: the whole batch)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
     args = parser.parse_args()
     batch, tokens, width, heads, repeats = (2, 8, 64, 4, 3) if args.quick else (32, 64, 64, 4, args.repeats)
+    if args.microbatch < 0 or (args.microbatch and batch % args.microbatch):
+        parser.error(f"--microbatch={args.microbatch} must be 0 or divide the batch ({batch})")
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
 
@@ -170,7 +188,8 @@ def main():
     print(f"threads: XLA {cores} (affinity mask; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
           f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
-          f"{args.steps} fixed steps, dopri5 at rtol=atol={TOL:g}, {repeats} repeats\n")
+          f"{args.steps} fixed steps, dopri5 at rtol=atol={TOL:g}, {repeats} repeats; odeformer's "
+          f"gradient {f'in chunks of {args.microbatch}' if args.microbatch else 'on the whole batch'}\n")
 
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(width, heads, rngs=nnx.Rngs(param_key)))
@@ -186,7 +205,7 @@ def main():
     rows = []
     for name, (solver, method, exact, _) in CASES.items():
         steps = None if method == "dopri5" else args.steps
-        jax_fn = functools.partial(jax_step(f, solver, steps), state, y0)
+        jax_fn = functools.partial(jax_step(f, solver, steps, args.microbatch), state, y0)
         torch_fn = torch_step(t_field, method, steps, t_y0)
         start = time.perf_counter()
         jax_result, torch_result = jax.block_until_ready(jax_fn()), torch_fn()
