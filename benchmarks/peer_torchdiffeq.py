@@ -176,11 +176,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each side per case")
     parser.add_argument("--microbatch", type=int, default=0,
                         help="odeformer's gradient in chunks of this many examples (0: the whole batch)")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="odeformer's batch split over every JAX device (on a CPU: run with "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=<cores>)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats")
     args = parser.parse_args()
     batch, tokens, width, heads, repeats = (2, 8, 64, 4, 3) if args.quick else (32, 64, 64, 4, args.repeats)
     if args.microbatch < 0 or (args.microbatch and batch % args.microbatch):
         parser.error(f"--microbatch={args.microbatch} must be 0 or divide the batch ({batch})")
+    if args.data_parallel and (args.microbatch or jax.device_count() < 2 or batch % jax.device_count()):
+        parser.error(f"--data-parallel needs 2 or more JAX devices that divide the batch ({batch}; "
+                     f"{jax.device_count()} devices: on a CPU set XLA_FLAGS="
+                     "--xla_force_host_platform_device_count=<cores>) and no --microbatch")
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
 
@@ -189,7 +196,8 @@ def main():
           f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
           f"{args.steps} fixed steps, dopri5 at rtol=atol={TOL:g}, {repeats} repeats; odeformer's "
-          f"gradient {f'in chunks of {args.microbatch}' if args.microbatch else 'on the whole batch'}\n")
+          f"gradient {f'in chunks of {args.microbatch}' if args.microbatch else 'on the whole batch'}"
+          f"{f', batch split over {jax.device_count()} devices' if args.data_parallel else ''}\n")
 
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(width, heads, rngs=nnx.Rngs(param_key)))
@@ -201,6 +209,10 @@ def main():
     print(f"field evaluation: torch vs odeformer differ by {err:.1e} of the max entry")
     ref = reference(flat_params(state), heads, t_y0)
     print_one_evaluation(f, state, y0, t_field, t_y0, repeats)
+    if args.data_parallel:  # after the checks above, which run on one device
+        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        y0 = jax.device_put(y0, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
     rows = []
     for name, (solver, method, exact, _) in CASES.items():
