@@ -16,6 +16,7 @@ from odeformer.block import ODEBlock
 from odeformer.embeddings import EmbeddingSpec, FeatureTokenizer
 from odeformer.fields import TransformerBlockField
 from odeformer.regularisers import integrate as integrate_regularised
+from odeformer.sharding import lookup
 from odeformer.tasks import TabularData, TaskData
 from odeformer.time import TimeSpec
 
@@ -139,7 +140,9 @@ class SequenceClassifier(_FlowClassifier):
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         """int ids [..., seq_len] -> the flow's initial tokens [..., seq_len, width]."""
-        return self.embed_tokens(tokens) + self.position[...]
+        # The sharding-aware lookup: under a mesh with a data axis, nnx.Embed's plain take
+        # cannot infer the output sharding of batch-split ids (ShardingTypeError).
+        return lookup(self.embed_tokens.embedding[...], tokens) + self.position[...]
 
     def read(self, h: jax.Array) -> jax.Array:
         return h[..., -1, :] if self.readout == "last" else h.mean(-2)

@@ -322,6 +322,23 @@ def test_mesh_runs_match_the_single_device_run(tmp_path):
         np.testing.assert_allclose(rows[1][column], rows[0][column], rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("microbatch", [0, 4])
+def test_sequence_task_on_a_data_mesh_matches_the_single_device_run(tmp_path, microbatch):
+    import jax
+    if jax.device_count() < 2:
+        pytest.skip("needs 2 simulated CPU devices (conftest.py)")
+    rows = []
+    for data in (1, 2):  # the token lookup of batch-split ids once raised ShardingTypeError
+        c = tiny_config(**{"mesh.data": data, "train.microbatch": microbatch,
+                           "sweep.solver.steps": (2,)})
+        summary = run_sweep(c, tmp_path / str(data), quiet=True)
+        assert set(summary.table.status) == {"ok"}, summary.table.status.tolist()
+        rows.append(summary.table.iloc[0])
+    assert rows[1].devices == 2
+    for column in ("train_loss", "test_loss", "test_accuracy"):
+        np.testing.assert_allclose(rows[1][column], rows[0][column], rtol=1e-5, err_msg=column)
+
+
 def test_mesh_needing_more_devices_is_refused(tmp_path):
     import jax
     with pytest.raises(ValueError, match=f"mesh.data=64 x mesh.model=1 needs more devices than the "

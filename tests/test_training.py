@@ -29,8 +29,6 @@ def _setup(learning_rate=1e-2, num_steps=60, solver=RK4, float64=False):
     model = SequenceClassifier(ModelShape(width=16, heads=2, mlp_ratio=2), solver,
                                vocab_size=data.vocab_size, seq_len=data.seq_len,
                                num_classes=data.num_classes, rngs=nnx.Rngs(0))
-    if float64:
-        model.embed_tokens.dtype = np.float64  # its lookup casts to this (float32 by default)
     graphdef, params = nnx.split(model)
     tx = make_optimizer(train)
     state = init_state(params, tx, SOLVER)
