@@ -11,6 +11,7 @@ from typing import Any
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import odeformer
@@ -39,6 +40,13 @@ def block_workload(batch: int, tokens: int = 64, width: int = 64, heads: int = 4
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(width, heads, rngs=nnx.Rngs(param_key)))
     return f, state, jax.random.normal(data_key, (batch, tokens, width), jnp.float32)
+
+
+def assert_leaves_close(got, want, rtol: float, what: str) -> None:
+    """Raises unless every leaf of ``got`` is within ``rtol`` of ``want``'s, the error measured
+    against the leaf's largest magnitude (an elementwise rtol fails on entries that cancel to ~0)."""
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * float(np.max(np.abs(w))), err_msg=what)
 
 
 def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:

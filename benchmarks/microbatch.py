@@ -19,8 +19,7 @@ import statistics
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from harness import block_workload, interleaved_ms, start_benchmark
+from harness import assert_leaves_close, block_workload, interleaved_ms, start_benchmark
 
 import odeformer
 
@@ -45,12 +44,6 @@ def gradient(f, solver, steps, chunks):
         return losses.mean(), grads
 
     return jax.jit(step)
-
-
-def check(name, got, want):
-    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
-        err = float(np.max(np.abs(np.asarray(g) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
-        assert err <= RTOL, f"{name}: differs from the whole batch's by {err:.1e} of the max (> {RTOL})"
 
 
 def main():
@@ -80,7 +73,7 @@ def main():
             result = jax.block_until_ready(step(params, y0))
             if size == batch:
                 want = result
-            check(f"{solver}, chunks of {size}", result, want)
+            assert_leaves_close(result, want, RTOL, f"{solver}, chunks of {size}")
             calls[size] = lambda step=step: step(params, y0)
         ms = interleaved_ms(calls, repeats)
         for size in sizes:

@@ -135,9 +135,10 @@ def state_shardings(tree, mesh: jax.sharding.Mesh):
     return jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Leading (batch) axis split on ``data``, replicated on ``model``."""
-    return NamedSharding(mesh, P(DATA))
+def batch_sharding(mesh: jax.sharding.Mesh, axis: int = 0) -> NamedSharding:
+    """Axis ``axis`` (the batch's; 0 unless a chunk axis leads) split on ``data``,
+    replicated on ``model``."""
+    return NamedSharding(mesh, P(*[None] * axis, DATA))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from odeformer.config_checks import is_int
 from odeformer.microbatch import accumulate
-from odeformer.sharding import DATA
+from odeformer.sharding import DATA, batch_sharding
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -97,8 +97,7 @@ def _batch_placement(mesh, axis: int = 0) -> Callable:
     """Puts a batch's axis ``axis`` on the mesh's ``data`` axis (identity without a mesh)."""
     if mesh is None or mesh.shape[DATA] == 1:
         return lambda tree: tree
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*[None] * axis, DATA))
-    return lambda tree: jax.sharding.reshard(tree, sharding)
+    return lambda tree: jax.sharding.reshard(tree, batch_sharding(mesh, axis))
 
 
 def check_microbatch(microbatch, batch_size: int, data_shards: int = 1) -> int:
