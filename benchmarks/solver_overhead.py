@@ -5,9 +5,12 @@ Overhead of ``odeformer.solve`` (Diffrax) over a hand-fused ``lax.scan``.
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). Times one training
 step (loss and parameter gradient) of ``TransformerBlockField(64, 4)``, float32, x of
 shape (32, 64, 64), loss ``mean(x(1)**2)`` after N fixed Euler / RK4 steps on [0, 1], as
-``solve`` (``adjoint="checkpoint"``), ``scan`` (same update in ``lax.scan``, storing every
-stage's activations) and ``scan+remat`` (``jax.checkpoint`` per step: stores states only,
-recomputes steps backwards, as Diffrax does: equal FLOPs). NFE, loss, grads checked first.
+``solve`` (``adjoint="checkpoint"``), ``diffrax`` (``diffeqsolve`` with Diffrax's own solver
+class, whose Runge--Kutta step runs its stages in a checkpointed loop: what ``solve`` did
+before it wrote the stages out, see odeformer/solvers.py), ``scan`` (same update in
+``lax.scan``, storing every stage's activations) and ``scan+remat`` (``jax.checkpoint`` per
+step: stores states only, recomputes steps backwards, as ``solve`` does: equal FLOPs). NFE,
+loss, grads checked first.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import functools
 import statistics
 import time
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +26,7 @@ from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
 import odeformer
+from odeformer.solvers import RK4
 
 RTOL = 1e-4
 
@@ -58,6 +63,15 @@ def solve_loss(state, y0, *, f, solver, steps):
     return jnp.mean(sol.y1**2), sol.stats["nfe"]
 
 
+def diffrax_loss(state, y0, *, f, solver, steps):
+    stock = {"euler": diffrax.Euler, "rk4": RK4}[solver]()
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(f), stock, 0.0, 1.0, 1.0 / steps, y0, args=state,
+        stepsize_controller=diffrax.ConstantStepSize(), max_steps=steps,
+        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=steps))
+    return jnp.mean(sol.ys[-1] ** 2), steps * evals_per_step(f, solver, state, y0)
+
+
 def scan_loss(state, y0, *, f, solver, steps, remat):
     h = 1.0 / steps
 
@@ -73,6 +87,7 @@ def make_steps(f, solver, steps):
     """Jitted ``(state, y0) -> ((loss, nfe), grads)`` for each variant, by name."""
     scan = functools.partial(scan_loss, f=f, solver=solver, steps=steps)
     losses = {"solve": functools.partial(solve_loss, f=f, solver=solver, steps=steps),
+              "diffrax": functools.partial(diffrax_loss, f=f, solver=solver, steps=steps),
               "scan": functools.partial(scan, remat=False),
               "scan+remat": functools.partial(scan, remat=True)}
     return {name: jax.jit(jax.value_and_grad(loss, has_aux=True)) for name, loss in losses.items()}
@@ -128,10 +143,11 @@ def main():
         rows.append((solver, int(results["solve"][0][1]),
                      time_interleaved(step_fns, state, y0, repeats)))
 
-    print("\nsolver  nfe  solve ms   scan ms  remat ms solve/scan solve/remat")
+    print("\nsolver  nfe  solve ms diffrax ms   scan ms  remat ms solve/diffrax solve/scan solve/remat")
     for solver, nfe, m in rows:
-        print(f"{solver:6s} {nfe:4d} {m['solve']:9.2f} {m['scan']:9.2f} {m['scan+remat']:9.2f} "
-              f"{m['solve'] / m['scan']:10.2f} {m['solve'] / m['scan+remat']:11.2f}")
+        print(f"{solver:6s} {nfe:4d} {m['solve']:9.2f} {m['diffrax']:10.2f} {m['scan']:9.2f} "
+              f"{m['scan+remat']:9.2f} {m['solve'] / m['diffrax']:13.2f} {m['solve'] / m['scan']:10.2f} "
+              f"{m['solve'] / m['scan+remat']:11.2f}")
 
 
 if __name__ == "__main__":
