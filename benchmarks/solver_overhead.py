@@ -1,4 +1,4 @@
-"""python benchmarks/solver_overhead.py [--steps 8] [--repeats 20] [--quick]
+"""python benchmarks/solver_overhead.py [--steps 8] [--repeats 20] [--quick] [--compile]
 
 Overhead of ``odeformer.solve`` (Diffrax) over a hand-fused ``lax.scan``.
 
@@ -11,6 +11,10 @@ before it wrote the stages out, see odeformer/solvers.py), ``scan`` (same update
 ``lax.scan``, storing every stage's activations) and ``scan+remat`` (``jax.checkpoint`` per
 step: stores states only, recomputes steps backwards, as ``solve`` does: equal FLOPs). NFE,
 loss, grads checked first.
+
+``--compile`` also times tracing + compiling that training step for ``solve`` and ``diffrax``
+(fresh functions each repeat, median of 3), for Euler and four Runge--Kutta methods: writing
+the stages out traces the field once per stage where Diffrax's loop traces it once.
 """
 
 import argparse
@@ -26,7 +30,7 @@ from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
 import odeformer
-from odeformer.solvers import RK4
+from odeformer.solvers import diffrax_solver, solver_info
 
 RTOL = 1e-4
 
@@ -64,12 +68,12 @@ def solve_loss(state, y0, *, f, solver, steps):
 
 
 def diffrax_loss(state, y0, *, f, solver, steps):
-    stock = {"euler": diffrax.Euler, "rk4": RK4}[solver]()
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(f), stock, 0.0, 1.0, 1.0 / steps, y0, args=state,
+        diffrax.ODETerm(f), diffrax_solver(solver), 0.0, 1.0, 1.0 / steps, y0, args=state,
         stepsize_controller=diffrax.ConstantStepSize(), max_steps=steps,
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=steps))
-    return jnp.mean(sol.ys[-1] ** 2), steps * evals_per_step(f, solver, state, y0)
+    info = solver_info(solver)  # the same evaluations, the FSAL f(t0, y0) made in the first step
+    return jnp.mean(sol.ys[-1] ** 2), info.evals_at_init + steps * info.evals_per_step
 
 
 def scan_loss(state, y0, *, f, solver, steps, remat):
@@ -115,11 +119,30 @@ def time_interleaved(step_fns, state, y0, repeats):
     return {name: statistics.median(ts) for name, ts in interleaved_ms(calls, repeats).items()}
 
 
+def compile_seconds(f, state, y0, steps, solvers=("euler", "rk4", "tsit5", "dopri5", "dopri8"),
+                    repeats=3):
+    """Median seconds to trace, lower and compile the training step, per solver and variant."""
+    table = {}
+    for solver in solvers:
+        times = {"solve": [], "diffrax": []}
+        for _ in range(repeats):
+            for name, loss in (("solve", solve_loss), ("diffrax", diffrax_loss)):
+                step = jax.jit(jax.value_and_grad(
+                    functools.partial(loss, f=f, solver=solver, steps=steps), has_aux=True))
+                start = time.perf_counter()
+                step.lower(state, y0).compile()
+                times[name].append(time.perf_counter() - start)
+        table[solver] = {name: statistics.median(ts) for name, ts in times.items()}
+    return table
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     parser.add_argument("--steps", type=int, default=8, help="fixed steps over [0, 1]")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each variant")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 steps, 3 repeats")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time tracing + compiling the step, solve against diffrax")
     args = parser.parse_args()
     batch, tokens, width, heads = (2, 8, 64, 4) if args.quick else (32, 64, 64, 4)
     steps, repeats = (2, 3) if args.quick else (args.steps, args.repeats)
@@ -148,6 +171,12 @@ def main():
         print(f"{solver:6s} {nfe:4d} {m['solve']:9.2f} {m['diffrax']:10.2f} {m['scan']:9.2f} "
               f"{m['scan+remat']:9.2f} {m['solve'] / m['diffrax']:13.2f} {m['solve'] / m['scan']:10.2f} "
               f"{m['solve'] / m['scan+remat']:11.2f}")
+
+    if args.compile:
+        print(f"\ntrace + lower + compile of the training step, {steps} steps, median of 3")
+        print("solver   solve s  diffrax s  solve/diffrax")
+        for solver, m in compile_seconds(f, state, y0, steps).items():
+            print(f"{solver:7s} {m['solve']:8.2f} {m['diffrax']:10.2f} {m['solve'] / m['diffrax']:14.2f}")
 
 
 if __name__ == "__main__":

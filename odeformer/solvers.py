@@ -73,6 +73,14 @@ def solver_order(name: str) -> int:
     return _REGISTRY[name][1]
 
 
+def diffrax_solver(name: str) -> diffrax.AbstractSolver:
+    """Diffrax's own solver behind a name, as Diffrax runs it (stages in its checkpointed
+    loop, FSAL first stage evaluated lazily): the baseline for comparisons. ``solve`` uses
+    :func:`solver_info`'s prepared version of it instead."""
+    _check_name(name)
+    return _REGISTRY[name][0]()
+
+
 @dataclasses.dataclass(frozen=True)
 class SolverInfo:
     """Static facts about a solver that the solve needs.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import odeformer
-from odeformer.solvers import RK4, solver_info
+from odeformer.solvers import RK4, diffrax_solver, solver_info
 
 # Diffrax's own class behind each name, written out independently of the registry.
 STOCK = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,
@@ -40,6 +40,9 @@ def test_registry_names_map_to_diffrax_classes():
     assert set(STOCK) == set(odeformer.SOLVERS)
     for name, cls in STOCK.items():
         assert isinstance(solver_info(name).solver, cls), name
+        assert type(diffrax_solver(name)) is cls, name  # the baseline, as Diffrax runs it
+    with pytest.raises(ValueError, match="solver='rk5' is not one of euler, heun"):
+        diffrax_solver("rk5")
 
 
 @pytest.mark.parametrize("name", RK_SOLVERS)
