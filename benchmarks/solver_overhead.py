@@ -13,8 +13,10 @@ step: stores states only, recomputes steps backwards, as ``solve`` does: equal F
 loss, grads checked first.
 
 ``--compile`` also times tracing + compiling that training step for ``solve`` and ``diffrax``
-(fresh functions each repeat, median of 3), for Euler and four Runge--Kutta methods: writing
-the stages out traces the field once per stage where Diffrax's loop traces it once.
+(caches cleared each repeat, median of 3) and prints its temporary buffer, for Euler and
+four Runge--Kutta methods: writing the stages out traces the field once per stage where
+Diffrax's loop traces it once, and the backward pass keeps every stage's residuals of a
+step at once where Diffrax's loop keeps one stage's.
 """
 
 import argparse
@@ -119,20 +121,24 @@ def time_interleaved(step_fns, state, y0, repeats):
     return {name: statistics.median(ts) for name, ts in interleaved_ms(calls, repeats).items()}
 
 
-def compile_seconds(f, state, y0, steps, solvers=("euler", "rk4", "tsit5", "dopri5", "dopri8"),
-                    repeats=3):
-    """Median seconds to trace, lower and compile the training step, per solver and variant."""
+def compile_cost(f, state, y0, steps, solvers=("euler", "rk4", "tsit5", "dopri5", "dopri8"),
+                 repeats=3):
+    """Per solver and variant: median seconds to trace, lower and compile the training step
+    (JAX's caches cleared first, so every repeat traces again), and the compiled step's
+    temporary buffer in MB (where the backward pass keeps the stages' residuals)."""
     table = {}
     for solver in solvers:
-        times = {"solve": [], "diffrax": []}
+        times, temp_mb = {"solve": [], "diffrax": []}, {}
         for _ in range(repeats):
             for name, loss in (("solve", solve_loss), ("diffrax", diffrax_loss)):
                 step = jax.jit(jax.value_and_grad(
                     functools.partial(loss, f=f, solver=solver, steps=steps), has_aux=True))
+                jax.clear_caches()
                 start = time.perf_counter()
-                step.lower(state, y0).compile()
+                compiled = step.lower(state, y0).compile()
                 times[name].append(time.perf_counter() - start)
-        table[solver] = {name: statistics.median(ts) for name, ts in times.items()}
+                temp_mb[name] = compiled.memory_analysis().temp_size_in_bytes / 1e6
+        table[solver] = {name: (statistics.median(ts), temp_mb[name]) for name, ts in times.items()}
     return table
 
 
@@ -173,11 +179,13 @@ def main():
               f"{m['solve'] / m['scan+remat']:11.2f}")
 
     if args.compile:
-        print(f"\ntrace + lower + compile of the training step, {steps} steps, median of 3")
-        print("solver   solve s  diffrax s  solve/diffrax")
-        for solver, m in compile_seconds(f, state, y0, steps).items():
-            print(f"{solver:7s} {m['solve']:8.2f} {m['diffrax']:10.2f} {m['solve'] / m['diffrax']:14.2f}")
-
+        print(f"\ntrace + lower + compile of the training step, {steps} steps, median of 3; "
+              "temporary buffer of the compiled step")
+        print("solver   solve s  diffrax s  solve/diffrax  solve MB  diffrax MB")
+        for solver, m in compile_cost(f, state, y0, steps).items():
+            (s_solve, mb_solve), (s_diffrax, mb_diffrax) = m["solve"], m["diffrax"]
+            print(f"{solver:7s} {s_solve:8.2f} {s_diffrax:10.2f} {s_solve / s_diffrax:14.2f} "
+                  f"{mb_solve:9.1f} {mb_diffrax:11.1f}")
 
 if __name__ == "__main__":
     main()

@@ -167,7 +167,10 @@ def solve(
       args: pytree passed to ``field``; gradients flow through it.
       t0, t1: integration interval, ``t0 < t1``. Traced.
       solver: a name in ``odeformer.SOLVERS`` or a Diffrax Euler / explicit
-        Runge--Kutta instance. Structural.
+        Runge--Kutta instance. Structural. Runge--Kutta steps run their stages as
+        straight-line code (``odeformer.solvers``); an instance with an explicit
+        ``scan_kind`` keeps Diffrax's own stage loop (less memory in the backward pass,
+        one more forward per stage in the gradient).
       steps: fixed number of equal steps, ``dt = (t1 - t0) / steps``. Structural.
       rtol, atol: tolerances for adaptive stepping (PID controller; the first step
         starts at ``(t1 - t0) / 100``). Give both, and not ``steps``. Traced.

@@ -9,8 +9,11 @@ every step of an FSAL method costs ``stages - 1`` evaluations, accepted or rejec
 
 Each step's stages run as straight-line code rather than in Diffrax's checkpointed stage
 loop: under the checkpoint adjoint a gradient then evaluates the field ``2 nfe - init``
-times instead of ``3 nfe`` (tests/test_solvers.py counts them), which made an RK4 training
-step 0.8-0.85x as long, for a longer compile (benchmarks/README.md, "Solver overhead").
+times instead of ``3 nfe - 2 init`` (tests/test_solvers.py counts both), which made an RK4
+training step 0.76-0.82x as long. The backward pass then keeps every stage's residuals of
+a step at once, and the stages are traced one by one (a larger buffer and a longer compile
+for many-stage methods; benchmarks/README.md, "Solver overhead"). A solver instance with
+an explicit ``scan_kind`` keeps Diffrax's own step and its stage loop.
 """
 
 from __future__ import annotations
@@ -117,6 +120,12 @@ def _weighted_sum(base, coefficients, ks):
     return summed if base is None else jax.tree_util.tree_map(jnp.add, base, summed)
 
 
+def _fsal(solver, terms, t0, t1, y0, args) -> bool:
+    """Whether steps carry ``f(t1, y1)`` to the next step: FSAL tableaus, unless the terms
+    say a vector field costs more than two products with the control (as Diffrax decides)."""
+    return solver.tableau.fsal and not terms.is_vf_expensive(t0, t1, y0, args)
+
+
 def _straight_line_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
     """One step of an explicit Runge--Kutta tableau, its stages written out one after
     another (replaces ``diffrax.AbstractRungeKutta.step`` for :func:`solver_info`).
@@ -125,41 +134,55 @@ def _straight_line_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
     adjoint each stage's forward is computed three times (forward pass, the step's
     recomputation, the stage loop's recomputation); written out, the step's
     recomputation keeps its stages' residuals and each is computed twice, as in a
-    hand-written step. Same stages, same ``y_error`` and dense output (``k`` stacked).
+    hand-written step. Same stages, ``y_error`` and dense output (``k`` stacked) as
+    Diffrax's step, up to rounding; like Diffrax, FSAL stages evaluate ``vf`` (its value
+    is carried), other stages ``vf_prod``.
     """
     tableau = self.tableau
     control = terms.contr(t0, t1)
     dt = t1 - t0
+    fsal = _fsal(self, terms, t0, t1, y0, args)
 
     def stage(c, y):
+        """(f, k) at stage time t0 + c dt (exactly t1 for c = 1); f is None unless FSAL."""
         t = t1 if c == 1 else t0 + float(c) * dt
-        return terms.vf(t, y, args)
+        if not fsal:
+            return None, terms.vf_prod(t, y, args, control)
+        f = terms.vf(t, y, args)
+        return f, terms.prod(f, control)
 
-    if tableau.fsal:
-        _, f0 = solver_state  # f(t0, y0), evaluated in init or by the previous step
-        if not (isinstance(made_jump, bool) and not made_jump):  # after a jump it is stale
-            f0 = jax.lax.cond(eqxi.unvmap_any(made_jump), lambda: stage(0.0, y0), lambda: f0)
+    if fsal:
+        # (first_step, f0) from _eager_fsal_init or the previous step: first_step is always
+        # False there, f0 = f(t0, y0). After a jump (never in `solve`: no jump times,
+        # made_jump is then a static False) f0 is stale.
+        _, f0 = solver_state
+        if not (isinstance(made_jump, bool) and not made_jump):
+            f0 = jax.lax.cond(eqxi.unvmap_any(made_jump), lambda: stage(0.0, y0)[0], lambda: f0)
+        f_last, ks = f0, [terms.prod(f0, control)]
     else:
-        f0 = stage(tableau.c1 or 0.0, y0)
-    fs = [f0]
-    ks = [terms.prod(f0, control)]
+        f_last, k0 = stage(tableau.c1 or 0.0, y0)
+        ks = [k0]
     y_stage = y0
     for c, a in zip(tableau.c, tableau.a_lower, strict=True):
         y_stage = _weighted_sum(y0, a, ks)
-        fs.append(stage(c, y_stage))
-        ks.append(terms.prod(fs[-1], control))
+        f_last, k = stage(c, y_stage)
+        ks.append(k)
     # SSAL tableaus (b_sol = the last row of a): y1 is the last stage's state.
     y1 = y_stage if tableau.ssal else _weighted_sum(y0, tableau.b_sol, ks)
+    # No embedded pair (classic RK4): no estimate, so an adaptive controller refuses it
+    # (Diffrax's step returns zeros, which would accept every step).
     y_error = (_weighted_sum(None, tableau.b_error, ks) if np.any(tableau.b_error != 0)
                else None)
     dense_info = dict(y0=y0, y1=y1, k=jax.tree_util.tree_map(lambda *k: jnp.stack(k), *ks))
-    new_state = (jnp.array(False), fs[-1]) if tableau.fsal else None
+    new_state = (jnp.array(False), f_last) if fsal else None
     return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
 
 def _eager_fsal_init(self, terms, t0, t1, y0, args):
     # Diffrax's FSAL state is (first_step, f0): evaluate f0 now and mark it valid,
     # so that no step ever re-evaluates the first stage.
+    if not _fsal(self, terms, t0, t1, y0, args):
+        return None
     return jnp.array(False), self.func(terms, t0, y0, args)
 
 
@@ -174,6 +197,29 @@ def _prepared_class(cls: type) -> type:
     if cls.step is diffrax.AbstractRungeKutta.step:
         methods["step"] = _straight_line_step
     return type(f"Prepared{cls.__name__}", (cls,), methods) if methods else cls
+
+
+def _prepared(solver: diffrax.AbstractERK) -> diffrax.AbstractERK:
+    """``solver`` as an instance of its prepared class, fields copied as they are (its own
+    ``__init__``, whatever its signature, is not called again); itself if nothing changes.
+    An explicit ``scan_kind`` asks for Diffrax's stage loop: only ``init`` is replaced."""
+    cls = _prepared_class(type(solver))
+    if solver.scan_kind is not None and cls is not type(solver):
+        cls = _eager_fsal_class(type(solver))
+    if cls is type(solver):
+        return solver
+    prepared = object.__new__(cls)
+    for field in dataclasses.fields(solver):
+        object.__setattr__(prepared, field.name, getattr(solver, field.name))
+    return prepared
+
+
+@functools.cache
+def _eager_fsal_class(cls: type) -> type:
+    """Subclass of a Runge--Kutta class that only evaluates ``f(t0, y0)`` in init (FSAL)."""
+    if not cls.tableau.fsal:
+        return cls
+    return type(f"EagerFSAL{cls.__name__}", (cls,), {"init": _eager_fsal_init})
 
 
 def _is_fsal(solver: diffrax.AbstractSolver) -> bool:
@@ -212,8 +258,6 @@ def solver_info(solver: str | diffrax.AbstractSolver) -> SolverInfo:
     if isinstance(solver, diffrax.Euler):
         return SolverInfo(solver, 1, 0, adaptive_ok)
     stages = solver.tableau.num_stages
-    kwargs = {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver) if f.init}
-    prepared = _prepared_class(type(solver))(**kwargs)
     if _is_fsal(solver):
-        return SolverInfo(prepared, stages - 1, 1, adaptive_ok)
-    return SolverInfo(prepared, stages, 0, adaptive_ok)
+        return SolverInfo(_prepared(solver), stages - 1, 1, adaptive_ok)
+    return SolverInfo(_prepared(solver), stages, 0, adaptive_ok)

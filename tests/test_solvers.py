@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 import odeformer
-from odeformer.solvers import RK4, diffrax_solver, solver_info
+from odeformer.solvers import RK4, _straight_line_step, diffrax_solver, solver_info
 
 # Diffrax's own class behind each name, written out independently of the registry.
 STOCK = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,
          "ralston": diffrax.Ralston, "rk4": RK4, "bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5,
          "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
 RK_SOLVERS = tuple(name for name in odeformer.SOLVERS if name != "euler")
+FSAL_SOLVERS = tuple(name for name in RK_SOLVERS if STOCK[name].tableau.fsal)
 
 A = np.array([[-0.5, 1.0, 0.2], [-1.0, -0.5, 0.3], [0.1, -0.2, -0.3]])
 
@@ -45,31 +46,82 @@ def test_registry_names_map_to_diffrax_classes():
         diffrax_solver("rk5")
 
 
-@pytest.mark.parametrize("name", RK_SOLVERS)
-@pytest.mark.parametrize("made_jump", [False, True])
-def test_one_step_equals_diffrax_step(x64, name, made_jump):
-    """y1, the error estimate, the dense output's stages and the FSAL state of one step
-    equal Diffrax's own step (its stage loop), to float64 rounding."""
+def _compare_steps(name, terms, t0, t1, y0, a, made_jump=False, rtol=1e-13, atol=1e-14):
+    """One step of `solve`'s solver against Diffrax's own step: y1, the error estimate,
+    the dense output's stages and the FSAL state, with their dtypes."""
     prepared, stock = solver_info(name).solver, STOCK[name]()
-    terms, y0, a = diffrax.ODETerm(_field), _y0(), jnp.asarray(A)
-    t0, t1 = 0.2, 0.45
+    assert type(prepared).step is _straight_line_step
     state = prepared.init(terms, t0, t1, y0, a)
-    if made_jump and state is not None:  # a jump makes the carried f0 stale: it must be re-evaluated
+    if made_jump:  # a jump makes the carried f0 stale: it must be re-evaluated
         state = (state[0], jax.tree_util.tree_map(jnp.zeros_like, state[1]))
     mine = prepared.step(terms, t0, t1, y0, a, state, jnp.array(made_jump))
     theirs = stock.step(terms, t0, t1, y0, a, stock.init(terms, t0, t1, y0, a), jnp.array(made_jump))
     y1, error, dense, new_state, result = mine
-    _assert_trees_close(y1, theirs[0])
+    _assert_trees_close(y1, theirs[0], rtol, atol)
     if np.any(stock.tableau.b_error != 0):
-        _assert_trees_close(error, theirs[1])
+        _assert_trees_close(error, theirs[1], rtol, atol)
     else:  # classic RK4: no estimate (Diffrax's zeros), and `solve` refuses adaptive stepping
         assert error is None
-    _assert_trees_close(dense, theirs[2])
-    if stock.tableau.fsal:
-        assert not bool(new_state[0])
-        _assert_trees_close(new_state[1], theirs[3][1])
-        _assert_trees_close(new_state[1], _field(t1, y1, a))  # f(t1, y1), carried to the next step
+    _assert_trees_close(dense, theirs[2], rtol, atol)
+    for leaf, ref in zip(jax.tree_util.tree_leaves((y1, dense)),
+                         jax.tree_util.tree_leaves((theirs[0], theirs[2])), strict=True):
+        assert leaf.dtype == ref.dtype
     assert result == diffrax.RESULTS.successful
+    return y1, new_state, theirs[3]
+
+
+@pytest.mark.parametrize("name,made_jump", [(n, False) for n in RK_SOLVERS]
+                         + [(n, True) for n in FSAL_SOLVERS])
+def test_one_step_equals_diffrax_step(x64, name, made_jump):
+    """Equal to Diffrax's own step (its stage loop) to float64 rounding, and the FSAL state
+    is f(t1, y1), carried to the next step."""
+    a = jnp.asarray(A)
+    y1, state, stock_state = _compare_steps(name, diffrax.ODETerm(_field), 0.2, 0.45, _y0(), a,
+                                            made_jump)
+    if name in FSAL_SOLVERS:
+        assert not bool(state[0])
+        _assert_trees_close(state[1], stock_state[1])
+        _assert_trees_close(state[1], _field(0.45, y1, a))
+    else:
+        assert state is None
+
+
+@pytest.mark.parametrize("name", RK_SOLVERS)
+def test_one_step_float32_equals_diffrax_step_with_dtypes(name):
+    y0 = jax.tree_util.tree_map(lambda leaf: leaf.astype(jnp.float32), _y0())
+    a = jnp.asarray(A, jnp.float32)
+    y1, state, _ = _compare_steps(name, diffrax.ODETerm(_field), 0.2, 0.45, y0, a,
+                                  rtol=2e-6, atol=1e-7)
+    carried = None if state is None else state[1]  # f(t1, y1) of an FSAL solver
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves((y1, carried)))
+
+
+@pytest.mark.parametrize("name", RK_SOLVERS)
+def test_last_stage_is_evaluated_at_t1_exactly(x64, name):
+    """A stage at c = 1 is evaluated at t1 itself, as Diffrax does, not at t0 + (t1 - t0),
+    which rounds below t1 here; the field jumps at t1 to tell them apart."""
+    t0, t1 = 0.2, 0.87
+    assert t0 + (t1 - t0) < t1
+
+    def jumps_at_t1(t, y, a):
+        return jax.tree_util.tree_map(lambda v: jnp.where(t >= t1, 2.0, 1.0) * v, _field(t, y, a))
+
+    _compare_steps(name, diffrax.ODETerm(jumps_at_t1), t0, t1, _y0(), jnp.asarray(A))
+
+
+class _ExpensiveTerm(diffrax.ODETerm):
+    """A term whose vf is declared costlier than two vf_prods: Diffrax then drops FSAL."""
+
+    def is_vf_expensive(self, t0, t1, y, args):
+        return True
+
+
+@pytest.mark.parametrize("name", FSAL_SOLVERS)
+def test_expensive_vector_field_drops_fsal_as_diffrax_does(x64, name):
+    terms = _ExpensiveTerm(_field)
+    assert solver_info(name).solver.init(terms, 0.2, 0.45, _y0(), jnp.asarray(A)) is None
+    _, state, stock_state = _compare_steps(name, terms, 0.2, 0.45, _y0(), jnp.asarray(A))
+    assert state is None and stock_state is None
 
 
 def _diffrax_solve(name, y0, a, *, steps=None, rtol=None, ts=None):
@@ -85,7 +137,9 @@ def _diffrax_solve(name, y0, a, *, steps=None, rtol=None, ts=None):
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=steps))
 
 
-@pytest.mark.parametrize("name", odeformer.SOLVERS)
+# The step tests above cover every tableau; here one of each kind of step (no stage loop,
+# plain, FSAL + SSAL with its own interpolation) through the whole solve and its gradient.
+@pytest.mark.parametrize("name", ["euler", "rk4", "tsit5", "dopri5"])
 def test_fixed_step_solve_and_gradient_equal_diffrax(x64, name):
     ts = jnp.array([0.1, 0.55, 0.8])
 
@@ -129,24 +183,43 @@ class _Counter:
         return _field(t, y, a)
 
 
-@pytest.mark.parametrize("name", odeformer.SOLVERS)
-def test_checkpoint_gradient_evaluates_each_stage_twice(x64, name):
-    """The checkpoint adjoint's gradient runs the forward pass (nfe evaluations), then
-    re-runs each step's stages once (the carried FSAL f0 is not re-evaluated): 2 nfe minus
-    the evaluations made at init. Diffrax's own Runge--Kutta step re-runs its stage loop a
-    second time inside that recomputation (3 nfe)."""
+def _gradient_evaluations(solver):
+    """(executed field evaluations of a checkpoint-adjoint gradient, the solve's nfe)."""
     counter = _Counter()
 
     def loss(a):
-        sol = odeformer.solve(counter, _y0(), args=a, solver=name, steps=4)
+        sol = odeformer.solve(counter, _y0(), args=a, solver=solver, steps=4)
         return jnp.sum(sol.y1["u"]), sol.stats["nfe"]
 
     (_, nfe), _ = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(A))
     jax.effects_barrier()
-    assert counter.count == 2 * int(nfe) - solver_info(name).evals_at_init
+    return counter.count, int(nfe)
 
 
-def test_custom_tableau_is_written_out_and_a_custom_step_is_kept(x64):
+@pytest.mark.parametrize("name", odeformer.SOLVERS)
+def test_checkpoint_gradient_evaluates_each_stage_twice(x64, name):
+    """The checkpoint adjoint's gradient runs the forward pass (nfe evaluations), then
+    re-runs each step's stages once (the carried FSAL f0 is not re-evaluated): 2 nfe minus
+    the evaluations made at init."""
+    count, nfe = _gradient_evaluations(name)
+    assert count == 2 * nfe - solver_info(name).evals_at_init
+
+
+@pytest.mark.parametrize("name", RK_SOLVERS)
+def test_explicit_scan_kind_keeps_diffrax_stage_loop_and_its_third_pass(x64, name):
+    """An explicit ``scan_kind`` asks for Diffrax's own step (less memory: one stage's
+    residuals at a time), which re-runs its stage loop inside the step's recomputation:
+    3 nfe evaluations per gradient, less the FSAL f(t0, y0) made once at init, the cost
+    the straight-line step removes."""
+    solver = STOCK[name](scan_kind="checkpointed")
+    info = solver_info(solver)
+    assert type(info.solver).step is diffrax.AbstractRungeKutta.step
+    count, nfe = _gradient_evaluations(solver)
+    assert nfe == info.evals_at_init + 4 * info.evals_per_step
+    assert count == 3 * nfe - 2 * info.evals_at_init
+
+
+def test_custom_tableau_is_written_out_and_a_custom_step_or_init_is_kept(x64):
     class RK38(diffrax.AbstractERK):  # Kutta's 3/8 rule, a tableau the registry lacks
         tableau: ClassVar = diffrax.ButcherTableau(
             c=np.array([1 / 3, 2 / 3, 1.0]), b_sol=np.array([1 / 8, 3 / 8, 3 / 8, 1 / 8]),
@@ -161,9 +234,23 @@ def test_custom_tableau_is_written_out_and_a_custom_step_is_kept(x64):
         def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
             return super().step(terms, t0, t1, y0, args, solver_state, made_jump)
 
+    class OwnInit(RK38):  # an __init__ whose arguments are not its fields
+        flag: bool
+
+        def __init__(self, on: str):
+            self.flag = on == "yes"
+
     terms, y0, a = diffrax.ODETerm(_field), _y0(), jnp.asarray(A)
     written_out = solver_info(RK38()).solver
-    assert type(written_out).step is not diffrax.AbstractRungeKutta.step
-    _assert_trees_close(written_out.step(terms, 0.0, 0.3, y0, a, None, False)[0],
-                        RK38().step(terms, 0.0, 0.3, y0, a, None, False)[0])
-    assert type(solver_info(OwnStep()).solver).step is OwnStep.step
+    assert type(written_out).step is _straight_line_step
+    mine = written_out.step(terms, 0.0, 0.3, y0, a, None, False)
+    theirs = RK38().step(terms, 0.0, 0.3, y0, a, None, False)
+    _assert_trees_close(mine[0], theirs[0])
+    _assert_trees_close(mine[2], theirs[2])
+    own_step = OwnStep()
+    assert solver_info(own_step).solver is own_step
+    prepared = solver_info(OwnInit("yes")).solver
+    assert type(prepared).step is _straight_line_step and prepared.flag is True
+    sol = odeformer.solve(_field, y0, args=a, solver=OwnInit("yes"), steps=3)
+    ref = odeformer.solve(_field, y0, args=a, solver=RK38(), steps=3)
+    _assert_trees_close(sol.y1, ref.y1)
