@@ -187,14 +187,14 @@ def _eager_fsal_init(self, terms, t0, t1, y0, args):
 
 
 @functools.cache
-def _prepared_class(cls: type) -> type:
+def _prepared_class(cls: type, write_out: bool) -> type:
     """Subclass of an explicit Runge--Kutta class that evaluates ``f(t0, y0)`` in init
-    if it is FSAL, and, unless the class defines its own ``step``, runs each step's
-    stages as straight-line code (:func:`_straight_line_step`)."""
+    if it is FSAL, and, if ``write_out`` and the class does not define its own ``step``,
+    runs each step's stages as straight-line code (:func:`_straight_line_step`)."""
     methods = {}
     if cls.tableau.fsal:
         methods["init"] = _eager_fsal_init
-    if cls.step is diffrax.AbstractRungeKutta.step:
+    if write_out and cls.step is diffrax.AbstractRungeKutta.step:
         methods["step"] = _straight_line_step
     return type(f"Prepared{cls.__name__}", (cls,), methods) if methods else cls
 
@@ -203,23 +203,13 @@ def _prepared(solver: diffrax.AbstractERK) -> diffrax.AbstractERK:
     """``solver`` as an instance of its prepared class, fields copied as they are (its own
     ``__init__``, whatever its signature, is not called again); itself if nothing changes.
     An explicit ``scan_kind`` asks for Diffrax's stage loop: only ``init`` is replaced."""
-    cls = _prepared_class(type(solver))
-    if solver.scan_kind is not None and cls is not type(solver):
-        cls = _eager_fsal_class(type(solver))
+    cls = _prepared_class(type(solver), write_out=solver.scan_kind is None)
     if cls is type(solver):
         return solver
     prepared = object.__new__(cls)
     for field in dataclasses.fields(solver):
         object.__setattr__(prepared, field.name, getattr(solver, field.name))
     return prepared
-
-
-@functools.cache
-def _eager_fsal_class(cls: type) -> type:
-    """Subclass of a Runge--Kutta class that only evaluates ``f(t0, y0)`` in init (FSAL)."""
-    if not cls.tableau.fsal:
-        return cls
-    return type(f"EagerFSAL{cls.__name__}", (cls,), {"init": _eager_fsal_init})
 
 
 def _is_fsal(solver: diffrax.AbstractSolver) -> bool:

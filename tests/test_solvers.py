@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_solve import _Counter  # the host-callback counter of the nfe tests
 
 import odeformer
 from odeformer.solvers import RK4, _straight_line_step, diffrax_solver, solver_info
@@ -168,24 +169,9 @@ def test_adaptive_solve_equals_diffrax(x64, name):
     assert int(sol.stats["num_rejected_steps"]) == int(ref.stats["num_rejected_steps"])
 
 
-class _Counter:
-    """Counts executed field evaluations on the host, forward and backward passes alike
-    (a remat's recomputation replays the callback)."""
-
-    def __init__(self):
-        self.count = 0
-
-    def _tick(self):
-        self.count += 1
-
-    def __call__(self, t, y, a):
-        jax.debug.callback(self._tick)
-        return _field(t, y, a)
-
-
 def _gradient_evaluations(solver):
     """(executed field evaluations of a checkpoint-adjoint gradient, the solve's nfe)."""
-    counter = _Counter()
+    counter = _Counter(_field)  # counts forward and backward evaluations alike (remat replays it)
 
     def loss(a):
         sol = odeformer.solve(counter, _y0(), args=a, solver=solver, steps=4)
