@@ -14,12 +14,29 @@ BUDGET_TOLERANCE = 0.05  # realised count within ±5% of the target
 _MAX_WIDTH = 8192
 
 
+# (shape, the task's sizes, shards) -> parameter count. A count traces the model's
+# construction (about 0.1 s); a sweep's runs share shapes (seeds, tolerances, solvers) and
+# budget searches over one architecture share their first widths, so each is made once.
+_COUNTS: dict[tuple, int] = {}
+
+
+def _sizes(data: TaskData | TabularData) -> tuple:
+    """What of ``data`` a model's parameter count depends on."""
+    if isinstance(data, TabularData):
+        return ("tabular", data.categorical, len(data.numeric), data.num_classes)
+    return ("sequence", data.vocab_size, data.seq_len, data.num_classes)
+
+
 def model_params(shape: ModelShape, data: TaskData | TabularData, shards: int = 1) -> int:
     """Trainable parameters of the classifier of this shape for ``data``'s task (no arrays
-    are allocated). ``shards`` pads embedding rows as the mesh's ``model`` axis does."""
-    abstract = nnx.eval_shape(
-        lambda: build_model(shape, SolverSpec(), data, shards=shards, rngs=nnx.Rngs(0)))
-    return count_params(abstract)
+    are allocated; each distinct count is made once per process). ``shards`` pads
+    embedding rows as the mesh's ``model`` axis does."""
+    key = (shape, _sizes(data), shards)
+    if key not in _COUNTS:
+        abstract = nnx.eval_shape(
+            lambda: build_model(shape, SolverSpec(), data, shards=shards, rngs=nnx.Rngs(0)))
+        _COUNTS[key] = count_params(abstract)
+    return _COUNTS[key]
 
 
 def resolve_budget(shape: ModelShape, budget: int, data: TaskData | TabularData,

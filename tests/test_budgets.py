@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from odeformer import count_params
+from odeformer import budgets, count_params
 from odeformer.budgets import model_params, resolve_budget
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec, TabularClassifier
+from odeformer.models import ModelShape, SequenceClassifier, SolverSpec, TabularClassifier, build_model
 from odeformer.tasks import CategoricalFeature, TabularData, TaskData
 
 SIZES = dict(vocab_size=16, seq_len=9, num_classes=8)
@@ -56,3 +56,31 @@ def test_width_divisible_by_heads_is_preferred():
 def test_unreachable_budget_is_an_error():
     with pytest.raises(ValueError, match="model.param_budget=50 cannot be met within 5%"):
         resolve_budget(ModelShape(), 50, DATA)
+
+
+def test_each_distinct_count_is_made_once_and_keyed_by_what_it_depends_on(monkeypatch):
+    """Counting traces the model's construction; a sweep's runs and budget searches share
+    widths, so a count is made once per (shape, task sizes, shards), and never reused for
+    a task of other sizes."""
+    built = []
+
+    def counting_build(shape, *args, **kwargs):
+        built.append(shape)
+        return build_model(shape, *args, **kwargs)
+
+    monkeypatch.setattr(budgets, "_COUNTS", {})
+    monkeypatch.setattr(budgets, "build_model", counting_build)
+    shape = ModelShape(family="discrete", layers=3)
+    first = resolve_budget(shape, 30_000, DATA)
+    searched = len(built)
+    assert searched == len(set(built))  # no width of one search is counted twice
+    assert resolve_budget(shape, 30_000, DATA) == first and len(built) == searched
+    resolve_budget(shape, 40_000, DATA)  # shares the search's first widths
+    assert searched < len(built) < 2 * searched
+    wider_vocab = TaskData(_SPLIT, _SPLIT, vocab_size=1016, num_classes=8)
+    assert model_params(first[0], wider_vocab) == first[1] + 1000 * first[0].width
+    more_rows = TabularData(_TABLE, _TABLE, (CategoricalFeature("a", 2000), CategoricalFeature("b", 7)),
+                            ("x",), num_classes=2)
+    tabular = ModelShape(width=16, heads=2)
+    assert model_params(tabular, more_rows) == model_params(tabular, TABULAR) + 1000 * 16
+    assert model_params(tabular, TABULAR, shards=8) > model_params(tabular, TABULAR)
