@@ -2,7 +2,8 @@
 
     python -m experiments.run --config configs/param_efficiency_tiny.py
 
-Three budgets, the three families, two seeds, 6 training steps on 256 examples.
+Two budgets (the fewest a budget curve can be read from), the four families, two seeds,
+6 training steps on 256 examples.
 """
 
 import ml_collections
@@ -17,6 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.update(num_steps=6, batch_size=16, warmup_steps=1, log_every=3, eval_batch_size=64)
     c.analysis.update(targets=(0.1, 0.2), resamples=50)
     c.sweep.seed = (0, 1)
-    c.sweep.model.param_budget = (900, 1820, 3600)
+    c.sweep.model.param_budget = (900, 1820)
     c.lock()
     return c

@@ -32,11 +32,12 @@ def model_params(shape: ModelShape, data: TaskData | TabularData, shards: int = 
     are allocated; each distinct count is made once per process). ``shards`` pads
     embedding rows as the mesh's ``model`` axis does."""
     key = (shape, _sizes(data), shards)
-    if key not in _COUNTS:
-        abstract = nnx.eval_shape(
-            lambda: build_model(shape, SolverSpec(), data, shards=shards, rngs=nnx.Rngs(0)))
-        _COUNTS[key] = count_params(abstract)
-    return _COUNTS[key]
+    count = _COUNTS.get(key)
+    if count is None:
+        count = count_params(nnx.eval_shape(
+            lambda: build_model(shape, SolverSpec(), data, shards=shards, rngs=nnx.Rngs(0))))
+        _COUNTS[key] = count
+    return count
 
 
 def resolve_budget(shape: ModelShape, budget: int, data: TaskData | TabularData,
