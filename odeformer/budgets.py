@@ -15,8 +15,9 @@ _MAX_WIDTH = 8192
 
 
 # (shape, the task's sizes, shards) -> parameter count. A count traces the model's
-# construction (about 0.1 s); a sweep's runs share shapes (seeds, tolerances, solvers) and
-# budget searches over one architecture share their first widths, so each is made once.
+# construction (tens of milliseconds); a sweep's runs share shapes (seeds, tolerances,
+# solvers) and budget searches over one architecture share their first widths, so each
+# is made once.
 _COUNTS: dict[tuple, int] = {}
 
 

@@ -169,17 +169,18 @@ def test_adaptive_solve_equals_diffrax(x64, name):
     assert int(sol.stats["num_rejected_steps"]) == int(ref.stats["num_rejected_steps"])
 
 
-def _gradient_evaluations(solver):
-    """(executed field evaluations of a checkpoint-adjoint gradient, the solve's nfe)."""
+def _gradient_evaluations(solver, **steps_or_tolerances):
+    """(executed field evaluations of a checkpoint-adjoint gradient, the solve's stats)."""
     counter = _Counter(_field)  # counts forward and backward evaluations alike (remat replays it)
+    options = steps_or_tolerances or {"steps": 4}
 
     def loss(a):
-        sol = odeformer.solve(counter, _y0(), args=a, solver=solver, steps=4)
-        return jnp.sum(sol.y1["u"]), sol.stats["nfe"]
+        sol = odeformer.solve(counter, _y0(), args=a, solver=solver, **options)
+        return jnp.sum(sol.y1["u"]), sol.stats
 
-    (_, nfe), _ = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(A))
+    (_, stats), _ = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(A))
     jax.effects_barrier()
-    return counter.count, int(nfe)
+    return counter.count, {name: int(value) for name, value in stats.items()}
 
 
 @pytest.mark.parametrize("name", odeformer.SOLVERS)
@@ -187,8 +188,21 @@ def test_checkpoint_gradient_evaluates_each_stage_twice(x64, name):
     """The checkpoint adjoint's gradient runs the forward pass (nfe evaluations), then
     re-runs each step's stages once (the carried FSAL f0 is not re-evaluated): 2 nfe minus
     the evaluations made at init."""
-    count, nfe = _gradient_evaluations(name)
-    assert count == 2 * nfe - solver_info(name).evals_at_init
+    count, stats = _gradient_evaluations(name)
+    assert count == 2 * stats["nfe"] - solver_info(name).evals_at_init
+
+
+def test_adaptive_checkpoint_gradient_recomputes_no_step_twice_at_tens_of_steps(x64):
+    """Adaptive solves checkpoint binomially over ``max_steps`` (Diffrax's default number of
+    checkpoints); up to tens of steps, rejected ones included, each step is still recomputed
+    once: 2 nfe - init, as with a checkpoint at every fixed step."""
+    seen = set()
+    for rtol in (1e-5, 1e-9):
+        count, stats = _gradient_evaluations("dopri5", rtol=rtol, atol=rtol)
+        assert count == 2 * stats["nfe"] - 1
+        assert stats["num_rejected_steps"] > 0  # their stages are recomputed too
+        seen.add(stats["num_steps"])
+    assert len(seen) == 2 and max(seen) >= 20, seen
 
 
 @pytest.mark.parametrize("name", RK_SOLVERS)
@@ -200,9 +214,9 @@ def test_explicit_scan_kind_keeps_diffrax_stage_loop_and_its_third_pass(x64, nam
     solver = STOCK[name](scan_kind="checkpointed")
     info = solver_info(solver)
     assert type(info.solver).step is diffrax.AbstractRungeKutta.step
-    count, nfe = _gradient_evaluations(solver)
-    assert nfe == info.evals_at_init + 4 * info.evals_per_step
-    assert count == 3 * nfe - 2 * info.evals_at_init
+    count, stats = _gradient_evaluations(solver)
+    assert stats["nfe"] == info.evals_at_init + 4 * info.evals_per_step
+    assert count == 3 * stats["nfe"] - 2 * info.evals_at_init
 
 
 def test_custom_tableau_is_written_out_and_a_custom_step_or_init_is_kept(x64):
