@@ -24,7 +24,7 @@ _COUNTS: dict[tuple, int] = {}
 def _sizes(data: TaskData | TabularData) -> tuple:
     """What of ``data`` a model's parameter count depends on."""
     if isinstance(data, TabularData):
-        return ("tabular", data.categorical, len(data.numeric), data.num_classes)
+        return ("tabular", tuple(data.categorical), len(data.numeric), data.num_classes)
     return ("sequence", data.vocab_size, data.seq_len, data.num_classes)
 
 

@@ -180,8 +180,9 @@ def solve(
         linearly with ``steps``) and the backward pass re-runs each step's stages
         once: the fastest choice when steps are few and known (measured faster than
         a scan that stores every stage, see benchmarks/). Adaptive solves use
-        binomial checkpointing over ``max_steps`` (memory ~ log(max_steps) states,
-        more recomputation).
+        binomial checkpointing over ``max_steps`` with Equinox's default number of
+        stored states, about sqrt(2 max_steps) (90 for 4096); a step is recomputed
+        more than once only in solves longer than that (counted in tests/test_solvers.py).
         ``"backsolve"``: optimise-then-discretise, integrates the adjoint ODE
         backwards; memory independent of the number of steps, gradient accurate only
         to the solver's error.

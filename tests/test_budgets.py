@@ -1,5 +1,7 @@
 """Parameter budgets resolve to shapes whose real parameter count is within 5%."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -77,10 +79,20 @@ def test_each_distinct_count_is_made_once_and_keyed_by_what_it_depends_on(monkey
     assert resolve_budget(shape, 30_000, DATA) == first and len(built) == searched
     resolve_budget(shape, 40_000, DATA)  # shares the search's first widths
     assert searched < len(built) < 2 * searched
+    counted = dataclasses.replace(first[0], heads=1)  # as the search counted it: cached
+    params, width = model_params(counted, DATA), counted.width
+    assert params == first[1]
     wider_vocab = TaskData(_SPLIT, _SPLIT, vocab_size=1016, num_classes=8)
-    assert model_params(first[0], wider_vocab) == first[1] + 1000 * first[0].width
+    assert model_params(counted, wider_vocab) == params + 1000 * width  # embedding rows
+    longer = {"tokens": np.zeros((1, 10), np.int32), "label": np.zeros((1,), np.int32)}
+    assert model_params(counted, TaskData(longer, longer, vocab_size=16, num_classes=8)) \
+        == params + width  # one more position
+    assert model_params(counted, TaskData(_SPLIT, _SPLIT, vocab_size=16, num_classes=9)) \
+        == params + width + 1  # one more class in the head
     more_rows = TabularData(_TABLE, _TABLE, (CategoricalFeature("a", 2000), CategoricalFeature("b", 7)),
                             ("x",), num_classes=2)
     tabular = ModelShape(width=16, heads=2)
     assert model_params(tabular, more_rows) == model_params(tabular, TABULAR) + 1000 * 16
     assert model_params(tabular, TABULAR, shards=8) > model_params(tabular, TABULAR)
+    no_numeric = TabularData(_TABLE, _TABLE, TABULAR.categorical, (), num_classes=2)
+    assert model_params(tabular, no_numeric) < model_params(tabular, TABULAR)
