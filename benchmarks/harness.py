@@ -1,20 +1,34 @@
 """What every benchmark script shares: process setup with the run header, and interleaved timing."""
 
+import importlib.util
 import os
 import platform
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import diffrax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 import odeformer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, ``path`` relative to the repository root
+    (``configs/quick.py``), as ``python -m experiments.run --config`` reads it."""
+    spec = importlib.util.spec_from_file_location("benchmark_config", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:

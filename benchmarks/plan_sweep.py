@@ -9,17 +9,13 @@ The plans must be equal.
 """
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
-from harness import start_benchmark
+from harness import load_config, start_benchmark
 
 from odeformer import budgets
 from odeformer.runner import _TaskCache, plan
-
-_REPO = Path(__file__).resolve().parents[1]
 
 
 class _Forgetful(dict):
@@ -29,20 +25,13 @@ class _Forgetful(dict):
         pass
 
 
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", _REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/param_efficiency.py")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     start_benchmark()
-    config = _load(args.config)
+    config = load_config(args.config)
     tasks = _TaskCache()  # the task's data is made once, outside the timings
     plan(config, tasks)
     traced = [0]

@@ -10,27 +10,15 @@ Workload: configs/quick.py shrunk to adaptive Tsit5 on associative recall, width
 """
 
 import argparse
-import importlib.util
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
-from harness import start_benchmark
+from harness import load_config, start_benchmark
 
 from odeformer.runner import run_sweep
-
-_QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.py"
-
-
-def _quick_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("quick_config", _QUICK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
 
 COMPILES = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -39,7 +27,7 @@ jax.monitoring.register_event_duration_secs_listener(
 
 
 def base_config(train_steps: int) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(_quick_config().to_dict())
+    c = ml_collections.ConfigDict(load_config("configs/quick.py").to_dict())
     c.model.width, c.model.heads = 16, 2
     c.solver.name, c.solver.adaptive = "tsit5", True
     c.task.num_train, c.task.num_test = 512, 128
