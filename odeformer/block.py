@@ -35,7 +35,9 @@ class ODEBlock(nnx.Module):
       t1: integration horizon.
 
     ``rtol``, ``atol`` and ``t1`` stored here are compile-time constants of the
-    module; to sweep them without recompiling, pass them to :meth:`integrate`.
+    module; to sweep them without recompiling, pass them to :meth:`integrate`. So is a
+    fixed-step block's ``steps``; it is also the most steps a traced ``steps`` passed to
+    :meth:`integrate` may ask for, so that one compile serves every count up to it.
     """
 
     def __init__(self, field: nnx.Module, *, solver="tsit5", steps: int | None = None,
@@ -52,33 +54,43 @@ class ODEBlock(nnx.Module):
         self.max_steps = max_steps
         self.throw = throw
 
-    def solve_options(self, *, rtol=None, atol=None, t1=None) -> dict:
+    def solve_options(self, *, rtol=None, atol=None, t1=None, steps=None) -> dict:
         """The keyword arguments of :func:`odeformer.solve` (all but ``args``, ``t0`` and
         ``ts``) this block integrates with; ``rtol``, ``atol``, ``t1`` override the stored
-        values and may be traced.
+        values and may be traced. ``steps`` (a fixed-step block only) is a traced integer
+        from 1 to the stored ``steps``, which becomes ``max_steps``.
 
         Raises:
-          ValueError: if tolerances are passed to a fixed-step block.
+          ValueError: if tolerances are passed to a fixed-step block or ``steps`` to an
+            adaptive one.
         """
         adaptive = self.steps is None
         if not adaptive and (rtol is not None or atol is not None):
             raise ValueError(f"this ODEBlock uses steps={self.steps}: rtol/atol do not apply")
+        if adaptive and steps is not None:
+            raise ValueError("this ODEBlock is adaptive (steps=None): a step count does not apply")
+        fixed = dict(steps=self.steps, max_steps=self.max_steps)
+        if steps is not None:
+            fixed = dict(steps=jnp.asarray(steps), max_steps=self.steps)
         return dict(
-            t1=self.t1 if t1 is None else t1, solver=self.solver, steps=self.steps,
+            t1=self.t1 if t1 is None else t1, solver=self.solver,
             rtol=(self.rtol if rtol is None else rtol) if adaptive else None,
             atol=(self.atol if atol is None else atol) if adaptive else None,
-            adjoint=self.adjoint, max_steps=self.max_steps, throw=self.throw,
+            adjoint=self.adjoint, throw=self.throw, **fixed,
         )
 
-    def integrate(self, x: jax.Array, *, rtol=None, atol=None, t1=None, ts=None) -> Solution:
+    def integrate(self, x: jax.Array, *, rtol=None, atol=None, t1=None, steps=None,
+                  ts=None) -> Solution:
         """Solves from ``x`` at t=0 and returns the full :class:`Solution`.
 
-        ``rtol``, ``atol``, ``t1`` override the stored values and may be traced.
+        ``rtol``, ``atol``, ``t1`` override the stored values and may be traced; so may
+        ``steps`` (see :meth:`solve_options`).
 
         Raises:
-          ValueError: if tolerances are passed to a fixed-step block.
+          ValueError: if tolerances are passed to a fixed-step block or ``steps`` to an
+            adaptive one.
         """
-        options = self.solve_options(rtol=rtol, atol=atol, t1=t1)
+        options = self.solve_options(rtol=rtol, atol=atol, t1=t1, steps=steps)
         f, state = vector_field(self.field)
         return solve(f, x, args=state, t0=jnp.zeros((), jnp.result_type(x)), ts=ts, **options)
 

@@ -118,7 +118,8 @@ def solver_report(solvers: Sequence[EvalSolver], graphdef: nnx.GraphDef, params:
     Args:
       solvers: parsed ``evaluate.solvers``; the last one is the reference.
       graphdef, params, hyper: the trained model and its traced solver values
-        (``{"rtol", "atol", "t1"}``; ``t1`` is kept, tolerances replaced for adaptive specs).
+        (``{"rtol", "atol", "t1", "steps"}``; ``t1`` is kept, tolerances replaced for
+        adaptive specs and ``steps`` for fixed-step ones).
       test_accuracy: the accuracy under the training solver.
       evaluate_with: ``(graphdef, hyper) -> {"loss", "accuracy", "nfe", "ok"}`` over the
         test split (``odeformer.training.evaluate`` with an eval step for that graphdef).
@@ -131,6 +132,8 @@ def solver_report(solvers: Sequence[EvalSolver], graphdef: nnx.GraphDef, params:
         if solver.steps is None:
             dtype = jnp.result_type(hyper["rtol"])
             values.update(rtol=jnp.asarray(solver.rtol, dtype), atol=jnp.asarray(solver.atol, dtype))
+        elif "steps" in hyper:  # the spec's count, not the training run's
+            values["steps"] = jnp.asarray(solver.steps, jnp.result_type(hyper["steps"]))
         result = evaluate_with(solved, values)
         ok = bool(result["ok"])
         row[f"test_accuracy@{solver.spec}"] = result["accuracy"] if ok else math.nan

@@ -86,11 +86,13 @@ class _FlowClassifier(nnx.Module):
         self.norm = nnx.LayerNorm(shape.width, rngs=rngs)
         self.head = nnx.Linear(shape.width, num_classes, rngs=rngs)
 
-    def flow(self, x, *, rtol=None, atol=None, t1=None, penalties=(), key=None):
+    def flow(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None):
         """The flow map: integrates the tokens ``x``; returns ``(x(T), stats with 'ok')``.
 
-        ``rtol``, ``atol`` (required by the adaptive ``ode`` family) and ``t1`` (``ode``
-        only) may be traced. The ``discrete`` family ignores them. The whole batch is
+        ``rtol``, ``atol`` (required by the adaptive ``ode`` family), ``t1`` and ``steps``
+        (``ode`` only) may be traced. ``steps`` counts a fixed-step solver's steps, at most
+        the ``SolverSpec``'s (default: that many); an adaptive solver ignores it, as a fixed-step
+        one ignores the tolerances. The ``discrete`` family ignores them all. The whole batch is
         one ODE system: an adaptive solver picks one step sequence for all examples
         (as torchdiffeq does), so an example's result depends slightly on its batch.
 
@@ -101,7 +103,8 @@ class _FlowClassifier(nnx.Module):
         if penalties and self.family == "discrete":
             raise ValueError(f"penalties {penalties} apply to the ode family only")
         adaptive = self.block.steps is None
-        tolerances = dict(rtol=rtol if adaptive else None, atol=atol if adaptive else None, t1=t1)
+        tolerances = dict(rtol=rtol if adaptive else None, atol=atol if adaptive else None, t1=t1,
+                          steps=None if adaptive else steps)
         values = {}
         if self.family == "discrete":
             sol = self.block.integrate(x)
@@ -118,11 +121,12 @@ class _FlowClassifier(nnx.Module):
             return float(self.block.t1)
         return self.block.t1 if t1 is None else t1
 
-    def classify(self, x, *, rtol=None, atol=None, t1=None, penalties=(), key=None):
+    def classify(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None):
         """Tokens (after :meth:`embed`) -> ``(logits, stats)``: flow, LayerNorm, readout, head.
 
-        ``penalties`` and ``key``: see :meth:`flow`."""
-        h, stats = self.flow(x, rtol=rtol, atol=atol, t1=t1, penalties=penalties, key=key)
+        Solver values, ``penalties`` and ``key``: see :meth:`flow`."""
+        h, stats = self.flow(x, rtol=rtol, atol=atol, t1=t1, steps=steps, penalties=penalties,
+                             key=key)
         return self.head(self.read(self.norm(h))), stats
 
 
@@ -147,9 +151,9 @@ class SequenceClassifier(_FlowClassifier):
     def read(self, h: jax.Array) -> jax.Array:
         return h[..., -1, :] if self.readout == "last" else h.mean(-2)
 
-    def __call__(self, tokens: jax.Array, *, rtol=None, atol=None, t1=None):
+    def __call__(self, tokens: jax.Array, *, rtol=None, atol=None, t1=None, steps=None):
         """Returns ``(logits, solution stats with 'ok')``; see :meth:`flow` for the solver values."""
-        return self.classify(self.embed(tokens), rtol=rtol, atol=atol, t1=t1)
+        return self.classify(self.embed(tokens), rtol=rtol, atol=atol, t1=t1, steps=steps)
 
 
 class TabularClassifier(_FlowClassifier):
@@ -172,9 +176,11 @@ class TabularClassifier(_FlowClassifier):
     def read(self, h: jax.Array) -> jax.Array:
         return h[..., 0, :]  # the [CLS] token
 
-    def __call__(self, categorical: jax.Array, numeric: jax.Array, *, rtol=None, atol=None, t1=None):
+    def __call__(self, categorical: jax.Array, numeric: jax.Array, *, rtol=None, atol=None, t1=None,
+                 steps=None):
         """``categorical`` int [B, F], ``numeric`` float [B, G] -> ``(logits, stats)``."""
-        return self.classify(self.embed(categorical, numeric), rtol=rtol, atol=atol, t1=t1)
+        return self.classify(self.embed(categorical, numeric), rtol=rtol, atol=atol, t1=t1,
+                             steps=steps)
 
 
 def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularData, *,

@@ -99,7 +99,8 @@ def augment(f: Callable, penalties: tuple[str, ...]) -> Callable:
 
 
 def integrate(block: ODEBlock, x: jax.Array, penalties: tuple[str, ...], key: jax.Array, *,
-              rtol=None, atol=None, t1=None, noise: str = "rademacher") -> tuple[Solution, dict]:
+              rtol=None, atol=None, t1=None, steps=None,
+              noise: str = "rademacher") -> tuple[Solution, dict]:
     """Integrates ``block`` from ``x`` with the penalties' integrals alongside.
 
     Args:
@@ -108,14 +109,14 @@ def integrate(block: ODEBlock, x: jax.Array, penalties: tuple[str, ...], key: ja
       x: initial state, e.g. tokens ``[batch, tokens, width]``.
       penalties: names from :data:`PENALTIES` (structural).
       key: draws the Hutchinson noise (used only for ``jacobian``).
-      rtol, atol, t1: as in :meth:`ODEBlock.integrate` (traced).
+      rtol, atol, t1, steps: as in :meth:`ODEBlock.integrate` (traced).
       noise: ``rademacher`` or ``gaussian``.
 
     Returns:
       ``(solution, values)``: the solution of ``x`` alone (``y1``, ``stats`` counting
       evaluations of the augmented field, ``ok``) and ``{name: ∫_0^T rate dt}``.
     """
-    options = block.solve_options(rtol=rtol, atol=atol, t1=t1)
+    options = block.solve_options(rtol=rtol, atol=atol, t1=t1, steps=steps)
     f, state = vector_field(block.field)
     eps = hutchinson_noise(key, x.shape, x.dtype, noise) if "jacobian" in penalties else None
     zero = jnp.zeros((), x.dtype)

@@ -59,6 +59,9 @@ class PlannedRun:
     shape: ModelShape
     params: int
     tables: tuple[int, ...] = ()  # a tabular task's table sizes (they depend on its data)
+    # Fixed-step solvers: the most steps of the runs that share this one's compiled step
+    # (they differ only in solver.steps; each passes its own count traced).
+    step_bound: int | None = None
 
 
 def _json(config) -> str:
@@ -93,14 +96,30 @@ def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> 
             params = model_params(shape, data, shards)
         tables = tuple(f.cardinality for f in data.categorical) if isinstance(data, TabularData) else ()
         planned.append(PlannedRun(run, shape, params, tables))
-    return planned
+    return _bound_steps(planned)
 
 
-def _structure_key(planned: PlannedRun) -> str:
+def _bound_steps(planned: list[PlannedRun]) -> list[PlannedRun]:
+    """Gives every fixed-step run the largest ``solver.steps`` among the runs whose
+    structure differs from its own only in that count, so that one compiled step serves
+    them all (``odeformer.solve`` with a traced ``steps``; same results as a compile per
+    count)."""
+    bounds = {}
+    for p in planned:
+        if not p.run.config.solver.adaptive:
+            key = _structure_key(p, steps=False)
+            bounds[key] = max(bounds.get(key, 0), p.run.config.solver.steps)
+    return [p if p.run.config.solver.adaptive
+            else dataclasses.replace(p, step_bound=bounds[_structure_key(p, steps=False)])
+            for p in planned]
+
+
+def _structure_key(planned: PlannedRun, *, steps: bool = True) -> str:
+    """What a run's compiled steps depend on; ``steps=False`` leaves out the step bound."""
     c = planned.run.config
     solver = {k: c.solver[k] for k in ("name", "adaptive", "adjoint", "max_steps")}
-    if not c.solver.adaptive:
-        solver["steps"] = c.solver.steps
+    if not c.solver.adaptive and steps:
+        solver["steps"] = planned.step_bound
     task = {k: v for k, v in c.task.to_dict().items() if k != "seed"}
     train = {k: c.train[k] for k in ("batch_size", "microbatch", "num_steps", "warmup_steps",
                                       "grad_clip", "eval_batch_size")}
@@ -110,8 +129,9 @@ def _structure_key(planned: PlannedRun) -> str:
                        planned.tables], sort_keys=True)
 
 
-def _solver_spec(c) -> SolverSpec:
-    return SolverSpec(name=c.solver.name, steps=None if c.solver.adaptive else c.solver.steps,
+def _solver_spec(planned: PlannedRun) -> SolverSpec:
+    c = planned.run.config
+    return SolverSpec(name=c.solver.name, steps=None if c.solver.adaptive else planned.step_bound,
                       adjoint=c.solver.adjoint, max_steps=c.solver.max_steps)
 
 
@@ -142,7 +162,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     mesh = make_mesh(c.mesh.data, c.mesh.model)
     primary = jax.process_index() == 0
     init_key, train_key = jax.random.split(jax.random.key(c.seed))
-    model = build_model(planned.shape, _solver_spec(c), data, shards=c.mesh.model,
+    model = build_model(planned.shape, _solver_spec(planned), data, shards=c.mesh.model,
                         rngs=nnx.Rngs(params=init_key))
     graphdef, params = nnx.split(model)
     tx = make_optimizer(c.train)

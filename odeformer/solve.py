@@ -1,10 +1,11 @@
 """`odeformer.solve`: one functional entry point over Diffrax.
 
 Structural arguments (a new trace and compile for each distinct value): ``field``
-(its identity), the structure/shape/dtype of ``y0``, ``solver``, ``steps``,
-``adjoint``, ``max_steps``, ``throw``, and whether ``ts``/``rtol`` are given (and the
-length of ``ts``). Traced arguments (any value, same compile): ``rtol``, ``atol``,
-``t0``, ``t1``, the values of ``ts``, ``y0`` and ``args``.
+(its identity), the structure/shape/dtype of ``y0``, ``solver``, ``steps`` when it is a
+Python int, ``adjoint``, ``max_steps``, ``throw``, and whether ``ts``/``rtol`` are given
+(and the length of ``ts``). Traced arguments (any value, same compile): ``rtol``,
+``atol``, ``t0``, ``t1``, ``steps`` when it is an integer array (``max_steps`` bounds it),
+the values of ``ts``, ``y0`` and ``args``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
+def _is_int_array(value) -> bool:
+    """A 0-d integer array (NumPy or JAX, concrete or traced): a traced step count."""
+    return (isinstance(value, (jax.Array, np.ndarray)) and value.shape == ()
+            and jnp.issubdtype(value.dtype, jnp.integer))
+
+
 def _validate_static(solver, steps, rtol, atol, adjoint, max_steps, throw, adaptive_ok):
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint={adjoint!r} is not one of {', '.join(ADJOINTS)}")
@@ -107,8 +114,9 @@ def _validate_static(solver, steps, rtol, atol, adjoint, max_steps, throw, adapt
             "pass exactly one of steps (fixed step count) or both rtol and atol "
             f"(adaptive); got steps=None, rtol={rtol!r}, atol={atol!r}"
         )
-    if steps is not None and not _is_positive_int(steps):
-        raise ValueError(f"steps={steps!r} must be a positive Python int (it is structural)")
+    if steps is not None and not (_is_positive_int(steps) or _is_int_array(steps)):
+        raise ValueError(f"steps={steps!r} must be a positive Python int (structural) or a 0-d "
+                         "integer array (traced, at most max_steps)")
     if not _is_positive_int(max_steps):
         raise ValueError(f"max_steps={max_steps!r} must be a positive Python int")
     if not isinstance(throw, bool):
@@ -171,7 +179,11 @@ def solve(
         straight-line code (``odeformer.solvers``); an instance with an explicit
         ``scan_kind`` keeps Diffrax's own stage loop (less memory in the backward pass,
         one more forward per stage in the gradient).
-      steps: fixed number of equal steps, ``dt = (t1 - t0) / steps``. Structural.
+      steps: fixed number of equal steps, ``dt = (t1 - t0) / steps``. A Python int is
+        structural. A 0-d integer array is traced: one compile serves every count from 1
+        to ``max_steps`` (checked at run time), with the int's results (bit for bit when
+        ``t0`` or ``t1`` is traced too, else up to rounding); the checkpoint adjoint then
+        keeps ``max_steps`` state slots, so keep that bound tight.
       rtol, atol: tolerances for adaptive stepping (PID controller; the first step
         starts at ``(t1 - t0) / 100``). Give both, and not ``steps``. Traced.
       adjoint: how reverse-mode gradients are computed. Structural.
@@ -193,8 +205,8 @@ def solve(
       ts: optional increasing 1-D times in ``[t0, t1]`` at which to also save the
         state (dense interpolation, no extra evaluations). Traced values; length
         is structural.
-      max_steps: attempted-step limit of adaptive solves. Fixed-step solves use
-        exactly ``steps``. Structural.
+      max_steps: attempted-step limit of adaptive solves, and the bound of a traced
+        ``steps``. Fixed-step solves take exactly ``steps``. Structural.
       throw: if True, a solve that stops before ``t1`` or produces non-finite
         values raises at run time. If False it returns ``ok=False`` and NaN states.
 
@@ -225,8 +237,18 @@ def solve(
         limit = max_steps
     else:
         controller = diffrax.ConstantStepSize()
-        dt0 = (t1 - t0) / steps
         limit = steps
+        if _is_int_array(steps):
+            steps = _check(f"steps={_show(steps)} must lie in [1, max_steps={max_steps}]",
+                           lambda n: (n < 1) | (n > max_steps), jnp.asarray(steps))
+            limit = max_steps
+            # XLA compiles a traced span divided by a constant int steps as a product with
+            # its rounded reciprocal: the same product here gives the int's solve bit for bit
+            # when t0 or t1 is traced (as in training), and up to rounding otherwise.
+            span = t1 - t0
+            dt0 = span * (1 / steps.astype(span.dtype))
+        else:
+            dt0 = (t1 - t0) / steps
     if ts is None:
         saveat = diffrax.SaveAt(t1=True)
     else:
@@ -244,7 +266,7 @@ def solve(
             args=args,
             saveat=saveat,
             stepsize_controller=controller,
-            adjoint=_make_adjoint(adjoint, steps),
+            adjoint=_make_adjoint(adjoint, None if steps is None else limit),
             max_steps=limit,
             throw=False,
         )

@@ -1,11 +1,13 @@
 """Optimiser, the pure jitted train step, evaluation, and one training run.
 
-Structural (one compile per value): model shape, solver name/steps/adjoint/adaptivity/
+Structural (one compile per value): model shape, solver name/adjoint/adaptivity/
 max_steps, task shapes, ``train.batch_size``, ``train.microbatch``, ``train.num_steps``,
 ``train.warmup_steps``, ``train.grad_clip``, ``train.eval_batch_size``. Traced (same compile):
 seed, ``train.learning_rate``, ``train.weight_decay``, ``solver.rtol``, ``solver.atol``,
-``solver.t1``. The regularisers ``train.kinetic`` and ``train.jacobian``
-(``odeformer.regularisers``): whether each is > 0 is structural, its value traced.
+``solver.t1``, ``solver.steps`` (up to the model's ``SolverSpec.steps``; the runner sets that
+to the largest count of the runs that share a compile). The regularisers ``train.kinetic``
+and ``train.jacobian`` (``odeformer.regularisers``): whether each is > 0 is structural, its
+value traced.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
         "failure": jnp.zeros((), jnp.int32),
         "hyper": {"rtol": jnp.asarray(solver.rtol, jnp.float32),
                   "atol": jnp.asarray(solver.atol, jnp.float32),
-                  "t1": jnp.asarray(solver.t1, jnp.float32)},
+                  "t1": jnp.asarray(solver.t1, jnp.float32),
+                  "steps": jnp.asarray(solver.steps, jnp.int32)},
     }
     if penalty:
         state["penalty"] = {name: jnp.asarray(w, jnp.float32) for name, w in penalty.items()}

@@ -83,6 +83,33 @@ def test_block_tolerance_override_is_traced_and_compiles_once(x64):
     assert counts[0] < counts[1] < counts[2]
 
 
+def test_block_step_count_override_is_traced_bounded_by_its_steps_and_compiles_once(x64):
+    field = _f64(odeformer.AttentionField(8, 2, rngs=nnx.Rngs(0)))
+    block = odeformer.ODEBlock(field, solver="rk4", steps=5)
+    graphdef, state = nnx.split(block)
+    x = jax.random.normal(jax.random.key(0), (5, 8), jnp.float64)
+    traces = []
+
+    @jax.jit
+    def run(state, steps, t1):
+        traces.append(1)
+        return nnx.merge(graphdef, state).integrate(x, steps=steps, t1=t1)
+
+    t1 = jnp.asarray(0.7)
+    for n in (1, 3, 5):
+        own = odeformer.ODEBlock(field, solver="rk4", steps=n)
+        want = jax.jit(lambda t1, own=own: own.integrate(x, t1=t1))(t1)
+        got = run(state, jnp.asarray(n), t1)
+        np.testing.assert_array_equal(got.y1, want.y1)
+        assert int(got.stats["nfe"]) == 4 * n
+    assert len(traces) == 1
+    with pytest.raises(Exception, match=r"steps=\(a traced value\) must lie in \[1, max_steps=5\]"):
+        jax.block_until_ready(run(state, jnp.asarray(6), t1).y1)
+    adaptive = odeformer.ODEBlock(field, solver="dopri5", rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="adaptive .*: a step count does not apply"):
+        adaptive.integrate(x, steps=3)
+
+
 def test_model_with_block_trains_a_step():
     """Smoke test (float32): one optax step lowers the loss of a model with an ODEBlock."""
     import optax

@@ -95,6 +95,29 @@ def test_tolerance_axis_reuses_one_compiled_step(tmp_path):
     assert nfe.iloc[0] > nfe.iloc[-1]  # tightest rtol -> most evaluations
 
 
+def test_step_count_axis_compiles_once_and_equals_each_count_trained_alone(tmp_path):
+    """Fixed-step runs that differ only in solver.steps share one compiled step, bounded
+    by the largest count, and train exactly as each count compiled for itself does."""
+    c = tiny_config(**{"solver.name": "rk4"})
+    c.unlock()
+    c.sweep = ml_collections.ConfigDict({"solver": {"steps": (3, 1, 2)}})
+    planned = runner.plan(c)
+    assert [p.step_bound for p in planned] == [3, 3, 3]
+    run_sweep(c, tmp_path / "swept", quiet=True)
+    swept = results.load(tmp_path / "swept").set_index("solver.steps")
+    assert set(swept.status) == {"ok"} and swept.compile_reused.sum() == 2
+    assert list(swept.nfe_forward.sort_index()) == [4, 8, 12]
+    for steps in (1, 2):  # each count alone: its own compile, bound = its own count
+        alone = tiny_config(**{"solver.name": "rk4", "solver.steps": steps})
+        alone.unlock()
+        alone.sweep = ml_collections.ConfigDict({})
+        assert runner.plan(alone)[0].step_bound == steps
+        run_sweep(alone, tmp_path / f"alone{steps}", quiet=True)
+        row = results.load(tmp_path / f"alone{steps}").iloc[0]
+        for column in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "nfe_forward"):
+            assert swept[column][steps] == row[column], (steps, column)
+
+
 def test_microbatched_run_trains_the_same_model_with_its_own_compile(tmp_path):
     c = tiny_config(**{"solver.name": "euler"})
     c.unlock()

@@ -125,6 +125,52 @@ def test_rtol_atol_t1_sweep_compiles_once(x64):
     assert len(nfes) == 4  # the traced tolerances really changed the solve
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_traced_steps_compile_once_and_give_the_int_steps_solve_bit_for_bit(x64, dtype):
+    """With t1 traced (as in training) a traced count gives each int count's y1, nfe and
+    gradient exactly: dt0 is formed as XLA forms it for the int (counts 3, 5, 6, 7 are
+    where a true division would differ in the last bit)."""
+    a, y0 = jnp.asarray(A, dtype), jnp.asarray(Y0, dtype)
+    t1 = jnp.asarray(1.3, dtype)
+
+    def loss(a, t1, steps, max_steps):
+        sol = odeformer.solve(_van_der_pol, y0, args=a[0, 0] + 5, t1=t1, solver="rk4", steps=steps,
+                              max_steps=max_steps)
+        return jnp.sum(sol.y1), sol
+
+    traced = jax.jit(jax.value_and_grad(lambda a, t1, n: loss(a, t1, n, 7), has_aux=True))
+    for n in range(1, 8):
+        (want_y, want), want_grad = jax.jit(jax.value_and_grad(
+            lambda a, t1, n=n: loss(a, t1, n, 4096), has_aux=True))(a, t1)
+        (got_y, got), got_grad = traced(a, t1, jnp.asarray(n))
+        np.testing.assert_array_equal(got.y1, want.y1, err_msg=f"steps={n}")
+        np.testing.assert_array_equal(got_grad, want_grad, err_msg=f"steps={n}")
+        assert int(got.stats["nfe"]) == int(want.stats["nfe"]) == 4 * n
+        assert bool(got.ok)
+    assert traced._cache_size() == 1
+
+
+def test_traced_steps_with_a_constant_t1_equal_the_int_steps_up_to_rounding(x64):
+    run = jax.jit(lambda n: _call(solver="rk4", steps=n, max_steps=9, t1=1.3).y1)
+    for n in (3, 5, 9):
+        np.testing.assert_allclose(run(jnp.asarray(n)), _call(solver="rk4", steps=n, t1=1.3).y1,
+                                   rtol=1e-14)
+
+
+def test_traced_steps_outside_one_to_max_steps_fail_before_or_at_run_time():
+    with pytest.raises(ValueError, match=r"steps=0 must lie in \[1, max_steps=9\]"):
+        _call(steps=jnp.asarray(0), max_steps=9)
+    with pytest.raises(ValueError, match=r"steps=10 must lie in \[1, max_steps=9\]"):
+        _call(steps=jnp.asarray(10), max_steps=9)
+    run = jax.jit(lambda n: _call(steps=n, max_steps=9).y1)
+    with pytest.raises(Exception, match=r"steps=\(a traced value\) must lie in \[1, max_steps=9\]"):
+        jax.block_until_ready(run(jnp.asarray(10)))
+    with pytest.raises(ValueError, match="must be a positive Python int .* or a 0-d integer array"):
+        _call(steps=jnp.asarray(2.0))
+    with pytest.raises(ValueError, match="must be a positive Python int .* or a 0-d integer array"):
+        _call(steps=jnp.asarray([2, 3]))
+
+
 def test_vmap_over_rtol_gives_per_element_stats(x64):
     rtols = jnp.array([1e-3, 1e-6, 1e-9])
 
