@@ -57,6 +57,10 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
     (``odeformer.regularisers.weights(config.train)``); it becomes ``state["penalty"]``
     (traced weights; its keys are structural). Without it the state has no such entry
     and the train step computes no regulariser.
+
+    ``solver`` (a config's solver section) gives the traced ``rtol``, ``atol`` and ``t1``,
+    and ``steps`` when it has that key (the runner's does): a fixed-step model then solves
+    with that many steps, at most its ``SolverSpec.steps``; without it, with that many.
     """
     state = {
         "params": params,
@@ -66,9 +70,10 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
         "failure": jnp.zeros((), jnp.int32),
         "hyper": {"rtol": jnp.asarray(solver.rtol, jnp.float32),
                   "atol": jnp.asarray(solver.atol, jnp.float32),
-                  "t1": jnp.asarray(solver.t1, jnp.float32),
-                  "steps": jnp.asarray(solver.steps, jnp.int32)},
+                  "t1": jnp.asarray(solver.t1, jnp.float32)},
     }
+    if "steps" in solver:
+        state["hyper"]["steps"] = jnp.asarray(solver.steps, jnp.int32)
     if penalty:
         state["penalty"] = {name: jnp.asarray(w, jnp.float32) for name, w in penalty.items()}
     return state
