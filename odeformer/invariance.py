@@ -101,6 +101,9 @@ def with_solver(graphdef: nnx.GraphDef, params: nnx.State, *, name: str, steps: 
     or modified. ``rtol``/``atol`` are stored for the ``discrete`` family, whose flow
     ignores the traced ones; the ``ode`` family takes them from ``hyper`` at call time.
     ``adjoint`` (default: keep) e.g. ``"direct"`` for forward-mode derivatives.
+    A fixed-step ``steps`` becomes the block's bound: a ``hyper`` with a ``"steps"`` entry
+    (every runner state's) must carry this count too, as :func:`solver_report` does, or
+    the flow solves with the training count.
     """
     model = nnx.merge(graphdef, params)
     block = model.block

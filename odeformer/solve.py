@@ -189,9 +189,10 @@ def solve(
       adjoint: how reverse-mode gradients are computed. Structural.
         ``"checkpoint"``: discretise-then-optimise, exact gradient of the numerical
         solution. With ``steps`` it stores the state after every step (memory grows
-        linearly with ``steps``) and the backward pass re-runs each step's stages
-        once: the fastest choice when steps are few and known (measured faster than
-        a scan that stores every stage, see benchmarks/). Adaptive solves use
+        linearly with ``steps``, with ``max_steps`` when ``steps`` is traced) and the
+        backward pass re-runs each step's stages once: the fastest choice when steps
+        are few and known (measured faster than a scan that stores every stage, see
+        benchmarks/). Adaptive solves use
         binomial checkpointing over ``max_steps`` with Equinox's default number of
         stored states, about sqrt(2 max_steps) (90 for 4096); a step is recomputed
         more than once only in solves longer than that (counted in tests/test_solvers.py).
@@ -209,13 +210,14 @@ def solve(
         ``steps``. Fixed-step solves take exactly ``steps``. Structural.
       throw: if True, a solve that stops before ``t1`` or produces non-finite
         values raises at run time. If False it returns ``ok=False`` and NaN states.
+        Invalid traced arguments (below) raise at run time either way.
 
     Returns:
       A :class:`Solution`.
 
     Raises:
       ValueError: for invalid arguments, before anything is computed. Traced values
-        (rtol, atol, t0, t1, ts) are checked when the program runs instead.
+        (rtol, atol, t0, t1, ts, steps) are checked when the program runs instead.
     """
     if not callable(field):
         raise ValueError(f"field must be callable as field(t, y, args); got {type(field).__name__}")
