@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from odeformer.solve import Solution, solve
+from odeformer.solve import Solution, _concrete, solve
 
 
 def vector_field(module: nnx.Module) -> tuple[Callable, nnx.State]:
@@ -71,6 +71,11 @@ class ODEBlock(nnx.Module):
             raise ValueError("this ODEBlock is adaptive (steps=None): a step count does not apply")
         fixed = dict(steps=self.steps, max_steps=self.max_steps)
         if steps is not None:
+            # A traced count is checked by solve at run time, against max_steps = self.steps.
+            known = _concrete(steps)
+            if known is not None and known.shape == () and not 1 <= known <= self.steps:
+                raise ValueError(f"steps={known} must lie in [1, {self.steps}]: this ODEBlock's "
+                                 f"steps={self.steps} is the most a call may ask for")
             fixed = dict(steps=jnp.asarray(steps), max_steps=self.steps)
         return dict(
             t1=self.t1 if t1 is None else t1, solver=self.solver,

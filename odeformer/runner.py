@@ -119,7 +119,7 @@ def _structure_key(planned: PlannedRun, *, steps: bool = True) -> str:
     c = planned.run.config
     solver = {k: c.solver[k] for k in ("name", "adaptive", "adjoint", "max_steps")}
     if not c.solver.adaptive and steps:
-        solver["steps"] = planned.step_bound
+        solver["steps"] = _solver_spec(planned).steps
     task = {k: v for k, v in c.task.to_dict().items() if k != "seed"}
     train = {k: c.train[k] for k in ("batch_size", "microbatch", "num_steps", "warmup_steps",
                                       "grad_clip", "eval_batch_size")}
@@ -131,7 +131,8 @@ def _structure_key(planned: PlannedRun, *, steps: bool = True) -> str:
 
 def _solver_spec(planned: PlannedRun) -> SolverSpec:
     c = planned.run.config
-    return SolverSpec(name=c.solver.name, steps=None if c.solver.adaptive else planned.step_bound,
+    bound = c.solver.steps if planned.step_bound is None else planned.step_bound
+    return SolverSpec(name=c.solver.name, steps=None if c.solver.adaptive else bound,
                       adjoint=c.solver.adjoint, max_steps=c.solver.max_steps)
 
 

@@ -73,6 +73,8 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
                   "t1": jnp.asarray(solver.t1, jnp.float32)},
     }
     if "steps" in solver:
+        if not (is_int(solver.steps) and solver.steps >= 1):
+            raise ValueError(f"solver.steps={solver.steps!r} must be an integer >= 1")
         state["hyper"]["steps"] = jnp.asarray(solver.steps, jnp.int32)
     if penalty:
         state["penalty"] = {name: jnp.asarray(w, jnp.float32) for name, w in penalty.items()}

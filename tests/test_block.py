@@ -105,6 +105,8 @@ def test_block_step_count_override_is_traced_bounded_by_its_steps_and_compiles_o
     assert len(traces) == 1
     with pytest.raises(Exception, match=r"steps=\(a traced value\) must lie in \[1, max_steps=5\]"):
         jax.block_until_ready(run(state, jnp.asarray(6), t1).y1)
+    with pytest.raises(ValueError, match=r"steps=6 must lie in \[1, 5\]: this ODEBlock's steps=5"):
+        block.integrate(x, steps=6)
     adaptive = odeformer.ODEBlock(field, solver="dopri5", rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="adaptive .*: a step count does not apply"):
         adaptive.integrate(x, steps=3)

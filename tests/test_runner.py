@@ -1,5 +1,6 @@
 """End-to-end sweeps: results, resume, failures, shards, compile reuse, the CLI."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -103,6 +104,8 @@ def test_step_count_axis_compiles_once_and_equals_each_count_trained_alone(tmp_p
     c.sweep = ml_collections.ConfigDict({"solver": {"steps": (3, 1, 2)}})
     planned = runner.plan(c)
     assert [p.step_bound for p in planned] == [3, 3, 3]
+    unbounded = dataclasses.replace(planned[1], step_bound=None)  # not made by plan: its own count
+    assert runner._solver_spec(unbounded).steps == 1
     run_sweep(c, tmp_path / "swept", quiet=True)
     swept = results.load(tmp_path / "swept").set_index("solver.steps")
     assert set(swept.status) == {"ok"} and swept.compile_reused.sum() == 2

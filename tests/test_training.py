@@ -184,6 +184,21 @@ def test_bad_microbatch_is_refused_with_its_key(microbatch, batch, shards, messa
             make_train_step(graphdef, tx, batch, microbatch=microbatch)
 
 
+def test_the_state_carries_a_traced_step_count_and_refuses_a_bad_one():
+    data, graphdef, tx, state = _setup()  # an RK4 model with SolverSpec steps=2
+    step = make_train_step(graphdef, tx, 32)
+    counts = []
+    for steps in (1, 2):
+        with_steps = ml_collections.ConfigDict({**SOLVER.to_dict(), "steps": steps})
+        fresh = init_state(_copy(state["params"]), tx, with_steps)  # the step donates it
+        assert int(fresh["hyper"]["steps"]) == steps
+        counts.append(int(step(fresh, data.train, jax.random.key(0))[1]["nfe"]))
+    assert counts == [4, 8] and step._cache_size() == 1
+    for bad in (0, 2.5, True, None):
+        with pytest.raises(ValueError, match=f"solver.steps={bad!r} must be an integer >= 1"):
+            init_state(state["params"], tx, ml_collections.ConfigDict({**SOLVER.to_dict(), "steps": bad}))
+
+
 def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
     import jax.numpy as jnp
     import optax
