@@ -104,14 +104,14 @@ def _bound_steps(planned: list[PlannedRun]) -> list[PlannedRun]:
     structure differs from its own only in that count, so that one compiled step serves
     them all (``odeformer.solve`` with a traced ``steps``; same results as a compile per
     count)."""
-    bounds = {}
-    for p in planned:
-        if not p.run.config.solver.adaptive:
-            key = _structure_key(p, steps=False)
-            bounds[key] = max(bounds.get(key, 0), p.run.config.solver.steps)
-    return [p if p.run.config.solver.adaptive
-            else dataclasses.replace(p, step_bound=bounds[_structure_key(p, steps=False)])
+    keys = [None if p.run.config.solver.adaptive else _structure_key(p, steps=False)
             for p in planned]
+    bounds = {}
+    for p, key in zip(planned, keys, strict=True):
+        if key is not None:
+            bounds[key] = max(bounds.get(key, 0), p.run.config.solver.steps)
+    return [p if key is None else dataclasses.replace(p, step_bound=bounds[key])
+            for p, key in zip(planned, keys, strict=True)]
 
 
 def _structure_key(planned: PlannedRun, *, steps: bool = True) -> str:
