@@ -31,6 +31,20 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows: the
+    development VM has run on different hosts (AMD EPYC, Intel Xeon) between sessions, and
+    absolute times only compare on the same one."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:
     """Sets this process up as ``python -m experiments.run`` does and prints the run header.
 
@@ -43,7 +57,7 @@ def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:
     print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
     print("host memory:", "odeformer.reuse_host_memory() applied" if applied else "system malloc defaults")
     extra = "".join(f", {name} {version}" for name, version in versions.items())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
           f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}{extra}")
 
 
