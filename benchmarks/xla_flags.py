@@ -67,7 +67,7 @@ def max_rel_diff(got, want) -> float:
 def compile_variants(step, state, y0, options):
     """name -> (compiled, compile s, temp MB, same optimised HLO as the default's?); refused
     options are printed and left out."""
-    compiled = {}
+    compiled, default_text = {}, None
     lowered = step.lower(state, y0)
     for name, (opts, _) in options.items():
         jax.clear_caches()
@@ -79,8 +79,9 @@ def compile_variants(step, state, y0, options):
             continue
         seconds = time.perf_counter() - start
         text = program.as_text()
+        default_text = text if default_text is None else default_text  # "default" comes first
         compiled[name] = (program, seconds, program.memory_analysis().temp_size_in_bytes / 1e6,
-                          text == compiled["default"][0].as_text() if compiled else True)
+                          text == default_text)
     return compiled
 
 

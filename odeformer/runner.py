@@ -32,6 +32,7 @@ from odeformer.models import ModelShape, SolverSpec, build_model
 from odeformer.regularisers import PENALTIES
 from odeformer.regularisers import weights as penalty_weights
 from odeformer.sharding import make_mesh, place, replicated, state_shardings
+from odeformer.solvers import solver_info
 from odeformer.stability import forward_mode, make_stability_step, summarise
 from odeformer.studies import STUDIES
 from odeformer.sweeps import Run, expand, shard
@@ -44,7 +45,7 @@ from odeformer.training import (
     make_optimizer,
     make_train_step,
 )
-from odeformer.workers import BuildOnce, Stopped, check_workers, execute
+from odeformer.workers import BuildOnce, Stopped, check_workers, execute, start_order
 
 _SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 
@@ -134,6 +135,21 @@ def _solver_spec(planned: PlannedRun) -> SolverSpec:
     bound = c.solver.steps if planned.step_bound is None else planned.step_bound
     return SolverSpec(name=c.solver.name, steps=None if c.solver.adaptive else bound,
                       adjoint=c.solver.adjoint, max_steps=c.solver.max_steps)
+
+
+_ADAPTIVE_STEPS_GUESS = 8  # an adaptive run's steps are unknown before it runs
+
+
+def _estimated_cost(planned: PlannedRun) -> float:
+    """A training run's cost up to a constant, to order a sweep's runs only: training steps
+    x batch x field evaluations per forward pass x width^2."""
+    c, shape = planned.run.config, planned.shape
+    if shape.family == "discrete":
+        evals = shape.layers
+    else:
+        steps = _ADAPTIVE_STEPS_GUESS if c.solver.adaptive else c.solver.steps
+        evals = solver_info(c.solver.name).evals_per_step * steps
+    return float(c.train.num_steps * c.train.batch_size * evals * shape.width ** 2)
 
 
 def _step_bytes(compiled) -> int | None:
@@ -346,6 +362,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
     (``odeformer.workers``; single-process sweeps only). Results do not depend on it;
     the timings in each row (``train_time_s``, ``step_ms``, ``compile_s``) are then
     measured while other runs share the machine, and the row's ``workers`` says so.
+    Several workers start a sweep's training runs costliest first, keeping runs that
+    share a compiled step from starting side by side (``odeformer.workers.start_order``).
     """
     check_workers(workers, jax.process_count())
     workdir = Path(workdir)
@@ -358,7 +376,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
         def train(item, stop):
             return train_run(item, workdir, tasks, compiled, run_progress, stop)
 
-        return _sweep(items, workdir, lambda item: item.run, _row, train, progress, workers)
+        def schedule(todo):
+            return start_order(todo, _structure_key, _estimated_cost, workers)
+
+        return _sweep(items, workdir, lambda item: item.run, _row, train, progress, workers, schedule)
     items = shard(expand(config), shard_index, shard_count)  # checks config.experiment first
     study = STUDIES[config.experiment]
 
@@ -374,7 +395,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
 
 
 def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
-           workers: int) -> SweepSummary:
+           workers: int, schedule=None) -> SweepSummary:
     """Executes every unfinished item, recording each row as soon as it is known.
 
     Args:
@@ -385,10 +406,15 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
         ``RunFailed`` for a final failure.
       progress: show a bar over runs.
       workers: worker threads (``odeformer.workers.execute``).
+      schedule: ``todo -> todo`` reordered, the order in which runs start (training:
+        ``odeformer.workers.start_order``); None keeps grid order. Rows, failures and the
+        table do not depend on it.
     """
     primary = jax.process_index() == 0
     todo = [item for item in items if not _finished(workdir, run_of(item).run_id)]
     order = {run_of(item).run_id: i for i, item in enumerate(todo)}
+    if schedule is not None:
+        todo = schedule(todo)
     failed = []
 
     def row_of(item, stop):

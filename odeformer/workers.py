@@ -16,7 +16,7 @@ is raised again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from typing import Any, TypeVar
 
@@ -65,6 +65,35 @@ def check_workers(workers: int, processes: int) -> None:
     if workers > 1 and processes > 1:
         raise ValueError(f"workers={workers} needs a single process; this sweep runs on "
                          f"{processes} processes, so use workers=1")
+
+
+def start_order(items: Sequence[T], structure: Callable[[T], Hashable], cost: Callable[[T], float],
+                workers: int) -> list[T]:
+    """The order in which ``execute`` should start ``items`` on ``workers`` threads.
+
+    Items of one ``structure`` share a compile (``BuildOnce``): one started beside the
+    item that compiles its structure waits for that compile with its core idle. So the
+    costliest item goes first (longest-processing-time first: a long item left for last
+    would run alone at the end), except that an item is passed over, for now, while its
+    structure's first item is among the ``workers - 1`` items started just before it; if
+    every remaining item is passed over, the costliest is taken anyway. With one worker,
+    or for items of equal cost and distinct structures, the order is unchanged (the sort
+    is stable). ``cost`` is an estimate; it only orders the items.
+    """
+    if workers == 1:
+        return list(items)
+    keys = [structure(item) for item in items]
+    remaining = sorted(range(len(items)), key=lambda i: cost(items[i]), reverse=True)
+    started, compiles = [], []  # compiles[j]: does started[j] compile its structure?
+    seen = set()
+    while remaining:
+        window = range(max(0, len(started) - (workers - 1)), len(started))
+        compiling = {keys[started[j]] for j in window if compiles[j]}
+        pick = remaining.pop(next((n for n, i in enumerate(remaining) if keys[i] not in compiling), 0))
+        compiles.append(keys[pick] not in seen)
+        seen.add(keys[pick])
+        started.append(pick)
+    return [items[i] for i in started]
 
 
 def execute(items: Iterable[T], run_item: Callable[[T, threading.Event], dict],

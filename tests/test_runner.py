@@ -63,6 +63,23 @@ def test_runs_on_two_workers_match_one_worker_bit_for_bit_and_share_one_compile(
         pd.testing.assert_series_equal(two[column], one.loc[two.index, column], check_exact=True)
 
 
+def test_several_workers_start_the_costliest_run_first_and_apart_from_its_compile(tmp_path, monkeypatch):
+    """run_sweep hands ``execute`` its runs in ``start_order``: rk4 x 2 (8 evaluations per
+    forward) first, then euler x 2 rather than rk4 x 1, which would wait for rk4's compile;
+    one worker keeps grid order."""
+    c = tiny_config(**{"sweep.solver": {"name": ("euler", "rk4"), "steps": (1, 2)}})
+    started = {}
+
+    def record(items, run_item, finish, workers):
+        started[workers] = [(p.run.config.solver.name, p.run.config.solver.steps) for p in items]
+
+    monkeypatch.setattr(runner, "execute", record)
+    for workers in (1, 2):
+        run_sweep(c, tmp_path / str(workers), quiet=True, workers=workers)
+    assert sorted(started[1]) == started[1]  # grid order: euler before rk4, 1 before 2
+    assert started[2] == [("rk4", 2), ("euler", 2), ("rk4", 1), ("euler", 1)]
+
+
 def test_a_run_stops_at_the_next_step_once_the_stop_event_is_set(tmp_path):
     planned = runner.plan(tiny_config())[0]
     stop = threading.Event()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from odeformer.workers import BuildOnce, Stopped, check_workers, execute
+from odeformer.workers import BuildOnce, Stopped, check_workers, execute, start_order
 
 WAIT_S = 30  # a generous bound on waits that take milliseconds when the code is right
 
@@ -141,3 +141,37 @@ def test_bad_worker_counts_are_refused(workers, processes, message):
     with pytest.raises(ValueError, match=message):
         check_workers(workers, processes)
     check_workers(1, processes)
+
+
+def _order(items, workers):
+    """start_order over (name, structure, cost) triples, returning the names."""
+    return [name for name, _, _ in start_order(items, lambda i: i[1], lambda i: i[2], workers)]
+
+
+def test_start_order_is_grid_order_for_one_worker():
+    items = [("a", "S", 1.0), ("b", "S", 9.0), ("c", "T", 5.0)]
+    assert _order(items, 1) == ["a", "b", "c"]
+
+
+def test_start_order_starts_the_costliest_first_and_keeps_ties_in_grid_order():
+    items = [("small", "A", 1.0), ("big", "B", 9.0), ("mid1", "C", 5.0), ("mid2", "D", 5.0)]
+    assert _order(items, 2) == ["big", "mid1", "mid2", "small"]
+
+
+def test_start_order_keeps_a_run_from_starting_beside_the_compile_of_its_structure():
+    # a2 would wait, its core idle, for a1's compile: b1 starts beside a1 instead.
+    items = [("a1", "A", 10.0), ("a2", "A", 9.0), ("b1", "B", 1.0)]
+    assert _order(items, 2) == ["a1", "b1", "a2"]
+    # Once the compile is two starts back, a run of that structure may start (2 workers).
+    items = [("a1", "A", 10.0), ("a2", "A", 9.0), ("b1", "B", 2.0), ("c1", "C", 1.0)]
+    assert _order(items, 2) == ["a1", "b1", "a2", "c1"]
+    # With 3 workers the compile stays in the window of the last 2 starts.
+    assert _order(items, 3) == ["a1", "b1", "c1", "a2"]
+
+
+def test_start_order_takes_the_costliest_when_every_remaining_run_would_wait():
+    items = [("a1", "A", 3.0), ("a2", "A", 2.0), ("a3", "A", 1.0)]
+    assert _order(items, 2) == ["a1", "a2", "a3"]
+    # Only a structure's first run compiles: a2 after a1 does not hold back a3.
+    items = [("a1", "A", 4.0), ("b1", "B", 3.0), ("a2", "A", 2.0), ("a3", "A", 1.0)]
+    assert _order(items, 2) == ["a1", "b1", "a2", "a3"]
