@@ -84,14 +84,11 @@ def start_order(items: Sequence[T], structure: Callable[[T], Hashable], cost: Ca
         return list(items)
     keys = [structure(item) for item in items]
     remaining = sorted(range(len(items)), key=lambda i: cost(items[i]), reverse=True)
-    started, compiles = [], []  # compiles[j]: does started[j] compile its structure?
-    seen = set()
+    started, first = [], {}  # first[key]: the start position of the run that compiles key
     while remaining:
-        window = range(max(0, len(started) - (workers - 1)), len(started))
-        compiling = {keys[started[j]] for j in window if compiles[j]}
+        compiling = {key for key, j in first.items() if j >= len(started) - (workers - 1)}
         pick = remaining.pop(next((n for n, i in enumerate(remaining) if keys[i] not in compiling), 0))
-        compiles.append(keys[pick] not in seen)
-        seen.add(keys[pick])
+        first.setdefault(keys[pick], len(started))
         started.append(pick)
     return [items[i] for i in started]
 
