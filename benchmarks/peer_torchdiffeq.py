@@ -6,9 +6,11 @@ torch and torchdiffeq come from the ``bench`` extra (``pip install -e ".[bench]"
 training step (loss ``mean(x(1)**2)`` on [0, 1] and its gradient in all parameters) of
 ``TransformerBlockField(64, 4)``, float32, x (32, 64, 64): odeformer ``adjoint="checkpoint"`` vs
 backprop through ``torchdiffeq.odeint`` (eager torch field, JAX weights copied in; field, NFE,
-losses, gradients checked first). torchdiffeq's fixed-grid ``rk4`` is Kutta's 3/8 rule: ``rk4``
-pits classic RK4 against it at equal NFE, ``rk4 3/8`` runs the 3/8 rule on both sides. ``dopri5``:
-rtol = atol = 1e-5, each library's own first step; error against float64 dopri8 at 1e-10.
+losses, gradients checked first). The odeformer step is jitted with
+``compiler_options=odeformer.compiler_options()``, as the runner's steps are. torchdiffeq's
+fixed-grid ``rk4`` is Kutta's 3/8 rule: ``rk4`` pits classic RK4 against it at equal NFE,
+``rk4 3/8`` runs the 3/8 rule on both sides. ``dopri5``: rtol = atol = 1e-5, each library's own
+first step; error against float64 dopri8 at 1e-10.
 """
 
 import argparse
@@ -90,7 +92,7 @@ def jax_step(f, solver, steps, microbatch=0):
 
     whole = jax.value_and_grad(loss, has_aux=True)
     if not microbatch:
-        return jax.jit(whole)
+        return jax.jit(whole, compiler_options=odeformer.compiler_options())
 
     def chunked(state, y0):
         def chunk_gradient(state, y, i):
@@ -101,7 +103,7 @@ def jax_step(f, solver, steps, microbatch=0):
         grads, (values, nfe, y1) = odeformer.accumulate(chunk_gradient, state, chunks)
         return (values.mean(), (nfe.max(), y1.reshape(y0.shape))), grads
 
-    return jax.jit(chunked)
+    return jax.jit(chunked, compiler_options=odeformer.compiler_options())
 
 
 def torch_step(field, method, steps, y0):

@@ -121,7 +121,8 @@ def main():
             return jnp.mean(sol.y1**2), sol.stats["nfe"]
 
         start = time.perf_counter()
-        compiled = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(state, y0).compile()
+        compiled = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                           compiler_options=odeformer.compiler_options()).lower(state, y0).compile()
         (_, nfe), _ = jax.block_until_ready(compiled(state, y0))
         print(f"{solver:6s} compile + first run: {time.perf_counter() - start:.1f}s")
         steps_fns[solver] = compiled

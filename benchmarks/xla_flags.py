@@ -1,4 +1,5 @@
-"""python benchmarks/xla_flags.py [--solvers euler,rk4] [--batch 32] [--repeats 15] [--quick]
+"""python benchmarks/xla_flags.py [--solvers euler,rk4] [--batch 32] [--tokens 64] [--width 64]
+    [--options NAME,...] [--repeats 15] [--quick]
 
 The training step under XLA:CPU's own options, against the default compile.
 
@@ -48,6 +49,8 @@ OPTIONS = {
                               "orders independent ops to run side by side"),
     "memory scheduler": ({"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
                          "orders ops for a smaller live set"),
+    "eigen single-threaded": ({"xla_cpu_multi_thread_eigen": False},
+                              "odeformer.compiler_options() on CPU; changes how the attention is fused"),
 }
 LOOSE = {"fast math": 1e-3}  # reassociation moves float32 gradients beyond 1e-4
 
@@ -90,15 +93,23 @@ def main():
     parser.add_argument("--solvers", default="euler,rk4", help="comma-separated fixed-step solvers")
     parser.add_argument("--batch", type=int, default=32, help="examples per step")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each variant")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per example")
+    parser.add_argument("--width", type=int, default=64, help="model width (4 heads)")
+    parser.add_argument("--options", default=",".join(OPTIONS),
+                        help="comma-separated names of OPTIONS to compare (the default always runs)")
     parser.add_argument("--quick", action="store_true", help="batch 2, 3 repeats, three options")
     args = parser.parse_args()
     batch, repeats = (2, 3) if args.quick else (args.batch, args.repeats)
-    options = {k: OPTIONS[k] for k in ("default", "ynn fusions off", "fast math")} if args.quick else OPTIONS
+    names = ["ynn fusions off", "fast math"] if args.quick else args.options.split(",")
+    unknown = sorted(set(names) - set(OPTIONS))
+    if unknown:
+        parser.error(f"--options: unknown {unknown}; choose from {', '.join(OPTIONS)}")
+    options = {k: OPTIONS[k] for k in ["default", *(n for n in names if n != "default")]}
 
     start_benchmark()
-    print(f"workload: TransformerBlockField(64, 4) float32, x {(batch, 64, 64)}, {STEPS} fixed steps, "
-          f"checkpoint adjoint, {repeats} repeats\n")
-    f, state, y0 = block_workload(batch)
+    print(f"workload: TransformerBlockField({args.width}, 4) float32, x {(batch, args.tokens, args.width)}, "
+          f"{STEPS} fixed steps, checkpoint adjoint, {repeats} repeats\n")
+    f, state, y0 = block_workload(batch, args.tokens, args.width)
     for solver in args.solvers.split(","):
         print(f"{solver}: compiling {len(options)} variants")
         compiled = compile_variants(train_step(f, solver), state, y0, options)

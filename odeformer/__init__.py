@@ -2,6 +2,7 @@
 
 from odeformer import datasets  # noqa: F401  (registers the tabular tasks)
 from odeformer.block import ODEBlock, vector_field
+from odeformer.compile_options import compiler_options
 from odeformer.embeddings import EMBEDDINGS, EmbeddingSpec, FeatureEmbedding, FeatureTokenizer
 from odeformer.fields import (
     MLP,
@@ -25,6 +26,6 @@ __all__ = [
     "ADAPTIVE_SOLVERS", "ADJOINTS", "EMBEDDINGS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES",
     "AttentionField", "EmbeddingSpec", "FeatureEmbedding", "FeatureTokenizer", "MultiHeadAttention",
     "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear", "TimeParam", "TimeSpec",
-    "TransformerBlockField", "Vocabulary", "accumulate", "count_params", "make_mesh",
+    "TransformerBlockField", "Vocabulary", "accumulate", "compiler_options", "count_params", "make_mesh",
     "reuse_host_memory", "solve", "solver_order", "vector_field",
 ]

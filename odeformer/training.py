@@ -23,6 +23,7 @@ import pandas as pd
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from odeformer.compile_options import compiler_options
 from odeformer.config_checks import is_int
 from odeformer.microbatch import accumulate
 from odeformer.sharding import DATA, batch_sharding
@@ -191,6 +192,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     Jacobian regulariser's noise is drawn per chunk. Smaller chunks need less memory and,
     on CPU, can be faster when one pass's activations outgrow the cache (``python
     benchmarks/microbatch.py``).
+
+    Compiled with :func:`odeformer.compiler_options` for the mesh's platform (as is the
+    eval step).
     """
     chunks = check_microbatch(microbatch, batch_size, 1 if mesh is None else mesh.shape[DATA])
     place = _batch_placement(mesh, axis=0 if chunks == 1 else 1)
@@ -218,7 +222,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
                    "failed_at": new_state["failed_at"], "failure": new_state["failure"]}
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options(mesh))
 
 
 def make_eval_step(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
@@ -234,7 +238,7 @@ def make_eval_step(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
                 # P(last class): the ranking score of binary tasks (ROC AUC)
                 "score": jax.nn.softmax(aux["logits"])[..., -1], "nfe": aux["nfe"], "ok": aux["ok"]}
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, compiler_options=compiler_options(mesh))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The pure train step: determinism, traced learning rate, learning (float32)."""
 
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from odeformer.compile_options import CPU_OPTIONS, compiler_options
 from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
 from odeformer.tasks import make_task
-from odeformer.training import init_state, make_optimizer, make_train_step
+from odeformer.training import init_state, make_eval_step, make_optimizer, make_train_step
 
 TASK = ml_collections.ConfigDict(dict(name="majority", seed=0, vocab_size=4, seq_len=8,
                                       num_train=512, num_test=64))
@@ -225,3 +227,29 @@ def test_train_and_test_splits_of_different_sizes_share_one_eval_compile():
         split = {k: v[:size] for k, v in data.test.items()}
         evaluate(eval_step, state["params"], state["hyper"], split, chunk=16, num_classes=data.num_classes)
     assert eval_step._cache_size() == 1
+
+
+def test_steps_compile_with_the_cpu_options_and_agree_with_the_default_compile():
+    """The train and eval steps pass ``compiler_options`` (on CPU: ``CPU_OPTIONS``): their
+    programs are those an explicit compile with the options gives, not XLA's default ones,
+    and a train step agrees with the default-compiled step up to float rounding."""
+    assert compiler_options() == CPU_OPTIONS == {"xla_cpu_multi_thread_eigen": False}
+    gpu_mesh = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="gpu")]))
+    assert compiler_options(gpu_mesh) is None
+    data, graphdef, tx, state = _setup()
+    key = jax.random.key(0)
+    eval_args = (state["params"], state["hyper"], jax.tree.map(lambda a: a[:16], data.test), jnp.ones(16))
+    for step, args, donate in [(make_train_step(graphdef, tx, 32), (state, data.train, key), 0),
+                               (make_eval_step(graphdef), eval_args, ())]:
+        ours = step.lower(*args).compile()
+        default = jax.jit(step.__wrapped__, donate_argnums=donate).lower(*args).compile()
+        explicit = jax.jit(step.__wrapped__, donate_argnums=donate).lower(*args).compile(
+            compiler_options=CPU_OPTIONS)
+        assert ours.as_text() == explicit.as_text() != default.as_text()
+    ours = make_train_step(graphdef, tx, 32)
+    default = jax.jit(ours.__wrapped__)
+    got, metrics = ours(_copy(state), data.train, key)
+    want, expected = default(_copy(state), data.train, key)
+    np.testing.assert_allclose(metrics["loss"], expected["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(want["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
