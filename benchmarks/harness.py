@@ -77,14 +77,24 @@ def assert_leaves_close(got, want, rtol: float, what: str) -> None:
         np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * float(np.max(np.abs(w))), err_msg=what)
 
 
-def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int,
+                   block: int = 1) -> dict[str, list[float]]:
     """Wall time in ms of each zero-argument call, ``repeats`` times, run A, B, C, A, B, C,
     ... so that the machine's drift hits every call alike. Results are waited for with
-    ``jax.block_until_ready``; compile and warm up before calling this."""
+    ``jax.block_until_ready``; compile and warm up before calling this.
+
+    ``block > 1``: each turn runs one untimed call and then ``block`` timed ones (A x block,
+    B x block, ...; ``repeats * block`` times per call, in turn order). For calls into
+    different runtimes: each one's idle worker threads spin for a while after a call, and
+    would otherwise share the cores with the next call of the other (benchmarks/README.md,
+    "Against PyTorch")."""
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            times[name].append(1e3 * (time.perf_counter() - start))
+            if block > 1:
+                jax.block_until_ready(call())
+            for _ in range(block):
+                start = time.perf_counter()
+                jax.block_until_ready(call())
+                times[name].append(1e3 * (time.perf_counter() - start))
     return times

@@ -1,4 +1,4 @@
-"""python benchmarks/peer_torchdiffeq.py [--steps 8] [--repeats 20] [--quick]
+"""python benchmarks/peer_torchdiffeq.py [--steps 8] [--repeats 20] [--block 4] [--quick]
 
 odeformer (JAX + Diffrax) against PyTorch + torchdiffeq on identical work.
 
@@ -11,6 +11,11 @@ losses, gradients checked first). The odeformer step is jitted with
 fixed-grid ``rk4`` is Kutta's 3/8 rule: ``rk4`` pits classic RK4 against it at equal NFE,
 ``rk4 3/8`` runs the 3/8 rule on both sides. ``dopri5``: rtol = atol = 1e-5, each library's own
 first step; error against float64 dopri8 at 1e-10.
+
+Timing: turns of ``--block`` runs of each side (one untimed run first), so neither side runs
+while the other's idle worker threads still spin; the call-by-call alternation is printed
+beside it. On a GPU (JAX's default backend ``gpu`` and a CUDA build of torch) both sides run
+there, in float32 with full-precision matmuls on both (JAX's default would use TF32).
 """
 
 import argparse
@@ -33,6 +38,10 @@ import odeformer
 
 RTOL = 1e-4
 TOL = 1e-5
+# torch runs where JAX does: on the GPU when JAX's default backend is one and torch has CUDA.
+DEVICE = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+if jax.default_backend() == "gpu":  # float32 matmuls as torch's default computes them, not TF32
+    jax.config.update("jax_default_matmul_precision", "highest")
 
 
 class RK38(diffrax.AbstractERK):
@@ -65,7 +74,8 @@ class TorchBlockField(torch.nn.Module):
 
     def __init__(self, params, heads):
         super().__init__()
-        self.p = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.tensor(v)) for k, v in params.items()})
+        self.p = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.tensor(v, device=DEVICE))
+                                         for k, v in params.items()})
         self.heads, self.nfe = heads, 0
 
     def forward(self, t, x):
@@ -112,10 +122,12 @@ def torch_step(field, method, steps, y0):
 
     def step():
         field.nfe = 0
-        y1 = torchdiffeq.odeint(field, y0, torch.tensor([0.0, 1.0]), method=method, **options)[-1]
+        span = torch.tensor([0.0, 1.0], device=DEVICE)
+        y1 = torchdiffeq.odeint(field, y0, span, method=method, **options)[-1]
         loss = torch.mean(y1**2)
         grads = torch.autograd.grad(loss, list(field.p.values()))
-        return loss.item(), field.nfe, y1.detach().numpy(), dict(zip(field.p.keys(), grads, strict=True))
+        grads = dict(zip(field.p.keys(), grads, strict=True))
+        return loss.item(), field.nfe, y1.detach().cpu().numpy(), grads
 
     return step
 
@@ -132,23 +144,29 @@ def check_same_work(name, fixed, exact, jax_result, torch_result):
     if exact:
         assert rel_err(loss, t_loss) <= RTOL, f"{name}: loss {float(loss)} (odeformer) != {t_loss} (torch)"
         for key, g in flat_params(grads).items():
-            err = rel_err(t_grads[key].numpy(), g)
+            err = rel_err(t_grads[key].cpu().numpy(), g)
             assert err <= RTOL, f"{name}: gradient of {key} differs by {err:.1e} of its max (> {RTOL})"
     return rel_err(loss, t_loss)
 
 
-def time_interleaved(jax_fn, torch_fn, repeats):
-    """Median ms of each side and median per-pair ratio, run A, B, A, B, ...; then the
-    ratio of medians with each side run alone, ``repeats`` times in a row (the two runtimes'
-    thread pools then do not take turns on the same cores)."""
-    ms = interleaved_ms({"jax": jax_fn, "torch": torch_fn}, repeats)
-    ratio = statistics.median(a / b for a, b in zip(ms["jax"], ms["torch"], strict=True))
-    alone = {name: statistics.median(interleaved_ms({name: fn}, repeats)[name])
-             for name, fn in (("jax", jax_fn), ("torch", torch_fn))}
-    return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio, alone["jax"] / alone["torch"]
+def time_interleaved(jax_fn, torch_fn, repeats, block):
+    """``(odeformer ms, torch ms, ratio, ratio call by call)``. ``ratio``: blocks of each
+    side in turn (one untimed call, then ``block`` timed ones; ``repeats // block`` turns
+    each), the median over turns of the ratio of the two blocks' medians; the ms are each
+    side's median over its blocks. ``ratio call by call``: sides alternating every call
+    (A, B, A, B, ...; ``repeats`` pairs), the median per-pair ratio. Call by call, each
+    runtime's worker threads are still spinning from its last call while the other's run,
+    so both sides are slowed (benchmarks/README.md)."""
+    turns = max(1, repeats // block)
+    ms = interleaved_ms({"jax": jax_fn, "torch": torch_fn}, turns, block=block)
+    per_turn = {name: np.median(np.reshape(ms[name], (turns, block)), axis=1) for name in ms}
+    ratio = float(np.median(per_turn["jax"] / per_turn["torch"]))
+    pairs = interleaved_ms({"jax": jax_fn, "torch": torch_fn}, repeats)
+    by_call = statistics.median(a / b for a, b in zip(pairs["jax"], pairs["torch"], strict=True))
+    return statistics.median(ms["jax"]), statistics.median(ms["torch"]), ratio, by_call
 
 
-def print_one_evaluation(f, state, y0, t_field, t_y0, repeats):
+def print_one_evaluation(f, state, y0, t_field, t_y0, repeats, block):
     """One field evaluation's forward + backward (loss ``mean(F(x)**2)``, gradient in the
     parameters), each framework on its own: what every solver step of either side is made of."""
     jax_fn = functools.partial(jax.jit(jax.grad(lambda s, y: jnp.mean(f(0.0, y, s) ** 2))), state, y0)
@@ -159,23 +177,26 @@ def print_one_evaluation(f, state, y0, t_field, t_y0, repeats):
 
     jax.block_until_ready(jax_fn())
     torch_fn()
-    ms_jax, ms_torch, ratio, alone = time_interleaved(jax_fn, torch_fn, 3 * repeats)
+    ms_jax, ms_torch, ratio, by_call = time_interleaved(jax_fn, torch_fn, 3 * repeats, block)
     print(f"one field evaluation, forward + backward: odeformer {ms_jax:.2f} ms, torch {ms_torch:.2f} ms, "
-          f"ratio {ratio:.2f} (each alone {alone:.2f})")
+          f"ratio {ratio:.2f} (call by call {by_call:.2f})")
 
 
 def reference(params, heads, y0):
     """x(1) by torchdiffeq dopri8 in float64 at rtol = atol = 1e-10."""
     with torch.no_grad():
         ys = torchdiffeq.odeint(TorchBlockField(params, heads).double(), y0.double(),
-                                torch.tensor([0.0, 1.0]), rtol=1e-10, atol=1e-10, method="dopri8")
-    return ys[-1].numpy()
+                                torch.tensor([0.0, 1.0], device=DEVICE), rtol=1e-10, atol=1e-10,
+                                method="dopri8")
+    return ys[-1].cpu().numpy()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[2])
     parser.add_argument("--steps", type=int, default=8, help="fixed steps over [0, 1]")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each side per case")
+    parser.add_argument("--block", type=int, default=4,
+                        help="timed runs of one side in a row before the other's turn (1: every call)")
     parser.add_argument("--microbatch", type=int, default=0,
                         help="odeformer's gradient in chunks of this many examples (0: the whole batch)")
     parser.add_argument("--data-parallel", action="store_true",
@@ -195,7 +216,8 @@ def main():
 
     start_benchmark(torch=torch.__version__, torchdiffeq=torchdiffeq.__version__)
     print(f"threads: XLA {cores} (affinity mask; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), "
-          f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+          f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}; "
+          f"torch device {DEVICE}")
     print(f"workload: TransformerBlockField({width}, {heads}) float32, x {(batch, tokens, width)}, "
           f"{args.steps} fixed steps, dopri5 at rtol=atol={TOL:g}, {repeats} repeats; odeformer's "
           f"gradient {f'in chunks of {args.microbatch}' if args.microbatch else 'on the whole batch'}"
@@ -204,13 +226,13 @@ def main():
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(width, heads, rngs=nnx.Rngs(param_key)))
     y0 = jax.random.normal(data_key, (batch, tokens, width), jnp.float32)
-    t_field, t_y0 = TorchBlockField(flat_params(state), heads), torch.tensor(np.asarray(y0))
+    t_field, t_y0 = TorchBlockField(flat_params(state), heads), torch.tensor(np.asarray(y0), device=DEVICE)
     with torch.no_grad():
-        err = rel_err(t_field(torch.tensor(0.0), t_y0).numpy(), f(0.0, y0, state))
+        err = rel_err(t_field(torch.tensor(0.0), t_y0).cpu().numpy(), f(0.0, y0, state))
     assert err <= RTOL, f"one field evaluation differs by {err:.1e} of its max (> {RTOL})"
     print(f"field evaluation: torch vs odeformer differ by {err:.1e} of the max entry")
     ref = reference(flat_params(state), heads, t_y0)
-    print_one_evaluation(f, state, y0, t_field, t_y0, repeats)
+    print_one_evaluation(f, state, y0, t_field, t_y0, repeats, args.block)
     if args.data_parallel:  # after the checks above, which run on one device
         mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         y0 = jax.device_put(y0, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
@@ -228,15 +250,16 @@ def main():
               f"{float(jax_result[0][0]):.7f}, torch {torch_result[0]:.7f}; checks passed")
         nfes = (int(jax_result[0][1][0]), torch_result[1])
         errors = (rel_err(jax_result[0][1][1], ref), rel_err(torch_result[2], ref))
-        rows.append((name, nfes, errors, loss_diff, time_interleaved(jax_fn, torch_fn, repeats)))
+        rows.append((name, nfes, errors, loss_diff, time_interleaved(jax_fn, torch_fn, repeats, args.block)))
 
     print("\n| case | odeformer / torchdiffeq | nfe | err vs ref | loss diff | odeformer ms | torch ms "
-          "| ratio | ratio, each alone |\n|---|---|---|---|---|---|---|---|---|")
-    for name, nfes, errors, loss_diff, (ms_jax, ms_torch, ratio, alone) in rows:
+          "| ratio | ratio, call by call |\n|---|---|---|---|---|---|---|---|---|")
+    for name, nfes, errors, loss_diff, (ms_jax, ms_torch, ratio, by_call) in rows:
         print(f"| {name} | {CASES[name][3]} | {nfes[0]} / {nfes[1]} | {errors[0]:.1e} / {errors[1]:.1e} "
-              f"| {loss_diff:.1e} | {ms_jax:.1f} | {ms_torch:.1f} | {ratio:.2f} | {alone:.2f} |")
-    print("\nratio: median over interleaved pairs of odeformer ms / torch ms (< 1: odeformer faster); "
-          "each alone: ratio of medians of runs of one side only; err: max|x(1) - ref| / max|ref|; "
+              f"| {loss_diff:.1e} | {ms_jax:.1f} | {ms_torch:.1f} | {ratio:.2f} | {by_call:.2f} |")
+    print(f"\nratio: odeformer ms / torch ms (< 1: odeformer faster), median over turns of {args.block} runs "
+          "of each side\n(after one untimed run); call by call: median over pairs A, B, A, B, ..., where "
+          "each side's\nidle threads still spin while the other runs; err: max|x(1) - ref| / max|ref|; "
           "loss diff: |odeformer - torch| / |torch|")
 
 

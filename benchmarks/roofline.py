@@ -8,8 +8,10 @@ best n is then timed again interleaved with the training steps, and that same-lo
 is the ceiling the fractions use. (b) The training step of ``benchmarks/solver_overhead.py``:
 ``TransformerBlockField(64, 4)``, float32, x (32, 64, 64), ``mean(x(1)**2)`` after N fixed Euler / RK4 steps
 (``adjoint="checkpoint"``), value and gradient in the field state. Its FLOPs are counted
-three ways: XLA's ``cost_analysis()`` of the whole compiled step, XLA's count of one
-loop-free field evaluation (forward + VJP) times NFE, and an analytic count of the matmuls.
+several ways: XLA's ``cost_analysis()`` of the whole compiled step, XLA's count of one
+loop-free field evaluation (forward + VJP) times NFE, and analytic counts of the matmuls:
+4 forwards per evaluation (forward, recomputed forward, backward), the matmuls executed (less
+the recomputed products that nothing reads) and the model's 3 forwards (the MFU convention).
 Compilation is excluded from every timing; timings are medians, solvers interleaved.
 """
 
@@ -24,6 +26,7 @@ from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
 import odeformer
+from odeformer.solvers import solver_info
 
 
 def flops_of(compiled):
@@ -110,7 +113,9 @@ def main():
           "adjoint) + backward x2 = 4 x forward")
     print(f"  analytic {4 * analytic_fwd / 1e6:.1f} MFLOP; XLA, loop-free fwd + vjp: "
           f"{xla_eval / 1e6:.1f} MFLOP")
-    unused = per_matmul["out"] + per_matmul["mlp down"]  # the recompute's primal output is unused
+    # The recompute's primal output is unused where nothing but the step's result reads it:
+    # the last stage's out and mlp-down products (every evaluation's for Euler).
+    unused = per_matmul["out"] + per_matmul["mlp down"]
     print(f"  (XLA's vjp drops the recomputed out and mlp down forward: 4 x forward - "
           f"{unused / 1e6:.1f} = {(4 * analytic_fwd - unused) / 1e6:.1f} MFLOP of matmuls)\n")
 
@@ -126,7 +131,7 @@ def main():
         (_, nfe), _ = jax.block_until_ready(compiled(state, y0))
         print(f"{solver:6s} compile + first run: {time.perf_counter() - start:.1f}s")
         steps_fns[solver] = compiled
-        rows.append((solver, int(nfe), flops_of(compiled)))
+        rows.append((solver, int(nfe), flops_of(compiled), solver_info(solver).evals_per_step))
 
     # The ceiling's matmul runs interleaved with the steps too (euler, rk4, matmul, euler, ...),
     # so that the fraction compares times taken under the same load.
@@ -139,20 +144,23 @@ def main():
     ceiling = 2 * best_n**3 / (statistics.median(times["matmul"]) * 1e-3) / 1e9
     print(f"\nceiling measured interleaved with the steps (n = {best_n}): {ceiling:.1f} GFLOP/s")
 
-    print("GFLOP per training step, three counts: XLA whole = cost_analysis() of the compiled "
-          "step;\nXLA/eval = loop-free XLA fwd+vjp x nfe; matmul = analytic 4 x forward matmuls "
-          "x nfe.\nGFLOP/s and % of ceiling use the analytic matmul count (the ceiling is a "
-          "matmul).")
-    print("solver  nfe  XLA whole  XLA/eval   matmul  median ms  GFLOP/s  % ceiling  "
-          "(XLA/eval: GFLOP/s, %)")
-    for solver, nfe, xla_whole in rows:
+    print("GFLOP per training step, counts: XLA whole = cost_analysis() of the compiled step;\n"
+          "XLA/eval = loop-free XLA fwd+vjp (all ops) x nfe; matmul 4x = analytic 4 x forward "
+          "matmuls x nfe;\nexecuted = matmul 4x less the recomputed products nothing reads (the "
+          "last stage's out and\nmlp down per step); model = 3 x forward matmuls x nfe (forward + "
+          "backward, no recompute:\nthe MFU convention). % of ceiling: each matmul count / time "
+          "/ ceiling (the ceiling is a matmul).")
+    print("solver  nfe  XLA whole  XLA/eval  matmul 4x  executed   model  median ms  "
+          "% ceiling: 4x  executed  model  XLA/eval")
+    for solver, nfe, xla_whole, stages in rows:
         ms = statistics.median(times[solver])
-        analytic = 4 * analytic_fwd * nfe
-        rate, xla_rate = analytic / (ms * 1e-3) / 1e9, xla_eval * nfe / (ms * 1e-3) / 1e9
-        print(f"{solver:6s} {nfe:4d} {xla_whole / 1e9:10.3f} {xla_eval * nfe / 1e9:9.3f} "
-              f"{analytic / 1e9:8.3f} {ms:10.2f} {rate:8.1f} {100 * rate / ceiling:9.1f}  "
-              f"({xla_rate:.1f}, {100 * xla_rate / ceiling:.1f}%)")
-    if any(xla_whole < 0.5 * xla_eval * nfe for _, nfe, xla_whole in rows):
+        counts = (4 * analytic_fwd * nfe, (4 * analytic_fwd - unused / stages) * nfe, 3 * analytic_fwd * nfe,
+                  xla_eval * nfe)
+        shares = [100 * c / (ms * 1e-3) / 1e9 / ceiling for c in counts]
+        print(f"{solver:6s} {nfe:4d} {xla_whole / 1e9:10.3f} {counts[3] / 1e9:9.3f} {counts[0] / 1e9:10.3f} "
+              f"{counts[1] / 1e9:9.3f} {counts[2] / 1e9:7.3f} {ms:10.2f} {shares[0]:15.1f} {shares[1]:9.1f} "
+              f"{shares[2]:6.1f} {shares[3]:9.1f}")
+    if any(xla_whole < 0.5 * xla_eval * nfe for _, nfe, xla_whole, _ in rows):
         print("\nnote: XLA whole is far below XLA/eval: XLA's cost analysis counts a while-loop "
               "body once,\nnot once per iteration (the same count for any --steps), so it is "
               "not the step's FLOPs.")

@@ -4,10 +4,11 @@ On CPU: ``xla_cpu_multi_thread_eigen=False``. With jaxlib 0.10.2 it does not mak
 matmuls single-threaded (a 4.3 GFLOP Eigen dot runs at the same two-core speed with it, and
 so do YNNPACK dots); it changes how XLA:CPU fuses the attention: the forward's
 ``dot -> softmax -> dot`` is no longer one YNNPACK fusion, and the separate fusions it gets
-instead are cheaper. The training step of ``benchmarks/xla_flags.py`` took 0.89-0.90x the
-default's time with it, the quick sweep 0.92-0.94x (benchmarks/README.md, "XLA:CPU's own
-options"); results agree with the default compile up to float rounding. On other platforms
-nothing is passed.
+instead are cheaper. The training step of ``benchmarks/xla_flags.py`` took 0.88-0.92x the
+default's time with it (Euler and RK4, at the benchmark's and at the quick sweep's shapes;
+benchmarks/README.md, "XLA:CPU's own options"); the quick sweep as a whole is compile-bound
+and did not measurably change. Results agree with the default compile up to float rounding.
+On other platforms nothing is passed.
 
 Users who jit their own steps around ``odeformer.solve`` can pass the same options:
 ``jax.jit(step, compiler_options=odeformer.compiler_options())``.
