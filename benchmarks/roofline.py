@@ -17,6 +17,7 @@ Compilation is excluded from every timing; timings are medians, solvers interlea
 
 import argparse
 import functools
+import re
 import statistics
 import time
 
@@ -36,6 +37,11 @@ def flops_of(compiled):
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost.get("flops", float("nan")))
+
+
+def dot_instructions(compiled) -> int:
+    """The ``dot`` instructions in a compiled program's optimised HLO (a loop body counts once)."""
+    return len(re.findall(r"= f32\[[^\]]*\][^=]*? dot\(", compiled.as_text()))
 
 
 def median_ms(fn, *args, repeats):
@@ -130,8 +136,14 @@ def main():
                            compiler_options=odeformer.compiler_options()).lower(state, y0).compile()
         (_, nfe), _ = jax.block_until_ready(compiled(state, y0))
         print(f"{solver:6s} compile + first run: {time.perf_counter() - start:.1f}s")
+        stages = solver_info(solver).evals_per_step
+        # Per step, if the recompute drops exactly its last stage's out and mlp-down products:
+        # 6 matmuls per stage forward, 6 s - 2 recomputed, 12 per stage backward.
+        print(f"       dot instructions in the compiled step: {dot_instructions(compiled)} "
+              f"(forward {6 * stages} + recomputed {6 * stages - 2} + backward {12 * stages} = "
+              f"{24 * stages - 2} if the recompute drops one out and one mlp down)")
         steps_fns[solver] = compiled
-        rows.append((solver, int(nfe), flops_of(compiled), solver_info(solver).evals_per_step))
+        rows.append((solver, int(nfe), flops_of(compiled), stages))
 
     # The ceiling's matmul runs interleaved with the steps too (euler, rk4, matmul, euler, ...),
     # so that the fraction compares times taken under the same load.
