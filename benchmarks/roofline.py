@@ -138,10 +138,11 @@ def main():
         print(f"{solver:6s} compile + first run: {time.perf_counter() - start:.1f}s")
         stages = solver_info(solver).evals_per_step
         # Per step, if the recompute drops exactly its last stage's out and mlp-down products:
-        # 6 matmuls per stage forward, 6 s - 2 recomputed, 12 per stage backward.
+        # m matmuls per stage forward, m s - 2 recomputed, 2 m per stage backward.
+        fwd, bwd = len(per_matmul) * stages, 2 * len(per_matmul) * stages
         print(f"       dot instructions in the compiled step: {dot_instructions(compiled)} "
-              f"(forward {6 * stages} + recomputed {6 * stages - 2} + backward {12 * stages} = "
-              f"{24 * stages - 2} if the recompute drops one out and one mlp down)")
+              f"(forward {fwd} + recomputed {fwd - 2} + backward {bwd} = {2 * fwd - 2 + bwd} "
+              "if the recompute drops one out and one mlp down)")
         steps_fns[solver] = compiled
         rows.append((solver, int(nfe), flops_of(compiled), stages))
 
