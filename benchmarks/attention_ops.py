@@ -4,7 +4,7 @@ What the attention of ``TransformerBlockField(64, 4)`` costs, op by op, and whet
 both cores.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). The attention core of
-``odeformer.fields.MultiHeadAttention``, ``odeformer.fields.attend`` (64 tokens, 4 heads of
+``odeformer._fields.MultiHeadAttention``, ``odeformer._fields.attend`` (64 tokens, 4 heads of
 16, float32): its three steps (the score matmul ``q k^T``, the softmax over keys, the
 ``weights v`` matmul) each jitted alone, checked to compose to ``attend``, then ``attend``
 itself (XLA fuses the three) forward and forward + backward, and, for scale, a
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from harness import interleaved_ms, start_benchmark
 
-from odeformer.fields import attend
+from odeformer._fields import attend
 
 TOKENS, HEADS, HEAD_DIM = 64, 4, 16
 

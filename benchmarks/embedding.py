@@ -9,7 +9,7 @@ The step: ``FeatureEmbedding(V, dim, kind="table")`` looks up a batch of ids, lo
 ``mean(sum((rows[ids] @ W)**2, -1))`` with a fixed random ``W`` [dim, dim], gradient in the
 table, optax AdamW (lr 1e-3, default weight decay) or SGD update, jitted with the train state
 (table and optimiser state) donated. Ids are drawn once, Zipf (P(id = k) ~ 1/(k + 1), id 0
-most frequent, as ``odeformer.vocab`` orders rows) or uniform. Two placements:
+most frequent, as ``odeformer.categorical.vocabulary`` orders rows) or uniform. Two placements:
 
 - replicated: mesh (data=8, model=1), every device holds the whole table and optimiser
   state, ids split on ``data``;
@@ -20,9 +20,9 @@ most frequent, as ``odeformer.vocab`` orders rows) or uniform. Two placements:
   step); its cost is that the per-id work (masked gather, psum of the looked-up rows, loss)
   is repeated on all 8 devices. ``--sharded_mesh 2x4`` measures the other choice.
 
-Both are placed by ``odeformer.sharding.state_shardings`` (rows on ``model``, a size-1 axis in
+Both are placed by ``odeformer.parallel.mesh.state_shardings`` (rows on ``model``, a size-1 axis in
 the replicated mesh) and call the layer inside ``jax.set_mesh``, so the lookup is
-``odeformer.sharding.lookup`` (shard_map over ``model``, psum of the looked-up rows).
+``odeformer.parallel.mesh.lookup`` (shard_map over ``model``, psum of the looked-up rows).
 
 Per V: median step ms (placements interleaved), ids/s, the median over interleaved pairs of
 sharded/replicated, bytes of the table and of the optimiser state held by one device (read
@@ -49,8 +49,8 @@ import optax
 from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
-from odeformer.embeddings import FeatureEmbedding
-from odeformer.sharding import batch_sharding, make_mesh, place, replicated, state_shardings
+from odeformer.categorical.embeddings import FeatureEmbedding
+from odeformer.parallel.mesh import batch_sharding, make_mesh, place, replicated, state_shardings
 
 DEVICES = 8
 LEARNING_RATE = 1e-3

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 import odeformer
+import odeformer.parallel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +50,13 @@ def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:
     """Sets this process up as ``python -m experiments.run`` does and prints the run header.
 
     Call it before any timed work. Unless ``reuse_host_memory`` is False it applies
-    ``odeformer.reuse_host_memory()`` (a process-wide malloc policy); then it prints the
+    ``odeformer.parallel.reuse_host_memory()`` (a process-wide malloc policy); then it prints the
     exact command, which malloc policy holds, the machine and the library versions
     (``versions``: extra name=version pairs).
     """
-    applied = reuse_host_memory and odeformer.reuse_host_memory()
+    applied = reuse_host_memory and odeformer.parallel.reuse_host_memory()
     print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
-    print("host memory:", "odeformer.reuse_host_memory() applied" if applied else "system malloc defaults")
+    print("host memory:", "odeformer.parallel.reuse_host_memory() applied" if applied else "system malloc defaults")
     extra = "".join(f", {name} {version}" for name, version in versions.items())
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
           f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}{extra}")

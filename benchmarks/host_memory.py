@@ -1,6 +1,6 @@
 """python benchmarks/host_memory.py [--pairs 5] [--repeats 4] [--quick]
 
-System malloc against ``odeformer.reuse_host_memory()``, in alternating fresh processes.
+System malloc against ``odeformer.parallel.reuse_host_memory()``, in alternating fresh processes.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). The setting is
 process-wide and cannot be undone, so it cannot be switched inside one process: each pair
@@ -42,6 +42,7 @@ def child(mode, names, repeats):
     from flax import nnx
 
     import odeformer
+    import odeformer.parallel
 
     param_key, data_key = jax.random.split(jax.random.key(0))
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(64, 4, rngs=nnx.Rngs(param_key)))

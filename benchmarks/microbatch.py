@@ -1,6 +1,6 @@
 """python benchmarks/microbatch.py [--batch 32] [--tokens 64] [--width 64] [--steps 8] [--repeats N] [--quick]
 
-A training step's gradient computed in chunks of the batch (``odeformer.accumulate``, which
+A training step's gradient computed in chunks of the batch (``odeformer.experiment.microbatch.accumulate``, which
 ``train.microbatch`` uses) against the whole batch at once.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). The step is the peer
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from harness import assert_leaves_close, block_workload, interleaved_ms, start_benchmark
 
 import odeformer
+import odeformer.experiment.microbatch
 
 RTOL = 1e-4
 
@@ -40,7 +41,7 @@ def gradient(f, solver, steps, chunks):
             loss, grads = loss_and_grad(params, y)
             return grads, loss
 
-        grads, losses = odeformer.accumulate(chunk_gradient, params, chunked)
+        grads, losses = odeformer.experiment.microbatch.accumulate(chunk_gradient, params, chunked)
         return losses.mean(), grads
 
     return jax.jit(step)

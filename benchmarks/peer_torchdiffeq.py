@@ -35,6 +35,7 @@ from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
 import odeformer
+import odeformer.experiment.microbatch
 
 RTOL = 1e-4
 TOL = 1e-5
@@ -70,7 +71,7 @@ def flat_params(state):
 
 
 class TorchBlockField(torch.nn.Module):
-    """``F(t, x) = MHA(LN1 x) + MLP(LN2 x)`` as in odeformer/fields.py; counts its calls."""
+    """``F(t, x) = MHA(LN1 x) + MLP(LN2 x)`` as in odeformer/_fields.py; counts its calls."""
 
     def __init__(self, params, heads):
         super().__init__()
@@ -93,7 +94,7 @@ class TorchBlockField(torch.nn.Module):
 
 def jax_step(f, solver, steps, microbatch=0):
     """Jitted ``(state, y0) -> ((loss, (nfe, y1)), grads)``; ``microbatch > 0``: the gradient
-    in chunks of that many examples (``odeformer.accumulate``, as ``train.microbatch``)."""
+    in chunks of that many examples (``odeformer.experiment.microbatch.accumulate``, as ``train.microbatch``)."""
     tol = {"steps": steps} if steps else {"rtol": TOL, "atol": TOL}
 
     def loss(state, y0):
@@ -110,7 +111,7 @@ def jax_step(f, solver, steps, microbatch=0):
             return grads, (value, nfe, y1)
 
         chunks = y0.reshape(-1, microbatch, *y0.shape[1:])
-        grads, (values, nfe, y1) = odeformer.accumulate(chunk_gradient, state, chunks)
+        grads, (values, nfe, y1) = odeformer.experiment.microbatch.accumulate(chunk_gradient, state, chunks)
         return (values.mean(), (nfe.max(), y1.reshape(y0.shape))), grads
 
     return jax.jit(chunked, compiler_options=odeformer.compiler_options())

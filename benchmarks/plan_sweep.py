@@ -1,8 +1,8 @@
 """python benchmarks/plan_sweep.py [--config configs/param_efficiency.py] [--repeats 2]
 
-Planning a sweep (``odeformer.runner.plan``: expand, validate, resolve parameter budgets)
+Planning a sweep (``odeformer.experiment.runner.plan``: expand, validate, resolve parameter budgets)
 with the budget search's parameter counts made once per (shape, task sizes, shards), as
-``odeformer.budgets`` does, against the same planning with every count traced again (the
+``odeformer.experiment.budgets`` does, against the same planning with every count traced again (the
 behaviour before the count cache). A count traces the model's construction; the table
 gives the counts traced and the wall time of each, alternating the two in one process.
 The plans must be equal.
@@ -14,8 +14,8 @@ import time
 
 from harness import load_config, start_benchmark
 
-from odeformer import budgets
-from odeformer.runner import _TaskCache, plan
+from odeformer.experiment import budgets
+from odeformer.experiment.runner import _TaskCache, plan
 
 
 class _Forgetful(dict):

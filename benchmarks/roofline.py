@@ -27,7 +27,7 @@ from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
 import odeformer
-from odeformer.solvers import solver_info
+from odeformer._solvers import solver_info
 
 
 def flops_of(compiled):

@@ -7,7 +7,7 @@ step (loss and parameter gradient) of ``TransformerBlockField(64, 4)``, float32,
 shape (32, 64, 64), loss ``mean(x(1)**2)`` after N fixed Euler / RK4 steps on [0, 1], as
 ``solve`` (``adjoint="checkpoint"``), ``diffrax`` (``diffeqsolve`` with Diffrax's own solver
 class, whose Runge--Kutta step runs its stages in a checkpointed loop: what ``solve`` did
-before it wrote the stages out, see odeformer/solvers.py), ``scan`` (same update in
+before it wrote the stages out, see odeformer/_solvers.py), ``scan`` (same update in
 ``lax.scan``, storing every stage's activations) and ``scan+remat`` (``jax.checkpoint`` per
 step: stores states only, recomputes steps backwards, as ``solve`` does: equal FLOPs). NFE,
 loss, grads checked first.
@@ -32,7 +32,7 @@ from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
 import odeformer
-from odeformer.solvers import diffrax_solver, solver_info
+from odeformer._solvers import diffrax_solver, solver_info
 
 RTOL = 1e-4
 

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from harness import load_config, start_benchmark
 
-from odeformer.runner import run_sweep
+from odeformer.experiment.runner import run_sweep
 
 COMPILES = []
 jax.monitoring.register_event_duration_secs_listener(

@@ -16,7 +16,7 @@ Arms (zipped; each trained and tested with its own solver), times 3 seeds:
 - fixed steps: Euler 1, 2, 4, 8 and RK4 1, 2, 4 steps;
 - adaptive Dopri5 with rtol = atol in 1e-1, 1e-2, 1e-3, 1e-4 (traced: one compile);
 - Dopri5 at rtol = atol = 1e-4 trained with kinetic = jacobian = 0.01 (Finlay et al.'s
-  weight) and 1.0 (means over state elements, see odeformer/regularisers.py); the
+  weight) and 1.0 (means over state elements, see odeformer/_regularisers.py); the
   unregularised arm at 1e-4 is their baseline (same initialisation per seed).
 Columns: test_accuracy, nfe_forward (test-time evaluations per solve), train_nfe (mean
 over the last quarter of training), train_kinetic / train_jacobian, step_ms; the per-step

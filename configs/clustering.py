@@ -9,7 +9,7 @@ of β in [0.1, 9] x 2 normalisations x 5 seeds, T = 30, Dopri5 at rtol = atol = 
 ``clustered@t=<t>`` (fraction of pairs with <x_i, x_j> > 0.999) and ``clusters@t=<t>`` at 13
 times. Equal-angle part: n = d = 32 tokens with equal pairwise inner products rho0 in
 {0, 0.5}, β in {1, 4, 9}, both normalisations, Dopri8 at rtol = atol = 1e-12, against the
-scalar ODE for rho(t). See ``odeformer/studies/clustering.py`` for the definitions and
+scalar ODE for rho(t). See ``odeformer/experiment/studies/clustering.py`` for the definitions and
 ``notebooks/clustering.ipynb`` for the figure. 132 runs, about 1 minute of CPU time (2 minutes
 wall clock on the shared 2-core machine).
 """

@@ -9,7 +9,7 @@ independently per layer with residual step 1/K (``random``) or 1/sqrt(K) (``rand
 Solvers part: heun, midpoint, rk4 and dopri5 with fixed steps on the smooth-in-t field (euler
 is the layers part's smooth curve). Three seeds (weights and tokens). Every run reports its
 distance to the next depth; smooth runs also their error against a Dopri8 reference at
-rtol = atol = 1e-14. See ``odeformer/studies/convergence.py`` for the definitions;
+rtol = atol = 1e-14. See ``odeformer/experiment/studies/convergence.py`` for the definitions;
 ``notebooks/convergence.ipynb`` fits the slopes. 210 runs, about 1.5 minutes of CPU time (3.5 minutes
 wall clock on the shared 2-core machine).
 """

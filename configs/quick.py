@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
         grad_clip=1.0, log_every=50, eval_batch_size=512, checkpoint_every=0, microbatch=0,
         kinetic=0.0, jacobian=0.0))
     c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
-    # After training (odeformer.invariance, odeformer.stability): test accuracy under other
+    # After training (odeformer.experiment.evaluators.invariance, odeformer.experiment.evaluators.stability): test accuracy under other
     # solvers ('name:steps' or 'name:rtol'; the last is the reference of invariance_gap),
     # and stability metrics on the first `examples` test examples.
     c.evaluate = ml_collections.ConfigDict(dict(

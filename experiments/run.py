@@ -15,21 +15,21 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odeformer.host_memory import reuse_host_memory
-from odeformer.runner import format_summary, run_sweep
-from odeformer.sharding import join_processes
-from odeformer.sweeps import parse_shard
+from odeformer.experiment.runner import format_summary, run_sweep
+from odeformer.experiment.sweeps import parse_shard
+from odeformer.parallel.host_memory import reuse_host_memory
+from odeformer.parallel.mesh import join_processes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
 _WORKERS = flags.DEFINE_integer(
-    "workers", 1, "Runs trained at a time, on threads of this process (odeformer.workers): one "
+    "workers", 1, "Runs trained at a time, on threads of this process (odeformer.experiment.executor): one "
     "run compiles while another trains. Single-process sweeps only.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory", True, "Keep freed host buffers for reuse instead of page-faulting them in at "
-    "every step (glibc malloc; odeformer.reuse_host_memory). --noreuse_host_memory: system defaults.")
+    "every step (glibc malloc; odeformer.parallel.reuse_host_memory). --noreuse_host_memory: system defaults.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
@@ -57,7 +57,7 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
     config = _CONFIG.value
     if _REUSE_HOST_MEMORY.value:
-        reuse_host_memory()  # this process's malloc policy (see odeformer.host_memory)
+        reuse_host_memory()  # this process's malloc policy (see odeformer.parallel.host_memory)
     try:
         if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -1,10 +1,20 @@
-"""odeformer: continuous-depth attention in JAX, integrated with Diffrax."""
+"""odeformer: continuous-depth attention in JAX, integrated with Diffrax.
 
-from odeformer import datasets  # noqa: F401  (registers the tabular tasks)
-from odeformer.block import ODEBlock, vector_field
-from odeformer.compile_options import compiler_options
-from odeformer.embeddings import EMBEDDINGS, EmbeddingSpec, FeatureEmbedding, FeatureTokenizer
-from odeformer.fields import (
+The core (this namespace): the functional solver API (:func:`solve`), the solver table,
+attention vector fields, time dependence of weights, and :class:`ODEBlock`. Subpackages
+build on it and are imported explicitly:
+
+- ``odeformer.categorical``: vocabularies, embedding layers, row-sharded lookups.
+- ``odeformer.parallel``: device meshes, placement, multi-process runs, host memory.
+- ``odeformer.experiment``: tasks, models, training, sweeps and the runner.
+- ``odeformer.analysis``: reading results tables (seeds, error bars, budgets).
+
+Importing ``odeformer`` registers nothing and needs neither pandas nor ml_collections.
+"""
+
+from odeformer._block import ODEBlock, count_params, vector_field
+from odeformer._compile_options import compiler_options
+from odeformer._fields import (
     MLP,
     SIGMAS,
     AttentionField,
@@ -12,20 +22,13 @@ from odeformer.fields import (
     SeedAttentionField,
     TransformerBlockField,
 )
-from odeformer.host_memory import reuse_host_memory
-from odeformer.microbatch import accumulate
-from odeformer.params import count_params
-from odeformer.sharding import make_mesh
-from odeformer.solve import ADJOINTS, Solution, solve
-from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
-from odeformer.studies import clustering, convergence  # noqa: F401  (registers the studies)
-from odeformer.time import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
-from odeformer.vocab import Vocabulary
+from odeformer._integrate import ADJOINTS, Solution, solve
+from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
+from odeformer._time_dependence import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
 
 __all__ = [
-    "ADAPTIVE_SOLVERS", "ADJOINTS", "EMBEDDINGS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES",
-    "AttentionField", "EmbeddingSpec", "FeatureEmbedding", "FeatureTokenizer", "MultiHeadAttention",
-    "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear", "TimeParam", "TimeSpec",
-    "TransformerBlockField", "Vocabulary", "accumulate", "compiler_options", "count_params", "make_mesh",
-    "reuse_host_memory", "solve", "solver_order", "vector_field",
+    "ADAPTIVE_SOLVERS", "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
+    "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
+    "TimeParam", "TimeSpec", "TransformerBlockField", "compiler_options", "count_params", "solve",
+    "solver_order", "vector_field",
 ]

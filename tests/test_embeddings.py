@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from odeformer.embeddings import (
+from odeformer.categorical.embeddings import (
     EmbeddingSpec,
     FeatureEmbedding,
     FeatureTokenizer,
     embedding_dim,
     neighbour_precision,
 )
-from odeformer.tasks import CategoricalFeature
-from odeformer.training import roc_auc
+from odeformer.categorical.features import CategoricalFeature
+from odeformer.experiment.training import roc_auc
 
 
 def _apply(layer, *inputs):

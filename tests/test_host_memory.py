@@ -1,4 +1,4 @@
-"""`odeformer.reuse_host_memory`: arguments, and that it removes the page faults of XLA:CPU's
+"""`odeformer.parallel.reuse_host_memory`: arguments, and that it removes the page faults of XLA:CPU's
 large per-call buffers, called before or after JAX has started. The malloc settings are
 process-wide, so every check that applies them runs in a fresh subprocess."""
 
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from odeformer import host_memory
+from odeformer.parallel import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,8 +30,9 @@ FAULTS_PER_CALL = """
     import jax, jax.numpy as jnp
     from flax import nnx
     import odeformer
+    import odeformer.parallel
     if sys.argv[1:] == ["early"]:
-        assert odeformer.reuse_host_memory()
+        assert odeformer.parallel.reuse_host_memory()
     f, state = odeformer.vector_field(odeformer.TransformerBlockField(64, 4, rngs=nnx.Rngs(0)))
     y0 = jnp.ones((8, 64, 64), jnp.float32)
     def loss(s, y):
@@ -41,7 +42,7 @@ FAULTS_PER_CALL = """
     for _ in range(3):
         jax.block_until_ready(step(state, y0))
     if sys.argv[1:] == ["late"]:  # JAX has run this step three times already
-        assert odeformer.reuse_host_memory()
+        assert odeformer.parallel.reuse_host_memory()
         jax.block_until_ready(step(state, y0))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):
@@ -65,9 +66,10 @@ def test_reuse_removes_the_page_faults_of_large_buffers_called_early_or_late(tmp
 def test_reuse_is_idempotent_and_refuses_a_new_threshold():
     out = run_python("-c", textwrap.dedent("""
         import odeformer
-        print(odeformer.reuse_host_memory(), odeformer.reuse_host_memory())
+        import odeformer.parallel
+        print(odeformer.parallel.reuse_host_memory(), odeformer.parallel.reuse_host_memory())
         try:
-            odeformer.reuse_host_memory(2**20)
+            odeformer.parallel.reuse_host_memory(2**20)
         except ValueError as error:
             print(error)
     """))

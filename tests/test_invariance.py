@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from odeformer.invariance import EvalSolver, parse_solver, parse_solvers, solver_report, with_solver
-from odeformer.models import ModelShape, SolverSpec, build_model
-from odeformer.tasks import make_task
+from odeformer.experiment.evaluators.invariance import (
+    EvalSolver,
+    parse_solver,
+    parse_solvers,
+    solver_report,
+    with_solver,
+)
+from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.tasks import make_task
 
 
 def test_specs_parse_into_fixed_and_adaptive_solvers():

@@ -1,4 +1,4 @@
-"""odeformer.accumulate: a batch's gradient chunk by chunk (float64)."""
+"""odeformer.experiment.microbatch.accumulate: a batch's gradient chunk by chunk (float64)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import odeformer
+import odeformer.experiment.microbatch
 
 
 def _loss(params, batch):
@@ -25,7 +26,7 @@ def test_mean_of_chunk_gradients_is_the_batch_gradient_and_outputs_are_stacked(x
         loss, grads = jax.value_and_grad(_loss)(params, chunk)
         return grads, {"loss": loss, "i": i}
 
-    grads, outs = jax.jit(lambda p, c: odeformer.accumulate(fn, p, c))(params, chunked)
+    grads, outs = jax.jit(lambda p, c: odeformer.experiment.microbatch.accumulate(fn, p, c))(params, chunked)
     for name in params:
         np.testing.assert_allclose(grads[name], want[name], rtol=1e-13, atol=1e-15)
     np.testing.assert_array_equal(outs["i"], np.arange(4))
@@ -37,4 +38,4 @@ def test_mean_of_chunk_gradients_is_the_batch_gradient_and_outputs_are_stacked(x
 def test_chunk_axes_of_different_lengths_are_refused():
     batch = {"x": np.zeros((4, 2, 3)), "y": np.zeros((3, 2))}
     with pytest.raises(ValueError, match=r"the same leading chunk axis; got sizes \[3, 4\]"):
-        odeformer.accumulate(lambda p, c, i: (p, None), {"w": np.zeros(2)}, batch)
+        odeformer.experiment.microbatch.accumulate(lambda p, c, i: (p, None), {"w": np.zeros(2)}, batch)

@@ -16,8 +16,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from odeformer import results
-from odeformer.runner import run_sweep
+from odeformer.experiment import results
+from odeformer.experiment.runner import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -13,12 +13,14 @@ import scipy.linalg
 from flax import nnx
 from runner_helpers import tiny_config
 
-from odeformer import ODEBlock, TransformerBlockField, models, regularisers, sweeps
-from odeformer.block import vector_field
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
-from odeformer.runner import _structure_key, plan
-from odeformer.tasks import make_task
-from odeformer.training import _loss_and_metrics, init_state, make_optimizer, make_train_step
+from odeformer import ODEBlock, TransformerBlockField
+from odeformer import _regularisers as regularisers
+from odeformer._block import vector_field
+from odeformer.experiment import models, sweeps
+from odeformer.experiment.models import ModelShape, SequenceClassifier, SolverSpec
+from odeformer.experiment.runner import _structure_key, plan
+from odeformer.experiment.tasks import make_task
+from odeformer.experiment.training import _loss_and_metrics, init_state, make_optimizer, make_train_step
 
 
 class LinearField(nnx.Module):

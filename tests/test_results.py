@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from odeformer import results
+from odeformer.experiment import results
 
 
 def test_write_atomic_replaces_whole_file_and_leaves_no_temporaries(tmp_path):

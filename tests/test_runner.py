@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from runner_helpers import tiny_config, with_overrides
 
-from odeformer import results, runner
-from odeformer.runner import run_sweep
-from odeformer.workers import BuildOnce, Stopped
+from odeformer.experiment import results, runner
+from odeformer.experiment.executor import BuildOnce, Stopped
+from odeformer.experiment.runner import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -330,7 +330,7 @@ def _tiny_tabular(**overrides) -> ml_collections.ConfigDict:
 
 
 def test_tabular_sweep_reports_auc_bytes_neighbours_and_saves_vocabularies(tmp_path):
-    from odeformer.vocab import vocabularies_from_json
+    from odeformer.categorical.vocabulary import vocabularies_from_json
     summary = run_sweep(_tiny_tabular(), tmp_path, quiet=True)
     table = summary.table.set_index("model.embedding")
     assert summary.ran == 4 and set(table.status) == {"ok"}

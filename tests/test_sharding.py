@@ -13,10 +13,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from odeformer import sharding as sh
-from odeformer.models import ModelShape, SolverSpec, build_model
-from odeformer.tasks import CategoricalFeature, TabularData
-from odeformer.training import init_state, make_optimizer, make_train_step
+from odeformer import parallel as sh
+from odeformer.categorical import lookup, onehot_lookup
+from odeformer.categorical.features import CategoricalFeature, TabularData
+from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.training import init_state, make_optimizer, make_train_step
 
 CPUS = jax.devices("cpu")
 pytestmark = pytest.mark.skipif(len(CPUS) < 8, reason="needs 8 simulated CPU devices (conftest.py)")
@@ -145,8 +146,8 @@ def test_lookup_at_shard_boundaries_and_of_a_replicated_table():
         whole_rows = sh.place(table, sh.replicated(mesh))
         ids_on_data = sh.place(ids, sh.batch_sharding(mesh))
         for rows in (split_rows, whole_rows):
-            np.testing.assert_array_equal(sh.lookup(rows, ids_on_data), table[ids])
-            np.testing.assert_array_equal(sh.onehot_lookup(rows, ids_on_data), table[ids])
+            np.testing.assert_array_equal(lookup(rows, ids_on_data), table[ids])
+            np.testing.assert_array_equal(onehot_lookup(rows, ids_on_data), table[ids])
 
 
 def test_mesh_errors():

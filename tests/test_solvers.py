@@ -10,7 +10,7 @@ import pytest
 from test_solve import _Counter  # the host-callback counter of the nfe tests
 
 import odeformer
-from odeformer.solvers import RK4, _straight_line_step, diffrax_solver, solver_info
+from odeformer._solvers import RK4, _straight_line_step, diffrax_solver, solver_info
 
 # Diffrax's own class behind each name, written out independently of the registry.
 STOCK = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,

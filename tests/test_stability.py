@@ -11,8 +11,7 @@ import scipy.linalg
 from flax import nnx
 
 from odeformer import solve
-from odeformer.models import ModelShape, SolverSpec, build_model
-from odeformer.stability import (
+from odeformer.experiment.evaluators.stability import (
     example_flow,
     forward_mode,
     lyapunov_exponent,
@@ -23,7 +22,8 @@ from odeformer.stability import (
     spectral_norm,
     summarise,
 )
-from odeformer.tasks import make_task
+from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.tasks import make_task
 
 
 def _norms(x):

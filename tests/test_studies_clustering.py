@@ -12,9 +12,9 @@ import pytest
 from runner_helpers import with_overrides
 
 from configs import clustering_tiny
-from odeformer import sweeps
-from odeformer.runner import run_sweep
-from odeformer.studies import clustering as cl
+from odeformer.experiment import sweeps
+from odeformer.experiment.runner import run_sweep
+from odeformer.experiment.studies import clustering as cl
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:

@@ -12,10 +12,10 @@ from runner_helpers import with_overrides
 
 from configs import convergence as convergence_config
 from configs import convergence_tiny
-from odeformer import sweeps
-from odeformer.runner import run_sweep
-from odeformer.solvers import solver_order
-from odeformer.studies import convergence as cv
+from odeformer._solvers import solver_order
+from odeformer.experiment import sweeps
+from odeformer.experiment.runner import run_sweep
+from odeformer.experiment.studies import convergence as cv
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ import ml_collections
 import pytest
 from runner_helpers import tiny_config
 
-from odeformer import sweeps
+from odeformer.experiment import sweeps
 
 
 def test_grid_product_and_zipped_axes():

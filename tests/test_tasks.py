@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from odeformer.tasks import TASKS, make_task
+from odeformer.experiment.tasks import TASKS, make_task
 
 
 def _config(**kw):
@@ -49,14 +49,14 @@ def test_task_errors():
 def test_a_registered_task_with_out_of_range_ids_is_refused():
     import jax.numpy as jnp
 
-    from odeformer.tasks import TaskData, register_task
+    from odeformer.experiment.tasks import TaskData, register_task
 
     @register_task("broken_for_test")
     def broken(config, key):
         split = {"tokens": jnp.array([[0, 5]], jnp.int32), "label": jnp.array([0], jnp.int32)}
         return TaskData(split, split, vocab_size=5, num_classes=2)
 
-    message = r"task 'broken_for_test': train tokens contain 5, outside \[0, 5\)"
+    message = r"task 'broken_for_test': train tokens: id 5 is outside \[0, 5\)"
     try:
         with pytest.raises(ValueError, match=message):
             make_task(_config(name="broken_for_test"))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from odeformer.compile_options import CPU_OPTIONS, compiler_options
-from odeformer.models import ModelShape, SequenceClassifier, SolverSpec
-from odeformer.tasks import make_task
-from odeformer.training import init_state, make_eval_step, make_optimizer, make_train_step
+from odeformer._compile_options import CPU_OPTIONS, compiler_options
+from odeformer.experiment.models import ModelShape, SequenceClassifier, SolverSpec
+from odeformer.experiment.tasks import make_task
+from odeformer.experiment.training import init_state, make_eval_step, make_optimizer, make_train_step
 
 TASK = ml_collections.ConfigDict(dict(name="majority", seed=0, vocab_size=4, seq_len=8,
                                       num_train=512, num_test=64))
@@ -118,7 +118,7 @@ def test_microbatched_step_equals_the_whole_batch_step(x64, penalty):
 
 @pytest.mark.parametrize("penalty", [None, "kinetic"])
 def test_chunked_gradient_equals_the_whole_batch_gradient(x64, penalty):
-    from odeformer.training import batch_gradient
+    from odeformer.experiment.training import batch_gradient
 
     data, graphdef, _, state = _setup(float64=True)
     batch = {k: v[:32] for k, v in data.train.items()}
@@ -176,7 +176,7 @@ def test_jacobian_noise_is_drawn_per_chunk_and_the_cross_entropy_is_unchanged(x6
     (8.0, 32, 1, "train.microbatch=8.0 must be an integer >= 0"),
 ])
 def test_bad_microbatch_is_refused_with_its_key(microbatch, batch, shards, message):
-    from odeformer.training import check_microbatch
+    from odeformer.experiment.training import check_microbatch
 
     with pytest.raises(ValueError, match=re.escape(message)):
         check_microbatch(microbatch, batch, shards)
@@ -205,7 +205,7 @@ def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
     import jax.numpy as jnp
     import optax
 
-    from odeformer.training import evaluate, make_eval_step
+    from odeformer.experiment.training import evaluate, make_eval_step
 
     data, graphdef, _, state = _setup()
     split = {k: v[:50] for k, v in data.test.items()}  # 50 = 3 chunks of 16 + 2
@@ -219,7 +219,7 @@ def test_evaluate_counts_every_example_once_with_a_partial_last_chunk():
 
 
 def test_train_and_test_splits_of_different_sizes_share_one_eval_compile():
-    from odeformer.training import evaluate, make_eval_step
+    from odeformer.experiment.training import evaluate, make_eval_step
 
     data, graphdef, _, state = _setup()
     eval_step = make_eval_step(graphdef)

@@ -10,7 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odeformer.vocab import PAD_ID, UNK_ID, Vocabulary, vocabularies_from_json, vocabularies_to_json
+from odeformer.categorical.vocabulary import (
+    PAD_ID,
+    UNK_ID,
+    Vocabulary,
+    vocabularies_from_json,
+    vocabularies_to_json,
+)
 
 TRAIN = ["b", "a", "c", "b", "a", "d", "b", None]  # b:3 a:2 c:1 d:1, one missing
 
@@ -90,7 +96,7 @@ def test_hash_buckets_survive_refitting_json_and_a_new_process():
     assert ids[3] == ids[4]
     np.testing.assert_array_equal(Vocabulary.fit(["b", "a"], name="h", oov_buckets=1000).encode(probe), ids)
     np.testing.assert_array_equal(Vocabulary.from_json(vocab.to_json()).encode(probe), ids)
-    code = ("import sys; from odeformer.vocab import Vocabulary; "
+    code = ("import sys; from odeformer.categorical.vocabulary import Vocabulary; "
             "v = Vocabulary.from_json(sys.stdin.read()); "
             "print(*v.encode(['x', 'y', 'zebra', '12345', 12345]))")
     for seed in ("1", "2"):  # Python's own str hash differs between these processes

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from odeformer.workers import BuildOnce, Stopped, check_workers, execute, start_order
+from odeformer.experiment.executor import BuildOnce, Stopped, check_workers, execute, start_order
 
 WAIT_S = 30  # a generous bound on waits that take milliseconds when the code is right
 

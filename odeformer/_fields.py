@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from odeformer.time import TIED, TimeLayerNorm, TimeLinear, TimeSpec
+from odeformer._time_dependence import TIED, TimeLayerNorm, TimeLinear, TimeSpec
 
 SIGMAS = {
     "softmax": None,  # applied to the score matrix, over keys

@@ -6,7 +6,7 @@ max_steps, task shapes, ``train.batch_size``, ``train.microbatch``, ``train.num_
 seed, ``train.learning_rate``, ``train.weight_decay``, ``solver.rtol``, ``solver.atol``,
 ``solver.t1``, ``solver.steps`` (up to the model's ``SolverSpec.steps``; the runner sets that
 to the largest count of the runs that share a compile). The regularisers ``train.kinetic``
-and ``train.jacobian`` (``odeformer.regularisers``): whether each is > 0 is structural, its
+and ``train.jacobian`` (``odeformer._regularisers``): whether each is > 0 is structural, its
 value traced.
 """
 
@@ -23,10 +23,10 @@ import pandas as pd
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from odeformer.compile_options import compiler_options
-from odeformer.config_checks import is_int
-from odeformer.microbatch import accumulate
-from odeformer.sharding import DATA, batch_sharding
+from odeformer._checks import is_int
+from odeformer._compile_options import compiler_options
+from odeformer.experiment.microbatch import accumulate
+from odeformer.parallel.mesh import DATA, batch_sharding
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -55,7 +55,7 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
     first failure (step, kind), kept in the state so no step's failure is missed.
 
     ``penalty`` maps the regularisers that are on to their weights
-    (``odeformer.regularisers.weights(config.train)``); it becomes ``state["penalty"]``
+    (``odeformer._regularisers.weights(config.train)``); it becomes ``state["penalty"]``
     (traced weights; its keys are structural). Without it the state has no such entry
     and the train step computes no regulariser.
 
@@ -144,7 +144,7 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
 
     ``chunks == 1``: one pass over ``batch`` (arrays with a leading batch axis).
     ``chunks > 1``: ``batch``'s arrays are ``[chunks, chunk_size, ...]``; the chunks are
-    differentiated one after another (:func:`odeformer.accumulate`) and their gradients and
+    differentiated one after another (:func:`odeformer.experiment.microbatch.accumulate`) and their gradients and
     metrics averaged (equal sizes, so the means are the whole batch's; ``nfe`` and
     ``solver_steps`` are the largest chunk's, ``ok`` holds if it holds for every chunk).
     Chunk ``i`` draws its Jacobian noise from ``fold_in(noise_key, i)``.

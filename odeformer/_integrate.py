@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from odeformer.solvers import ADAPTIVE_SOLVERS, solver_info
+from odeformer._solvers import ADAPTIVE_SOLVERS, solver_info
 
 ADJOINTS: tuple[str, ...] = ("checkpoint", "backsolve", "direct")
 
@@ -176,7 +176,7 @@ def solve(
       t0, t1: integration interval, ``t0 < t1``. Traced.
       solver: a name in ``odeformer.SOLVERS`` or a Diffrax Euler / explicit
         Runge--Kutta instance. Structural. Runge--Kutta steps run their stages as
-        straight-line code (``odeformer.solvers``); an instance with an explicit
+        straight-line code (``odeformer._solvers``); an instance with an explicit
         ``scan_kind`` keeps Diffrax's own stage loop (less memory in the backward pass,
         one more forward per stage in the gradient).
       steps: fixed number of equal steps, ``dt = (t1 - t0) / steps``. A Python int is
@@ -202,7 +202,7 @@ def solve(
         ``"direct"``: differentiates straight through the loop; memory grows with
         ``max_steps`` (or ``steps``); supports forward-mode too. On CPU its large
         activation buffer is page-faulted in at every call unless
-        :func:`odeformer.reuse_host_memory` was called (measured 1.5-1.8x faster with it).
+        :func:`odeformer.parallel.reuse_host_memory` was called (measured 1.5-1.8x faster with it).
       ts: optional increasing 1-D times in ``[t0, t1]`` at which to also save the
         state (dense interpolation, no extra evaluations). Traced values; length
         is structural.

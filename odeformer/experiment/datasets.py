@@ -1,11 +1,11 @@
 """Tabular tasks with high-cardinality categorical features: real flights and synthetic clusters.
 
 Importing this module registers the tasks ``"flights"`` and ``"synthetic_categorical"`` in
-:data:`odeformer.tasks.TASKS`. Both fit one :class:`~odeformer.vocab.Vocabulary` per
+:data:`odeformer.experiment.tasks.TASKS`. Both fit one :class:`~odeformer.categorical.vocabulary.Vocabulary` per
 categorical feature on the train split only, so values first seen in the test split encode
 as unknown (row 1, or a hash bucket when ``oov_buckets > 0``), as they would in production.
 Both draw everything from ``np.random.default_rng(config.seed)``; the JAX key that
-:func:`~odeformer.tasks.make_task` passes is not used.
+:func:`~odeformer.experiment.tasks.make_task` passes is not used.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from odeformer.config_checks import is_int, is_number
-from odeformer.tasks import CategoricalFeature, TabularData, register_task
-from odeformer.vocab import Vocabulary, vocabularies_to_json
+from odeformer._checks import is_int, is_number
+from odeformer.categorical.features import CategoricalFeature, TabularData
+from odeformer.categorical.vocabulary import Vocabulary, vocabularies_to_json
+from odeformer.experiment.tasks import register_task
 
 FLIGHTS_CATEGORICAL = ("carrier", "tailnum", "flight", "origin", "dest", "route", "month", "hour")
 FLIGHTS_NUMERIC = ("log_distance",)

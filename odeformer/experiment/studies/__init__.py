@@ -4,7 +4,7 @@ A config whose ``experiment`` key names a study here (``configs/convergence.py``
 ``experiment = "convergence"``) is expanded into runs like a training sweep
 (``config.sweep`` axes, run ids, resume, failures recorded), but each run calls the
 study's ``measure(config) -> row`` instead of training. ``experiment = "train"`` is the
-training runner (``odeformer.runner``).
+training runner (``odeformer.experiment.runner``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from odeformer.config_checks import is_int, is_number
+from odeformer._checks import is_int, is_number
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""From a field module to Diffrax's ``f(t, y, args)``, and `ODEBlock`."""
+"""From a field module to Diffrax's ``f(t, y, args)``, `ODEBlock`, and counting parameters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from odeformer.solve import Solution, _concrete, solve
+from odeformer._integrate import Solution, _concrete, solve
 
 
 def vector_field(module: nnx.Module) -> tuple[Callable, nnx.State]:
@@ -102,3 +102,8 @@ class ODEBlock(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.integrate(x).y1
 
+
+def count_params(module: nnx.Module) -> int:
+    """Number of scalar entries in the module's ``nnx.Param`` variables."""
+    state = nnx.state(module, nnx.Param)
+    return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(state)))

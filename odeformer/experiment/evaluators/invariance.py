@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
+from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS
 
 ATOL_PER_RTOL = 1e-3  # an adaptive spec's atol = rtol * ATOL_PER_RTOL
 
@@ -125,7 +125,7 @@ def solver_report(solvers: Sequence[EvalSolver], graphdef: nnx.GraphDef, params:
         adaptive specs and ``steps`` for fixed-step ones).
       test_accuracy: the accuracy under the training solver.
       evaluate_with: ``(graphdef, hyper) -> {"loss", "accuracy", "nfe", "ok"}`` over the
-        test split (``odeformer.training.evaluate`` with an eval step for that graphdef).
+        test split (``odeformer.experiment.training.evaluate`` with an eval step for that graphdef).
     """
     row = {}
     for solver in solvers:

@@ -44,10 +44,10 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from odeformer.config_checks import is_int
-from odeformer.solve import solve
-from odeformer.solvers import ADAPTIVE_SOLVERS
-from odeformer.studies import check_numbers, check_section, register_study
+from odeformer._checks import is_int
+from odeformer._integrate import solve
+from odeformer._solvers import ADAPTIVE_SOLVERS
+from odeformer.experiment.studies import check_numbers, check_section, register_study
 
 PARTS: tuple[str, ...] = ("phase", "equal_angle")
 NORMALISATIONS: tuple[str, ...] = ("softmax", "mean")

@@ -54,12 +54,12 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from odeformer.config_checks import is_int
-from odeformer.fields import AttentionField
-from odeformer.solve import solve
-from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
-from odeformer.studies import check_numbers, check_section, register_study
-from odeformer.time import TimeSpec
+from odeformer._checks import is_int
+from odeformer._fields import AttentionField
+from odeformer._integrate import solve
+from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
+from odeformer._time_dependence import TimeSpec
+from odeformer.experiment.studies import check_numbers, check_section, register_study
 
 WEIGHTS: tuple[str, ...] = ("smooth", "random", "random_sqrt")
 KEYS: tuple[str, ...] = ("weights", "solver", "steps", "width", "heads", "tokens", "cycles",

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import infer_dtype
 
-from odeformer.tasks import check_ids
+from odeformer.categorical.features import check_ids
 
 PAD_ID = 0
 UNK_ID = 1

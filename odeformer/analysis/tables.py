@@ -1,7 +1,7 @@
 """Reading a results table the way a careful reviewer would: seeds, error bars, budgets.
 
 Importable from notebooks (which only read results and plot). Every function takes the
-DataFrame of :func:`odeformer.results.load` and uses only rows with ``status == "ok"``.
+DataFrame of :func:`odeformer.experiment.results.load` and uses only rows with ``status == "ok"``.
 """
 
 from __future__ import annotations

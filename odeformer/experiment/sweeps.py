@@ -22,17 +22,17 @@ from typing import Any
 import jax
 import ml_collections
 
-from odeformer.config_checks import is_int, is_number
-from odeformer.embeddings import EMBEDDINGS
-from odeformer.invariance import parse_solvers
-from odeformer.models import FAMILIES, READOUTS
-from odeformer.regularisers import PENALTIES
-from odeformer.solve import ADJOINTS
-from odeformer.solvers import ADAPTIVE_SOLVERS, SOLVERS
-from odeformer.studies import STUDIES
-from odeformer.tasks import TABULAR_TASKS, TASKS
-from odeformer.time import TIME_MODES
-from odeformer.training import check_microbatch
+from odeformer._checks import is_int, is_number
+from odeformer._integrate import ADJOINTS
+from odeformer._regularisers import PENALTIES
+from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS
+from odeformer._time_dependence import TIME_MODES
+from odeformer.categorical.embeddings import EMBEDDINGS
+from odeformer.experiment.evaluators.invariance import parse_solvers
+from odeformer.experiment.models import FAMILIES, READOUTS
+from odeformer.experiment.studies import STUDIES
+from odeformer.experiment.tasks import TABULAR_TASKS, TASKS
+from odeformer.experiment.training import check_microbatch
 
 # Keys that do not define a run: its label, the runner it uses, the sweep itself, and
 # settings read only by the analysis of the results (notebooks).
@@ -219,7 +219,7 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_penalties(c: ml_collections.ConfigDict) -> None:
-    """The regulariser weights ``train.kinetic`` and ``train.jacobian`` (odeformer.regularisers)."""
+    """The regulariser weights ``train.kinetic`` and ``train.jacobian`` (odeformer._regularisers)."""
     for name in PENALTIES:
         key = f"train.{name}"
         if name not in c.train:
@@ -238,8 +238,8 @@ _EVALUATE_KEYS = ("solvers", "stability", "epsilon", "power_iterations", "exampl
 
 
 def _validate_evaluate(c: ml_collections.ConfigDict) -> None:
-    """The optional ``evaluate`` section: measurements after training (odeformer.invariance,
-    odeformer.stability); a config without it evaluates nothing more."""
+    """The optional ``evaluate`` section: measurements after training (odeformer.experiment.evaluators.invariance,
+    odeformer.experiment.evaluators.stability); a config without it evaluates nothing more."""
     if "evaluate" not in c:
         return
     for key in _EVALUATE_KEYS:
@@ -268,7 +268,7 @@ def expand(config: ml_collections.ConfigDict) -> list[Run]:
     """All distinct runs of the sweep, validated, in grid order.
 
     ``config.experiment`` says what a run is: ``"train"`` (normalised and checked by
-    :func:`validate_run`) or a study of ``odeformer.studies.STUDIES`` (checked by its own
+    :func:`validate_run`) or a study of ``odeformer.experiment.studies.STUDIES`` (checked by its own
     ``validate``).
     """
     if config.experiment not in experiments():

@@ -6,9 +6,10 @@ import dataclasses
 
 from flax import nnx
 
-from odeformer.models import ModelShape, SolverSpec, build_model
-from odeformer.params import count_params
-from odeformer.tasks import TabularData, TaskData
+from odeformer._block import count_params
+from odeformer.categorical.features import TabularData
+from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.tasks import TaskData
 
 BUDGET_TOLERANCE = 0.05  # realised count within ±5% of the target
 _MAX_WIDTH = 8192

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from odeformer.categorical.features import TabularData, check_ids
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
@@ -38,43 +40,6 @@ class TaskData:
     @property
     def seq_len(self) -> int:
         return int(self.train["tokens"].shape[1])
-
-
-@dataclasses.dataclass(frozen=True)
-class CategoricalFeature:
-    """One categorical input: ids lie in ``[0, cardinality)`` (reserved rows included)."""
-
-    name: str
-    cardinality: int
-
-
-@dataclasses.dataclass(frozen=True)
-class TabularData:
-    """Train/test arrays of a tabular task and what a model and the runner need.
-
-    Attributes:
-      train, test: dicts with ``categorical`` (int32, [N, F], column f in
-        ``[0, categorical[f].cardinality)``), ``numeric`` (float32, [N, G], finite) and
-        ``label`` (int32, [N]).
-      categorical: the F categorical features, in column order.
-      numeric: names of the G numeric columns, in order (may be empty: shape [N, 0]).
-      num_classes: labels lie in ``[0, num_classes)``.
-      artifacts: file name -> text written into every run's directory (the fitted
-        vocabularies, so a run's ids can be decoded and new data encoded the same way).
-      clusters: feature name -> int array [cardinality], the hidden cluster of each id
-        (-1 where there is none, e.g. reserved rows); synthetic tasks only.
-      train_counts: feature name -> int array [cardinality], occurrences of each id in
-        the train split.
-    """
-
-    train: dict[str, jax.Array]
-    test: dict[str, jax.Array]
-    categorical: tuple[CategoricalFeature, ...]
-    numeric: tuple[str, ...]
-    num_classes: int
-    artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
-    clusters: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    train_counts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData | TabularData]] = {}
@@ -106,19 +71,6 @@ def make_task(config: ml_collections.ConfigDict) -> TaskData | TabularData:
     return data
 
 
-def check_ids(where: str, ids, cardinality: int) -> None:
-    """Raises ValueError unless ``ids`` are integers in ``[0, cardinality)``.
-
-    ``where`` names the feature in the message, e.g. ``"task 'flights': train tailnum"``.
-    """
-    values = np.asarray(ids)
-    if not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{where}: ids must be integers, got {values.dtype}")
-    if values.size and (values.min() < 0 or values.max() >= cardinality):
-        bad = values[(values < 0) | (values >= cardinality)][0]
-        raise ValueError(f"{where}: id {bad} is outside [0, {cardinality})")
-
-
 def _check_tabular(name: str, data: TabularData) -> None:
     for split_name, split in (("train", data.train), ("test", data.test)):
         where = f"task {name!r}: {split_name}"
@@ -142,13 +94,7 @@ def _check_ranges(name: str, data: TaskData) -> None:
                          f"({data.train['tokens'].shape[1]} vs {data.test['tokens'].shape[1]})")
     for split_name, split in (("train", data.train), ("test", data.test)):
         for key, limit in (("tokens", data.vocab_size), ("label", data.num_classes)):
-            values = np.asarray(split[key])
-            if not np.issubdtype(values.dtype, np.integer):
-                raise ValueError(f"task {name!r}: {split_name} {key} must be integers, got {values.dtype}")
-            if values.size and (values.min() < 0 or values.max() >= limit):
-                bad = values[(values < 0) | (values >= limit)][0]
-                raise ValueError(
-                    f"task {name!r}: {split_name} {key} contain {bad}, outside [0, {limit})")
+            check_ids(f"task {name!r}: {split_name} {key}", split[key], limit)
 
 
 def _split(tokens, labels, num_train):

@@ -45,8 +45,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from odeformer.block import ODEBlock, vector_field
-from odeformer.solve import Solution, solve
+from odeformer._block import ODEBlock, vector_field
+from odeformer._integrate import Solution, solve
 
 PENALTIES: tuple[str, ...] = ("kinetic", "jacobian")
 NOISES: tuple[str, ...] = ("rademacher", "gaussian")

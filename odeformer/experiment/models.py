@@ -12,13 +12,14 @@ import dataclasses
 import jax
 from flax import nnx
 
-from odeformer.block import ODEBlock
-from odeformer.embeddings import EmbeddingSpec, FeatureTokenizer
-from odeformer.fields import TransformerBlockField
-from odeformer.regularisers import integrate as integrate_regularised
-from odeformer.sharding import lookup
-from odeformer.tasks import TabularData, TaskData
-from odeformer.time import TimeSpec
+from odeformer._block import ODEBlock
+from odeformer._fields import TransformerBlockField
+from odeformer._regularisers import integrate as integrate_regularised
+from odeformer._time_dependence import TimeSpec
+from odeformer.categorical.embeddings import EmbeddingSpec, FeatureTokenizer
+from odeformer.categorical.features import TabularData
+from odeformer.categorical.sharded_lookup import lookup
+from odeformer.experiment.tasks import TaskData
 
 FAMILIES = ("ode", "discrete")
 READOUTS = ("last", "mean")
@@ -37,7 +38,7 @@ class ModelShape:
       readout: ``"last"`` token or ``"mean"`` over tokens (sequence tasks; a tabular
         model reads its ``[CLS]`` token).
       embedding, embed_dim, compression: the tabular tokenizer's
-        :class:`odeformer.embeddings.EmbeddingSpec` (``kind``, ``dim``, ``compression``).
+        :class:`odeformer.categorical.embeddings.EmbeddingSpec` (``kind``, ``dim``, ``compression``).
     """
 
     family: str = "ode"
@@ -96,7 +97,7 @@ class _FlowClassifier(nnx.Module):
         one ODE system: an adaptive solver picks one step sequence for all examples
         (as torchdiffeq does), so an example's result depends slightly on its batch.
 
-        ``penalties`` (names of ``odeformer.regularisers.PENALTIES``, ``ode`` family only)
+        ``penalties`` (names of ``odeformer._regularisers.PENALTIES``, ``ode`` family only)
         integrates those regularisers alongside (``key`` draws the Jacobian term's noise);
         their integrals are added to ``stats`` under their names.
         """

@@ -1,7 +1,7 @@
 """Running a sweep: plan (validate, resolve budgets), train each run, record results.
 
 Runs that share every structural setting reuse one compiled train step (see
-``odeformer.training`` for which settings are structural); ``compile_s`` is 0 for them
+``odeformer.experiment.training`` for which settings are structural); ``compile_s`` is 0 for them
 and ``compile_reused`` True.
 """
 
@@ -24,20 +24,21 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from odeformer import results
-from odeformer.budgets import model_params, resolve_budget
-from odeformer.embeddings import tabular_report
-from odeformer.invariance import parse_solvers, solver_report
-from odeformer.models import ModelShape, SolverSpec, build_model
-from odeformer.regularisers import PENALTIES
-from odeformer.regularisers import weights as penalty_weights
-from odeformer.sharding import make_mesh, place, replicated, state_shardings
-from odeformer.solvers import solver_info
-from odeformer.stability import forward_mode, make_stability_step, summarise
-from odeformer.studies import STUDIES
-from odeformer.sweeps import Run, expand, shard
-from odeformer.tasks import TabularData, TaskData, make_task
-from odeformer.training import (
+from odeformer._regularisers import PENALTIES
+from odeformer._regularisers import weights as penalty_weights
+from odeformer._solvers import solver_info
+from odeformer.categorical.embeddings import tabular_report
+from odeformer.categorical.features import TabularData
+from odeformer.experiment import results
+from odeformer.experiment.budgets import model_params, resolve_budget
+from odeformer.experiment.evaluators.invariance import parse_solvers, solver_report
+from odeformer.experiment.evaluators.stability import forward_mode, make_stability_step, summarise
+from odeformer.experiment.executor import BuildOnce, Stopped, check_workers, execute, start_order
+from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.studies import STUDIES
+from odeformer.experiment.sweeps import Run, expand, shard
+from odeformer.experiment.tasks import TaskData, make_task
+from odeformer.experiment.training import (
     FAILURE_SOLVER,
     evaluate,
     init_state,
@@ -45,7 +46,7 @@ from odeformer.training import (
     make_optimizer,
     make_train_step,
 )
-from odeformer.workers import BuildOnce, Stopped, check_workers, execute, start_order
+from odeformer.parallel.mesh import make_mesh, place, replicated, state_shardings
 
 _SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 
@@ -166,7 +167,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     """Trains one run (resuming from its last checkpoint) and returns its metrics.
 
     ``compiled`` holds the jitted steps of every structure (``_structure_key``) met so far
-    in the sweep. ``stop`` (``odeformer.workers``) is checked before every training step
+    in the sweep. ``stop`` (``odeformer.experiment.executor``) is checked before every training step
     and before the evaluation; once it is set the run raises ``Stopped``.
 
     The run's mesh (``config.mesh``) holds the train state and data for the whole run:
@@ -275,8 +276,8 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
 def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: BuildOnce,
                       test_accuracy: float) -> dict[str, Any]:
     """The ``evaluate`` section's measurements of a trained run (none without that section):
-    test accuracy under other solvers (``odeformer.invariance``) and stability
-    (``odeformer.stability``). Their jitted steps are cached in ``compiled`` by graphdef:
+    test accuracy under other solvers (``odeformer.experiment.evaluators.invariance``) and stability
+    (``odeformer.experiment.evaluators.stability``). Their jitted steps are cached in ``compiled`` by graphdef:
     the extra solvers' eval steps are shared by runs of one shape whatever their training
     solver; the stability step is one per training graphdef."""
     if "evaluate" not in c or not (c.evaluate.solvers or c.evaluate.stability):
@@ -354,16 +355,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
     """Runs this shard's part of the sweep into ``workdir``; finished runs are skipped.
 
     ``config.experiment`` is ``"train"`` (every run trains a model) or the name of a
-    numerical study (``odeformer.studies``; every run calls its ``measure``). Every run
+    numerical study (``odeformer.experiment.studies``; every run calls its ``measure``). Every run
     is validated (and a training run's shape resolved) before anything is computed or
     written. A run that fails is recorded as ``status = "failed: <reason>"``.
 
     ``workers`` runs that many runs at a time on threads of this process
-    (``odeformer.workers``; single-process sweeps only). Results do not depend on it;
+    (``odeformer.experiment.executor``; single-process sweeps only). Results do not depend on it;
     the timings in each row (``train_time_s``, ``step_ms``, ``compile_s``) are then
     measured while other runs share the machine, and the row's ``workers`` says so.
     Several workers start a sweep's training runs costliest first, keeping runs that
-    share a compiled step from starting side by side (``odeformer.workers.start_order``).
+    share a compiled step from starting side by side (``odeformer.experiment.executor.start_order``).
     """
     check_workers(workers, jax.process_count())
     workdir = Path(workdir)
@@ -405,9 +406,9 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
       run_item: ``run_item(item, stop) -> dict``, the measured columns; raises
         ``RunFailed`` for a final failure.
       progress: show a bar over runs.
-      workers: worker threads (``odeformer.workers.execute``).
+      workers: worker threads (``odeformer.experiment.executor.execute``).
       schedule: ``todo -> todo`` reordered, the order in which runs start (training:
-        ``odeformer.workers.start_order``); None keeps grid order. Rows, failures and the
+        ``odeformer.experiment.executor.start_order``); None keeps grid order. Rows, failures and the
         table do not depend on it.
     """
     primary = jax.process_index() == 0

@@ -2,10 +2,10 @@
 quotient-remainder tables, and the FT-Transformer-style tokenizer of a tabular row.
 
 Every variant maps the ids of one feature (``[0, cardinality)``, validated where data
-enters) to ``dim``-vectors and stores its rows as :class:`odeformer.sharding.EmbeddingRows`,
+enters) to ``dim``-vectors and stores its rows as :class:`odeformer.parallel.mesh.EmbeddingRows`,
 so under a mesh with a ``model`` axis every variant is row-sharded the same way (rows padded
 to a multiple of the shard count with zero rows). The layers do not check ids: that happens
-where data enters (``odeformer.tasks.check_ids``), so padded rows are never looked up.
+where data enters (``odeformer.experiment.tasks.check_ids``), so padded rows are never looked up.
 
 =========  ====================================================  ==========================
 kind       vector of id ``i``                                     rows stored
@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from odeformer.sharding import MODEL, EmbeddingRows, lookup, onehot_lookup, padded_rows, replicated
-from odeformer.tasks import CategoricalFeature, TabularData
+from odeformer.categorical.features import CategoricalFeature, TabularData
+from odeformer.categorical.sharded_lookup import lookup, onehot_lookup, padded_rows
+from odeformer.parallel.mesh import MODEL, EmbeddingRows, replicated
 
 EMBEDDINGS = ("table", "onehot", "hashed", "qr")
 

@@ -1,0 +1,1 @@
+"""Measurements of a trained run beyond its accuracy: other solvers (invariance), stability."""
