@@ -56,7 +56,8 @@ def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:
     """
     applied = reuse_host_memory and odeformer.parallel.reuse_host_memory()
     print("command:", shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
-    print("host memory:", "odeformer.parallel.reuse_host_memory() applied" if applied else "system malloc defaults")
+    print("host memory:",
+          "odeformer.parallel.reuse_host_memory() applied" if applied else "system malloc defaults")
     extra = "".join(f", {name} {version}" for name, version in versions.items())
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, "
           f"devices {jax.devices()}; jax {jax.__version__}, diffrax {diffrax.__version__}{extra}")

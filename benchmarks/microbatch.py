@@ -1,6 +1,7 @@
 """python benchmarks/microbatch.py [--batch 32] [--tokens 64] [--width 64] [--steps 8] [--repeats N] [--quick]
 
-A training step's gradient computed in chunks of the batch (``odeformer.experiment.microbatch.accumulate``, which
+A training step's gradient computed in chunks of the batch
+(``odeformer.experiment.microbatch.accumulate``, which
 ``train.microbatch`` uses) against the whole batch at once.
 
 Needs ``import odeformer`` (``pip install -e .`` or ``PYTHONPATH=.``). The step is the peer

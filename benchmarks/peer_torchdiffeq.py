@@ -94,7 +94,8 @@ class TorchBlockField(torch.nn.Module):
 
 def jax_step(f, solver, steps, microbatch=0):
     """Jitted ``(state, y0) -> ((loss, (nfe, y1)), grads)``; ``microbatch > 0``: the gradient
-    in chunks of that many examples (``odeformer.experiment.microbatch.accumulate``, as ``train.microbatch``)."""
+    in chunks of that many examples (``odeformer.experiment.microbatch.accumulate``, as
+    ``train.microbatch``)."""
     tol = {"steps": steps} if steps else {"rtol": TOL, "atol": TOL}
 
     def loss(state, y0):

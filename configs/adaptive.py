@@ -21,9 +21,12 @@ Arms (zipped; each trained and tested with its own solver), times 3 seeds:
 Columns: test_accuracy, nfe_forward (test-time evaluations per solve), train_nfe (mean
 over the last quarter of training), train_kinetic / train_jacobian, step_ms; the per-step
 ``nfe`` is in runs/<run_id>/metrics.jsonl. 39 runs.
+``:tiny``: width 8, 8 steps, four arms, two seeds.
 """
 
 import ml_collections
+
+from configs import base
 
 # (solver, adaptive, steps, rtol = atol, kinetic, jacobian); keys a run does not use
 # (steps of an adaptive solve, tolerances of a fixed one) are reset by the sweep.
@@ -35,30 +38,37 @@ ARMS = (
 )
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.name = "adaptive"
-    c.experiment = "train"
-    c.seed = 0
-    c.task = ml_collections.ConfigDict(dict(
-        name="majority", seed=0, vocab_size=8, seq_len=16, num_train=4096, num_test=1024))
-    c.model = ml_collections.ConfigDict(dict(
-        family="ode", width=16, heads=4, mlp_ratio=2, time="tied", pieces=4, basis=4, layers=4,
-        readout="last", param_budget=0, embedding="table", embed_dim=0, compression=8))
-    c.solver = ml_collections.ConfigDict(dict(
-        name="dopri5", steps=4, adaptive=True, rtol=1e-3, atol=1e-3, t1=1.0, adjoint="checkpoint",
-        max_steps=64))
-    c.train = ml_collections.ConfigDict(dict(
-        num_steps=300, batch_size=32, learning_rate=1e-2, weight_decay=1e-2, warmup_steps=30,
-        grad_clip=1.0, log_every=10, eval_batch_size=1024, checkpoint_every=0, microbatch=0,
-        kinetic=0.0, jacobian=0.0))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
-    names, adaptive, steps, tolerances, kinetic, jacobian = zip(*ARMS, strict=True)
-    c.sweep = ml_collections.ConfigDict(dict(
+TINY_ARMS = (
+    ("euler", False, 2, 1e-3, 0.0, 0.0),
+    ("dopri5", True, 4, 1e-1, 0.0, 0.0),
+    ("dopri5", True, 4, 1e-3, 0.0, 0.0),
+    ("dopri5", True, 4, 1e-3, 0.1, 0.1),
+)
+
+
+def _sweep(arms, seeds) -> ml_collections.ConfigDict:
+    names, adaptive, steps, tolerances, kinetic, jacobian = zip(*arms, strict=True)
+    return ml_collections.ConfigDict(dict(
         solver=dict(name=names, adaptive=adaptive, steps=steps, rtol=tolerances, atol=tolerances),
         train=dict(kinetic=kinetic, jacobian=jacobian),
-        seed=(0, 1, 2)))
+        seed=seeds))
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    c.task.update(seq_len=8, num_train=256, num_test=64)
+    c.model.update(width=8, heads=2, mlp_ratio=1)
+    c.train.update(num_steps=8, batch_size=16, warmup_steps=1, log_every=2, eval_batch_size=64)
+    c.sweep = _sweep(TINY_ARMS, (0, 1))
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base.get_config()
+    c.name = "adaptive"
+    c.task.update(name="majority", seq_len=16, num_test=1024)
+    c.model.width = 16
+    c.solver.update(name="dopri5", adaptive=True, atol=1e-3, max_steps=64)
+    c.train.update(batch_size=32, log_every=10, eval_batch_size=1024)
+    c.sweep = _sweep(ARMS, (0, 1, 2))
     c.sweep_zip = (("solver.name", "solver.adaptive", "solver.steps", "solver.rtol", "solver.atol",
                     "train.kinetic", "train.jacobian"),)
-    c.lock()
-    return c
+    return base.with_variant(c, variant, {"tiny": _tiny})

@@ -11,12 +11,15 @@ times. Equal-angle part: n = d = 32 tokens with equal pairwise inner products rh
 {0, 0.5}, β in {1, 4, 9}, both normalisations, Dopri8 at rtol = atol = 1e-12, against the
 scalar ODE for rho(t). See ``odeformer/experiment/studies/clustering.py`` for the definitions and
 ``notebooks/clustering.ipynb`` for the figure. 132 runs, about 1 minute of CPU time (2 minutes
-wall clock on the shared 2-core machine).
+wall clock on the shared 2-core machine). ``:tiny``: 8 tokens to T = 10, two β and two seeds,
+one equal-angle point per normalisation.
 """
 
 import itertools
 
 import ml_collections
+
+from configs import base
 
 BETAS = (0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
 SEEDS = (0, 1, 2, 3, 4)
@@ -41,18 +44,16 @@ def sweep_zip() -> tuple:
     return (("seed", *(f"clustering.{key}" for key in ZIPPED)),)
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    c.clustering.update(tokens=8, horizon=10.0, times=(1.0, 5.0, 10.0), check_points=501)
+    c.sweep = ml_collections.ConfigDict(zipped_runs(
+        (1.0, 4.0), (0, 1), (1.0,), (0.0,), PHASE, dict(EQUAL_ANGLE, dim=8)))
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base.get_config("clustering")
     c.name = "clustering"
-    c.experiment = "clustering"
-    c.seed = 0
-    c.clustering = ml_collections.ConfigDict(dict(
-        part="phase", beta=1.0, normalisation="softmax", tokens=32, dim=2, horizon=30.0,
-        times=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0), threshold=0.999,
-        rho0=0.0, check_points=3001, rate_window=(1e-10, 1e-3), solver="dopri5", rtol=1e-8, atol=1e-8,
-        max_steps=1_000_000))
     c.sweep = ml_collections.ConfigDict(zipped_runs(
         BETAS, SEEDS, EQUAL_ANGLE_BETAS, EQUAL_ANGLE_RHO0, PHASE, EQUAL_ANGLE))
     c.sweep_zip = sweep_zip()
-    c.lock()
-    return c
+    return base.with_variant(c, variant, {"tiny": _tiny})

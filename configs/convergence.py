@@ -10,11 +10,14 @@ Solvers part: heun, midpoint, rk4 and dopri5 with fixed steps on the smooth-in-t
 is the layers part's smooth curve). Three seeds (weights and tokens). Every run reports its
 distance to the next depth; smooth runs also their error against a Dopri8 reference at
 rtol = atol = 1e-14. See ``odeformer/experiment/studies/convergence.py`` for the definitions;
-``notebooks/convergence.ipynb`` fits the slopes. 210 runs, about 1.5 minutes of CPU time (3.5 minutes
-wall clock on the shared 2-core machine).
+``notebooks/convergence.ipynb`` fits the slopes. 210 runs, about 1.5 minutes of CPU time
+(3.5 minutes wall clock on the shared 2-core machine). ``:tiny``: depths 16 and 32 for the
+three kinds of weights and rk4 with 64 steps, one seed (7 runs).
 """
 
 import ml_collections
+
+from configs import base
 
 LAYERS = tuple(2**i for i in range(11))  # 1 .. 1024
 SOLVER_STEPS = {
@@ -35,17 +38,14 @@ def zipped_runs(layers, solver_steps) -> dict[str, tuple]:
     return dict(weights=weights, solver=solvers, steps=steps)
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    c.sweep = ml_collections.ConfigDict(dict(seed=(0,), convergence=zipped_runs((16, 32), {"rk4": (64,)})))
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base.get_config("convergence")
     c.name = "convergence"
-    c.experiment = "convergence"
-    c.seed = 0
-    c.convergence = ml_collections.ConfigDict(dict(
-        weights="smooth", solver="euler", steps=1, width=8, heads=2, tokens=8, cycles=1.0,
-        reference_solver="dopri8", reference_rtol=1e-14, reference_atol=1e-14,
-        reference_max_steps=100_000))
     c.sweep = ml_collections.ConfigDict(dict(
         seed=(0, 1, 2), convergence=zipped_runs(LAYERS, SOLVER_STEPS)))
     c.sweep_zip = (("convergence.weights", "convergence.solver", "convergence.steps"),)
-    c.lock()
-    return c
+    return base.with_variant(c, variant, {"tiny": _tiny})

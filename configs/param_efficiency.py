@@ -13,24 +13,30 @@ configs/depth_vs_width.py). ``model.time``: "tied" (one weight set for all
 t) or "concat" (t fed to every linear map as an extra input feature). The targets at
 which budget ratios are read (``analysis.targets``) are fixed here, before the runs;
 they do not define runs (changing them retrains nothing).
-Everything not set here is as in configs/depth_vs_width.py.
+Everything not set here is as in configs/depth_vs_width.py. ``:tiny``: budgets 900 and 1,820, 6 steps,
+two seeds.
 """
 
 import ml_collections
 
-from configs import depth_vs_width
+from configs import base, depth_vs_width
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(depth_vs_width.get_config().to_dict())
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    depth_vs_width.tiny(c)
+    c.analysis.update(targets=(0.1, 0.2), resamples=50)
+    c.sweep.seed = (0, 1)
+    c.sweep.model.param_budget = (900, 1820)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base.get_config()
     c.name = "param_efficiency"
-    c.model.update(family="ode", time="tied", layers=4, param_budget=12400)
-    c.solver.update(name="euler", steps=4)
-    c.analysis = ml_collections.ConfigDict(dict(targets=(0.6, 0.7, 0.8), resamples=2000))
+    depth_vs_width.configure(c)
+    c.analysis.update(targets=(0.6, 0.7, 0.8), resamples=2000)
     c.sweep = ml_collections.ConfigDict(dict(
         seed=(0, 1, 2),
         model=dict(family=("discrete", "ode", "ode", "discrete"), time=("tied", "tied", "concat", "tied"),
                    layers=(4, 4, 4, 1), param_budget=(900, 1820, 3600, 7100, 14400, 28800))))
     c.sweep_zip = (("model.family", "model.time", "model.layers"),)
-    c.lock()
-    return c
+    return base.with_variant(c, variant, {"tiny": _tiny})

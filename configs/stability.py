@@ -14,35 +14,32 @@ the first 64 test examples the flow map's random-perturbation gain, its Jacobian
 spectral norm (20 power iterations) and largest finite-time Lyapunov exponent, and a
 gradient (worst-case) perturbation of the initial tokens, both of norm 0.05 ||x0||; the
 test set is also re-solved with Euler in 16 steps and Dopri5 (rtol 1e-5) to show which
-models are flows (``invariance_gap``).
+models are flows (``invariance_gap``). ``:tiny``: budget 2,800, 6 steps, discrete vs tied
+ODE, two seeds.
 """
 
 import ml_collections
 
+from configs import base
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    c.task.update(num_train=256, num_test=64)
+    c.model.param_budget = 2800
+    c.train.update(num_steps=6, batch_size=16, warmup_steps=1, log_every=3, eval_batch_size=64)
+    c.evaluate.update(solvers=("euler:8", "dopri5:1e-3"), power_iterations=4, examples=8)
+    c.sweep = ml_collections.ConfigDict(dict(
+        seed=(0, 1), model=dict(family=("discrete", "ode"), time=("tied", "tied"))))
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base.get_config()
     c.name = "stability"
-    c.experiment = "train"
-    c.seed = 0
-    c.task = ml_collections.ConfigDict(dict(
-        name="majority", seed=0, vocab_size=8, seq_len=16, num_train=4096, num_test=512))
-    c.model = ml_collections.ConfigDict(dict(
-        family="ode", width=32, heads=4, mlp_ratio=2, time="tied", pieces=4, basis=4, layers=4,
-        readout="mean", param_budget=20000, embedding="table", embed_dim=0, compression=8))
-    c.solver = ml_collections.ConfigDict(dict(
-        name="euler", steps=4, adaptive=False, rtol=1e-3, atol=1e-6, t1=1.0, adjoint="checkpoint",
-        max_steps=4096))
-    c.train = ml_collections.ConfigDict(dict(
-        num_steps=300, batch_size=64, learning_rate=1e-2, weight_decay=1e-2, warmup_steps=30,
-        grad_clip=1.0, log_every=50, eval_batch_size=512, checkpoint_every=0, microbatch=0,
-        kinetic=0.0, jacobian=0.0))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
-    c.evaluate = ml_collections.ConfigDict(dict(
-        solvers=("euler:16", "dopri5:1e-5"), stability=True, epsilon=0.05, power_iterations=20,
-        examples=64))
+    c.task.update(name="majority", seq_len=16)
+    c.model.update(readout="mean", param_budget=20000)
+    c.solver.update(name="euler", steps=4)
+    c.evaluate.update(solvers=("euler:16", "dopri5:1e-5"), stability=True, epsilon=0.05)
     c.sweep = ml_collections.ConfigDict(dict(
         seed=(0, 1, 2), model=dict(family=("discrete", "ode", "ode"), time=("tied", "tied", "smooth"))))
     c.sweep_zip = (("model.family", "model.time"),)
-    c.lock()
-    return c
+    return base.with_variant(c, variant, {"tiny": _tiny})

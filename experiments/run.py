@@ -1,8 +1,13 @@
 """Runs a sweep of jit-compiled trainings and leaves a results table.
 
-    python -m experiments.run --config configs/quick.py [--config.solver.name=rk4 ...]
-        [--workdir DIR] [--shard i/n] [--workers N] [--quiet] [--noreuse_host_memory]
+    python -m experiments.run --config configs/quick.py[:tiny] [--config.solver.name=rk4 ...]
+        [--dry_run] [--workdir DIR] [--shard i/n] [--workers N] [--quiet] [--noreuse_host_memory]
         [--coordinator HOST:PORT --num_processes N --process_id I]
+
+An override of a swept key (``--config.solver.name=rk4`` where the config sweeps
+``solver.name``) replaces that sweep axis with the one value, and the output says so.
+``--dry_run`` prints the resolved grid (run ids, swept values, compiles, parameters, cost)
+and exits without training or writing anything.
 
 With ``--coordinator`` the same command runs as one of N processes (one per machine, or
 several on one machine): ``jax.distributed.initialize`` joins them, ``config.mesh`` then
@@ -15,8 +20,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odeformer.experiment.runner import format_summary, run_sweep
-from odeformer.experiment.sweeps import parse_shard
+from odeformer.experiment.grid import format_grid
+from odeformer.experiment.runner import SweepInterrupted, format_summary, run_sweep
+from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_overrides
 from odeformer.parallel.host_memory import reuse_host_memory
 from odeformer.parallel.mesh import join_processes
 
@@ -27,9 +33,13 @@ _WORKERS = flags.DEFINE_integer(
     "workers", 1, "Runs trained at a time, on threads of this process (odeformer.experiment.executor): one "
     "run compiles while another trains. Single-process sweeps only.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the resolved grid (run ids, swept values, compiled steps, parameter counts, "
+    "relative cost) and exit without training or writing anything.")
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory", True, "Keep freed host buffers for reuse instead of page-faulting them in at "
-    "every step (glibc malloc; odeformer.parallel.reuse_host_memory). --noreuse_host_memory: system defaults.")
+    "every step (glibc malloc; odeformer.parallel.reuse_host_memory). --noreuse_host_memory: system "
+    "defaults.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
@@ -41,7 +51,10 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:  # a malformed value, e.g. a string for an int key
-        print(f"error: {error}", file=sys.stderr)
+        text = str(error)
+        if "Traceback" in text:  # an error raised by the config file: its last line says what
+            text = f"{text.splitlines()[0].split(': Error whilst')[0]}: {text.strip().splitlines()[-1]}"
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError) as error:
         detail = error
@@ -56,19 +69,30 @@ def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
     config = _CONFIG.value
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    notes = pin(config, overrides)
     if _REUSE_HOST_MEMORY.value:
         reuse_host_memory()  # this process's malloc policy (see odeformer.parallel.host_memory)
     try:
         if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         index, count = parse_shard(_SHARD.value)
+        notes += unread_overrides(expand(config), overrides)
+        for note in notes:
+            print(f"note: {note}")
+        if _DRY_RUN.value:
+            print(format_grid(config, index, count))
+            return 0
         summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
                             shard_count=count, quiet=_QUIET.value, workers=_WORKERS.value)
     except ValueError as error:  # invalid config: raised before anything is written
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SweepInterrupted as stopped:  # Ctrl-C, or SIGTERM (how batch schedulers preempt a job)
+        print(f"{stopped}; rerun the same command to resume", file=sys.stderr)
+        return stopped.exit_code
     if jax.process_index() == 0:
-        print(format_summary(summary))
+        print("\n".join([format_summary(summary), *(f"note: {note}" for note in notes)]))
     return summary.exit_code
 
 

@@ -31,8 +31,14 @@ class ODEBlock(nnx.Module):
 
     Args:
       field: an ``nnx.Module`` called as ``field(t, x)``.
-      solver, steps, rtol, atol, adjoint, max_steps, throw: as in :func:`odeformer.solve`.
+      solver: as in :func:`odeformer.solve`.
+      steps: as in :func:`odeformer.solve` (``None`` for an adaptive block).
+      rtol: as in :func:`odeformer.solve`.
+      atol: as in :func:`odeformer.solve`.
+      adjoint: as in :func:`odeformer.solve`.
       t1: integration horizon.
+      max_steps: as in :func:`odeformer.solve`.
+      throw: as in :func:`odeformer.solve`.
 
     ``rtol``, ``atol`` and ``t1`` stored here are compile-time constants of the
     module; to sweep them without recompiling, pass them to :meth:`integrate`. So is a

@@ -173,7 +173,8 @@ def solve(
         belong in ``args`` (backsolve differentiates through ``args`` only).
       y0: initial state, any pytree of floating-point arrays.
       args: pytree passed to ``field``; gradients flow through it.
-      t0, t1: integration interval, ``t0 < t1``. Traced.
+      t0: start of the integration interval. Traced.
+      t1: end of the integration interval, ``t1 > t0``. Traced.
       solver: a name in ``odeformer.SOLVERS`` or a Diffrax Euler / explicit
         Runge--Kutta instance. Structural. Runge--Kutta steps run their stages as
         straight-line code (``odeformer._solvers``); an instance with an explicit
@@ -184,8 +185,10 @@ def solve(
         to ``max_steps`` (checked at run time), with the int's results (bit for bit when
         ``t0`` or ``t1`` is traced too, else up to rounding); the checkpoint adjoint then
         keeps ``max_steps`` state slots, so keep that bound tight.
-      rtol, atol: tolerances for adaptive stepping (PID controller; the first step
-        starts at ``(t1 - t0) / 100``). Give both, and not ``steps``. Traced.
+      rtol: relative tolerance for adaptive stepping (PID controller; the first step
+        starts at ``(t1 - t0) / 100``). Give both ``rtol`` and ``atol``, and not
+        ``steps``. Traced.
+      atol: absolute tolerance for adaptive stepping. Traced.
       adjoint: how reverse-mode gradients are computed. Structural.
         ``"checkpoint"``: discretise-then-optimise, exact gradient of the numerical
         solution. With ``steps`` it stores the state after every step (memory grows

@@ -14,16 +14,19 @@ training step 0.76-0.82x as long. The backward pass then keeps every stage's res
 a step at once, and the stages are traced one by one (a larger buffer and a longer compile
 for many-stage methods; benchmarks/README.md, "Solver overhead"). A solver instance with
 an explicit ``scan_kind`` keeps Diffrax's own step and its stage loop.
+
+Both changes wrap the solver (:class:`_Prepared`, a ``diffrax.AbstractWrappedSolver``, the
+public way to wrap one: Diffrax forwards its ``isinstance`` checks to the wrapped solver)
+rather than subclass it, so that no private Diffrax or Equinox API is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import ClassVar
 
 import diffrax
-import equinox.internal as eqxi
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,9 +129,10 @@ def _fsal(solver, terms, t0, t1, y0, args) -> bool:
     return solver.tableau.fsal and not terms.is_vf_expensive(t0, t1, y0, args)
 
 
-def _straight_line_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+def _straight_line_step(solver, terms, t0, t1, y0, args, solver_state, made_jump):
     """One step of an explicit Runge--Kutta tableau, its stages written out one after
-    another (replaces ``diffrax.AbstractRungeKutta.step`` for :func:`solver_info`).
+    another: ``solver.step`` (``diffrax.AbstractRungeKutta.step``) as :class:`_Prepared`
+    runs it.
 
     Diffrax runs the stages in a checkpointed loop of its own, so under the checkpoint
     adjoint each stage's forward is computed three times (forward pass, the step's
@@ -138,10 +142,10 @@ def _straight_line_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
     Diffrax's step, up to rounding; like Diffrax, FSAL stages evaluate ``vf`` (its value
     is carried), other stages ``vf_prod``.
     """
-    tableau = self.tableau
+    tableau = solver.tableau
     control = terms.contr(t0, t1)
     dt = t1 - t0
-    fsal = _fsal(self, terms, t0, t1, y0, args)
+    fsal = _fsal(solver, terms, t0, t1, y0, args)
 
     def stage(c, y):
         """(f, k) at stage time t0 + c dt (exactly t1 for c = 1); f is None unless FSAL."""
@@ -152,12 +156,14 @@ def _straight_line_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         return f, terms.prod(f, control)
 
     if fsal:
-        # (first_step, f0) from _eager_fsal_init or the previous step: first_step is always
+        # (first_step, f0) from _Prepared.init or the previous step: first_step is always
         # False there, f0 = f(t0, y0). After a jump (never in `solve`: no jump times,
         # made_jump is then a static False) f0 is stale.
         _, f0 = solver_state
         if not (isinstance(made_jump, bool) and not made_jump):
-            f0 = jax.lax.cond(eqxi.unvmap_any(made_jump), lambda: stage(0.0, y0)[0], lambda: f0)
+            # Diffrax un-batches this predicate with equinox.internal.unvmap_any; a public
+            # cond under vmap becomes a select (both branches run), same values.
+            f0 = jax.lax.cond(jnp.any(made_jump), lambda: stage(0.0, y0)[0], lambda: f0)
         f_last, ks = f0, [terms.prod(f0, control)]
     else:
         f_last, k0 = stage(tableau.c1 or 0.0, y0)
@@ -178,38 +184,71 @@ def _straight_line_step(self, terms, t0, t1, y0, args, solver_state, made_jump):
     return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
 
-def _eager_fsal_init(self, terms, t0, t1, y0, args):
-    # Diffrax's FSAL state is (first_step, f0): evaluate f0 now and mark it valid,
-    # so that no step ever re-evaluates the first stage.
-    if not _fsal(self, terms, t0, t1, y0, args):
-        return None
-    return jnp.array(False), self.func(terms, t0, y0, args)
+class _Prepared(diffrax.AbstractWrappedSolver):
+    """An explicit Runge--Kutta solver as ``solve`` runs it: ``f(t0, y0)`` evaluated in
+    ``init`` if it is FSAL, and each step's stages as straight-line code if ``write_out``
+    (:func:`_straight_line_step`); everything else is the wrapped solver's.
+
+    Attributes:
+      solver: the wrapped solver, unchanged.
+      write_out: replace ``solver.step``; False keeps it (a class with its own ``step``,
+        or an explicit ``scan_kind``, which asks for Diffrax's stage loop).
+    """
+
+    solver: diffrax.AbstractERK
+    write_out: bool = eqx.field(static=True)
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    @property
+    def scan_kind(self):
+        # DirectAdjoint and ForwardMode give a Runge--Kutta solver (isinstance is
+        # forwarded) a scan_kind with eqx.tree_at(lambda s: s.scan_kind, ...): this lets
+        # them set the wrapped solver's field. A written-out step has no loop to scan.
+        return self.solver.scan_kind
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        if not _fsal(self.solver, terms, t0, t1, y0, args):
+            return self.solver.init(terms, t0, t1, y0, args)
+        # Diffrax's FSAL state is (first_step, f0): evaluate f0 now and mark it valid,
+        # so that no step ever re-evaluates the first stage.
+        return jnp.array(False), self.solver.func(terms, t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        if self.write_out:
+            return _straight_line_step(self.solver, terms, t0, t1, y0, args, solver_state, made_jump)
+        return self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
 
 
-@functools.cache
-def _prepared_class(cls: type, write_out: bool) -> type:
-    """Subclass of an explicit Runge--Kutta class that evaluates ``f(t0, y0)`` in init
-    if it is FSAL, and, if ``write_out`` and the class does not define its own ``step``,
-    runs each step's stages as straight-line code (:func:`_straight_line_step`)."""
-    methods = {}
-    if cls.tableau.fsal:
-        methods["init"] = _eager_fsal_init
-    if write_out and cls.step is diffrax.AbstractRungeKutta.step:
-        methods["step"] = _straight_line_step
-    return type(f"Prepared{cls.__name__}", (cls,), methods) if methods else cls
-
-
-def _prepared(solver: diffrax.AbstractERK) -> diffrax.AbstractERK:
-    """``solver`` as an instance of its prepared class, fields copied as they are (its own
-    ``__init__``, whatever its signature, is not called again); itself if nothing changes.
-    An explicit ``scan_kind`` asks for Diffrax's stage loop: only ``init`` is replaced."""
-    cls = _prepared_class(type(solver), write_out=solver.scan_kind is None)
-    if cls is type(solver):
+def _prepared(solver: diffrax.AbstractERK) -> diffrax.AbstractSolver:
+    """``solver`` wrapped in :class:`_Prepared`, or itself if that would change nothing
+    (not FSAL, and its class's own ``step`` or an explicit ``scan_kind`` kept)."""
+    write_out = solver.scan_kind is None and type(solver).step is diffrax.AbstractRungeKutta.step
+    if not (write_out or solver.tableau.fsal):
         return solver
-    prepared = object.__new__(cls)
-    for field in dataclasses.fields(solver):
-        object.__setattr__(prepared, field.name, getattr(solver, field.name))
-    return prepared
+    return _Prepared(solver, write_out)
 
 
 def _is_fsal(solver: diffrax.AbstractSolver) -> bool:
@@ -228,6 +267,8 @@ def solver_info(solver: str | diffrax.AbstractSolver) -> SolverInfo:
     Returns:
       The solver prepared for ``diffeqsolve`` with its evaluation counts.
     """
+    if isinstance(solver, _Prepared):  # prepared already: prepare what it wraps
+        solver = solver.solver
     if isinstance(solver, str):
         _check_name(solver)
         cls, _, adaptive_ok = _REGISTRY[solver]

@@ -10,8 +10,16 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 
+import chex  # noqa: E402
 import jax  # noqa: E402
-import pytest
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counts():
+    """chex.assert_max_traces counts the traces of a function by its source and definition
+    site, for the whole process: start each test (and each parametrization) from zero."""
+    chex.clear_trace_counter()
 
 
 @pytest.fixture

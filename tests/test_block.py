@@ -1,5 +1,6 @@
 """ODEBlock inside Flax models and the module -> vector-field split."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,15 +72,13 @@ def test_block_tolerance_override_is_traced_and_compiles_once(x64):
     block = odeformer.ODEBlock(field, solver="dopri5", rtol=1e-3, atol=1e-3)
     graphdef, state = nnx.split(block)
     x = jax.random.normal(jax.random.key(0), (5, 8), jnp.float64)
-    traces = []
 
     @jax.jit
+    @chex.assert_max_traces(n=1)  # a retrace raises
     def nfe(state, rtol):
-        traces.append(1)
         return nnx.merge(graphdef, state).integrate(x, rtol=rtol, atol=rtol).stats["nfe"]
 
     counts = [int(nfe(state, jnp.asarray(r))) for r in (1e-3, 1e-6, 1e-9)]
-    assert len(traces) == 1
     assert counts[0] < counts[1] < counts[2]
 
 
@@ -88,11 +87,10 @@ def test_block_step_count_override_is_traced_bounded_by_its_steps_and_compiles_o
     block = odeformer.ODEBlock(field, solver="rk4", steps=5)
     graphdef, state = nnx.split(block)
     x = jax.random.normal(jax.random.key(0), (5, 8), jnp.float64)
-    traces = []
 
     @jax.jit
+    @chex.assert_max_traces(n=1)  # a retrace raises
     def run(state, steps, t1):
-        traces.append(1)
         return nnx.merge(graphdef, state).integrate(x, steps=steps, t1=t1)
 
     t1 = jnp.asarray(0.7)
@@ -102,7 +100,6 @@ def test_block_step_count_override_is_traced_bounded_by_its_steps_and_compiles_o
         got = run(state, jnp.asarray(n), t1)
         np.testing.assert_array_equal(got.y1, want.y1)
         assert int(got.stats["nfe"]) == 4 * n
-    assert len(traces) == 1
     with pytest.raises(Exception, match=r"steps=\(a traced value\) must lie in \[1, max_steps=5\]"):
         jax.block_until_ready(run(state, jnp.asarray(6), t1).y1)
     with pytest.raises(ValueError, match=r"steps=6 must lie in \[1, 5\]: this ODEBlock's steps=5"):

@@ -87,6 +87,7 @@ def attention_problem():
         return f, x0, state, reference.y1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", odeformer.SOLVERS)
 def test_order_on_attention_field_against_dopri8_reference(x64, attention_problem, name):
     f, x0, state, reference = attention_problem

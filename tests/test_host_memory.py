@@ -51,6 +51,7 @@ FAULTS_PER_CALL = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="reuse_host_memory changes glibc malloc only")
 def test_reuse_removes_the_page_faults_of_large_buffers_called_early_or_late(tmp_path):
     script = tmp_path / "faults.py"

@@ -57,6 +57,7 @@ def _logits(graphdef, params, tokens, **hyper):
     return np.asarray(nnx.merge(graphdef, params)(tokens, **hyper)[0])
 
 
+@pytest.mark.slow
 def test_swapped_solver_keeps_the_parameters_and_solves_as_a_model_built_with_it():
     model, task = _model("ode")
     graphdef, params = nnx.split(model)
@@ -77,6 +78,7 @@ def test_swapped_solver_keeps_the_parameters_and_solves_as_a_model_built_with_it
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_discrete_family_resolved_at_its_own_steps_is_itself_and_finer_steps_differ():
     model, task = _model("discrete")
     graphdef, params = nnx.split(model)

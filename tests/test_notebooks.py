@@ -1,7 +1,7 @@
 """Every notebook runs on its experiment's tiny variant, in a real kernel.
 
 Convention: ``notebooks/<name>.ipynb`` reads the results of ``configs/<name>.py``; its tiny
-variant ``configs/<name>_tiny.py`` is run here into a temporary workdir, then the notebook
+variant ``configs/<name>.py:tiny`` is run here into a temporary workdir, then the notebook
 is executed with ``ODEFORMER_WORKDIR`` pointing there and ``ODEFORMER_FIGURE`` naming the
 figure file it must write (by default the notebook reads ``../runs/<name>`` and writes
 ``../docs/figures/<name>.png``, the figure of docs/results.md).
@@ -23,12 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
-def _config(name: str):
+def _config(name: str, variant: str = ""):
     path = REPO / "configs" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(variant)
 
 
 def _record_a_failed_run(workdir):
@@ -49,7 +49,7 @@ def test_every_notebook_has_a_config_a_tiny_variant_and_an_index_entry():
     for notebook in NOTEBOOKS:
         name = notebook.stem
         assert (REPO / "configs" / f"{name}.py").exists(), name
-        assert (REPO / "configs" / f"{name}_tiny.py").exists(), name
+        assert _config(name, "tiny").name == f"{name}_tiny", name
         assert f"{name}.ipynb" in index, f"notebooks/README.md does not list {name}.ipynb"
         cells = nbformat.read(notebook, as_version=4).cells
         verdicts = [c for c in cells if c.cell_type == "markdown" and "**Verdict" in c.source]
@@ -58,9 +58,10 @@ def test_every_notebook_has_a_config_a_tiny_variant_and_an_index_entry():
             f"{name}.ipynb is committed with outputs; clear them"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_on_its_tiny_variant(notebook, tmp_path, monkeypatch):
-    config = _config(f"{notebook.stem}_tiny")
+    config = _config(notebook.stem, "tiny")
     summary = run_sweep(config, tmp_path / "runs", quiet=True)
     assert summary.ran > 0 and not summary.failed, summary.table.get("status")
     _record_a_failed_run(tmp_path / "runs")

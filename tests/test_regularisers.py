@@ -18,7 +18,7 @@ from odeformer import _regularisers as regularisers
 from odeformer._block import vector_field
 from odeformer.experiment import models, sweeps
 from odeformer.experiment.models import ModelShape, SequenceClassifier, SolverSpec
-from odeformer.experiment.runner import _structure_key, plan
+from odeformer.experiment.runner import plan, structure_key
 from odeformer.experiment.tasks import make_task
 from odeformer.experiment.training import _loss_and_metrics, init_state, make_optimizer, make_train_step
 
@@ -55,6 +55,7 @@ def test_kinetic_energy_of_a_linear_field_matches_quadrature_of_the_exact_soluti
     np.testing.assert_allclose(sol.y1, x0 @ scipy.linalg.expm(t1 * w), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_kinetic_energy_of_an_attention_flow_matches_a_fine_trapezoid(x64):
     # Nonlinear field: reference solution on a fine grid (dopri8 dense output), then the
     # trapezoid rule of mean(f^2) along it.
@@ -121,6 +122,7 @@ def test_fixed_step_augmented_solve_does_the_same_arithmetic_on_the_state():
     assert int(sol.stats["nfe"]) == int(plain.stats["nfe"]) == 12
 
 
+@pytest.mark.slow
 def test_regulariser_channels_do_not_change_adaptive_nfe_at_training_size():
     # The PID controller's RMS error norm counts the two scalar channels against the
     # 32 x 16 x 16 = 8,192 elements of x: the step sequence stays the plain solve's.
@@ -147,6 +149,7 @@ def _model(solver=RK4, seed=0):
     return data, *nnx.split(model)
 
 
+@pytest.mark.slow
 def test_gradient_of_the_regularised_loss_matches_finite_differences(x64):
     data, graphdef, params = _model()
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
@@ -206,6 +209,7 @@ def _reference_step(graphdef, tx, hyper, state, data, key, batch_size):
             "step": state["step"] + 1}, loss
 
 
+@pytest.mark.slow
 def test_zero_weights_leave_the_train_step_unchanged_and_compile_no_regulariser(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a regulariser was traced with zero weights")
@@ -227,6 +231,7 @@ def test_zero_weights_leave_the_train_step_unchanged_and_compile_no_regulariser(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_weights_are_traced_and_the_regularisers_report_their_integrals():
     state, metrics, step, (data, _, tx, hyper) = _train({"kinetic": 0.1, "jacobian": 0.1}, steps=2)
     m = metrics[-1]
@@ -242,6 +247,7 @@ def test_weights_are_traced_and_the_regularisers_report_their_integrals():
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_regularised_run_draws_the_same_batches_as_its_unregularised_twin():
     # From the same initial parameters the first step's cross-entropy agrees (up to the
     # augmented solve's float32 rounding) only if both steps drew the same batch (paired
@@ -253,6 +259,7 @@ def test_a_regularised_run_draws_the_same_batches_as_its_unregularised_twin():
     assert float(on[0]["loss"]) > float(on[0]["cross_entropy"])
 
 
+@pytest.mark.slow
 def test_a_strong_kinetic_penalty_lowers_the_kinetic_energy():
     _, off, _, _ = _train({"kinetic": 1e-9}, steps=40, solver=EULER)
     _, on, _, _ = _train({"kinetic": 3.0}, steps=40, solver=EULER)
@@ -262,7 +269,7 @@ def test_a_strong_kinetic_penalty_lowers_the_kinetic_energy():
 def test_structure_key_follows_which_weights_are_on():
     def key(kinetic, jacobian):
         c = tiny_config(**{"train.kinetic": kinetic, "train.jacobian": jacobian})
-        return _structure_key(plan(c)[0])
+        return structure_key(plan(c)[0])
 
     assert key(0.01, 0.0) == key(0.5, 0.0)  # the value is traced
     assert len({key(0.0, 0.0), key(0.01, 0.0), key(0.01, 0.01), key(0.0, 0.01)}) == 4
@@ -285,8 +292,8 @@ def test_a_config_without_the_regulariser_keys_is_refused():
     c = tiny_config()
     c.unlock()
     del c.train["jacobian"]
-    with pytest.raises(ValueError, match=r"train.jacobian is missing: every train section needs "
-                                         r"kinetic, jacobian"):
+    with pytest.raises(ValueError, match=r"train.jacobian is missing from the config: start from "
+                                         r"configs/base.py"):
         sweeps.expand(c)
 
 

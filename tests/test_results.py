@@ -1,8 +1,11 @@
 """Atomic writes, metrics truncation, loading several workdirs."""
 
 import json
+import re
+import warnings
 
 import pandas as pd
+import pytest
 
 from odeformer.experiment import results
 
@@ -39,6 +42,28 @@ def test_crashed_runs_are_retried_failed_runs_are_not(tmp_path):
     results.record(tmp_path, {"run_id": "a", "status": "failed: non-finite loss at step 3"})
     results.record(tmp_path, {"run_id": "b", "status": "failed: OSError: disk full", "crashed": True})
     assert results.is_finished(tmp_path, "a") and not results.is_finished(tmp_path, "b")
+
+
+@pytest.mark.parametrize("content", [b'{"run_id": "a", "status": "o', b"", b"\xff\xfe{", b"[1, 2]",
+                                     b'{"status": "ok"}'])
+def test_an_unreadable_record_is_unfinished_skipped_by_load_with_a_warning_naming_it(tmp_path, content):
+    """Cut short (a full disk, a crash while copying), not UTF-8, or JSON that is not an
+    object with a run_id: the run counts as unfinished (the sweep reruns it), ``load``
+    skips the file and names it, and ``write_table`` rebuilds the table without it."""
+    results.record(tmp_path, {"run_id": "b", "status": "ok"})
+    path = results.record_path(tmp_path, "a")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert results.is_unreadable(tmp_path, "a") and not results.is_finished(tmp_path, "a")
+    assert not results.is_unreadable(tmp_path, "b") and not results.is_unreadable(tmp_path, "c")
+    with pytest.warns(UserWarning, match=f"skipped the unreadable run record {re.escape(str(path))} "):
+        assert list(results.load(tmp_path).run_id) == ["b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(results.write_table(tmp_path).run_id) == ["b"]
+    assert list(pd.read_csv(tmp_path / "results.csv").run_id) == ["b"]
+    results.record(tmp_path, {"run_id": "a", "status": "ok"})  # the rerun's record replaces it
+    assert results.is_finished(tmp_path, "a") and not results.is_unreadable(tmp_path, "a")
 
 
 def test_load_merges_workdirs_and_rebuilds_the_table(tmp_path):

@@ -44,6 +44,7 @@ def test_end_to_end_sweep_writes_one_row_per_run(tmp_path):
                                   table.sort_values("run_id").reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.slow
 def test_runs_on_two_workers_match_one_worker_bit_for_bit_and_share_one_compile(tmp_path):
     # One structure (the seed is traced), so both threads want the same compile at once;
     # checkpoints on, so orbax saves from both threads.
@@ -89,6 +90,7 @@ def test_a_run_stops_at_the_next_step_once_the_stop_event_is_set(tmp_path):
     assert not (results.run_dir(tmp_path, planned.run.run_id) / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(tmp_path):
     c = tiny_config()
     run_sweep(c, tmp_path, quiet=True)
@@ -96,6 +98,46 @@ def test_rerun_skips_finished_runs(tmp_path):
     summary = run_sweep(c, tmp_path, quiet=True)
     assert summary.ran == 0 and summary.skipped == 2
     assert (tmp_path / "results.csv").read_text() == before
+
+
+def test_a_cut_short_record_is_rerun_replaced_and_named_in_the_summary(tmp_path):
+    """A result.json truncated by a full disk: the rerun trains that run again (the same
+    row), replaces the file and names it, instead of dying on a JSON error."""
+    c = tiny_config()
+    first = run_sweep(c, tmp_path, quiet=True).table.set_index("run_id")
+    run_id = sorted(first.index)[0]
+    path = results.record_path(tmp_path, run_id)
+    path.write_text(path.read_text()[:40])
+    summary = run_sweep(c, tmp_path, quiet=True)
+    assert (summary.ran, summary.skipped, summary.failed, summary.replaced) == (1, 1, [], [path])
+    assert f"replaced unreadable record {path} (rerun)" in runner.format_summary(summary).splitlines()
+    assert json.loads(path.read_text())["run_id"] == run_id
+    again = results.load(tmp_path).set_index("run_id")
+    assert sorted(again.index) == sorted(first.index) and set(again.status) == {"ok"}
+    for column in ("train_loss", "test_loss", "test_accuracy", "nfe_forward"):
+        assert again.loc[run_id, column] == first.loc[run_id, column], column
+    assert run_sweep(c, tmp_path, quiet=True).replaced == []
+
+
+def test_sigterm_mid_sweep_raises_sweep_interrupted_counting_the_recorded_rows(tmp_path, monkeypatch):
+    """SIGTERM after the first of two runs is recorded stops the sweep as Ctrl-C does,
+    with the counts the CLI reports; the handler before the sweep is back afterwards."""
+    def first_row_then_sigterm(items, run_item, finish, workers):
+        finish(run_item(items[0], threading.Event()))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the handler raises at the next bytecode
+
+    monkeypatch.setattr(runner, "execute", first_row_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(runner.SweepInterrupted) as stopped:
+        run_sweep(tiny_config(), tmp_path, quiet=True)
+    assert isinstance(stopped.value, KeyboardInterrupt)
+    assert (stopped.value.signal_name, stopped.value.finished, stopped.value.total,
+            stopped.value.exit_code) == ("SIGTERM", 1, 2, 143)
+    assert str(stopped.value) == ("sweep interrupted by SIGTERM: 1 of 2 run(s) finished and "
+                                  f"recorded in {tmp_path}")
+    assert len(results.load(tmp_path)) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_tolerance_axis_reuses_one_compiled_step(tmp_path):
@@ -113,6 +155,7 @@ def test_tolerance_axis_reuses_one_compiled_step(tmp_path):
     assert nfe.iloc[0] > nfe.iloc[-1]  # tightest rtol -> most evaluations
 
 
+@pytest.mark.slow
 def test_step_count_axis_compiles_once_and_equals_each_count_trained_alone(tmp_path):
     """Fixed-step runs that differ only in solver.steps share one compiled step, bounded
     by the largest count, and train exactly as each count compiled for itself does."""
@@ -138,6 +181,7 @@ def test_step_count_axis_compiles_once_and_equals_each_count_trained_alone(tmp_p
             assert swept[column][steps] == row[column], (steps, column)
 
 
+@pytest.mark.slow
 def test_microbatched_run_trains_the_same_model_with_its_own_compile(tmp_path):
     c = tiny_config(**{"solver.name": "euler"})
     c.unlock()
@@ -153,11 +197,12 @@ def test_microbatched_run_trains_the_same_model_with_its_own_compile(tmp_path):
 def test_a_train_section_without_microbatch_is_refused_before_writing(tmp_path):
     c = ml_collections.ConfigDict(tiny_config().to_dict())
     del c.train["microbatch"]
-    with pytest.raises(ValueError, match="train.microbatch is missing: every train section needs it"):
+    with pytest.raises(ValueError, match="train.microbatch is missing from the config: start from configs/base.py"):
         run_sweep(c, tmp_path / "w", quiet=True)
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     c = tiny_config(**{"solver.adaptive": True, "solver.name": "tsit5", "solver.rtol": 1e-1})
     c.unlock()
@@ -183,6 +228,7 @@ def test_every_run_failing_gives_exit_code_1(tmp_path):
     assert results.load(tmp_path).status.iloc[0].startswith("failed: ")
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_continues_the_same_run(tmp_path, monkeypatch):
     c = tiny_config(**{"train.num_steps": 6, "train.checkpoint_every": 2, "train.log_every": 1})
     c.unlock()
@@ -236,6 +282,7 @@ TINY_FLAGS = ("--config=configs/quick.py", "--config.task.num_train=64", "--conf
               "--config.train.eval_batch_size=16", "--quiet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, message", [
     ("--config.solver.adjoint=foo", "solver.adjoint='foo' is not one of"),
     ("--config.solver.stepz=3", 'Did you mean "steps" instead of "stepz"?'),
@@ -300,7 +347,8 @@ def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
 @pytest.mark.slow
 def test_cli_interrupted_on_two_workers_stops_both_runs_and_records_neither(tmp_path):
     """SIGINT (Ctrl-C) while two runs train on worker threads: both stop at their next step,
-    the process exits, and neither run is recorded (a rerun trains them again)."""
+    the process exits with 130 and a message, no traceback, and neither run is recorded
+    (a rerun trains them again)."""
     workdir = tmp_path / "w"
     long_runs = (*TINY_FLAGS, "--config.train.num_steps=1000000", "--config.train.log_every=1")
     # Python turns SIGINT into KeyboardInterrupt only if SIGINT is not ignored, and a shell
@@ -320,15 +368,51 @@ def test_cli_interrupted_on_two_workers_stops_both_runs_and_records_neither(tmp_
     except subprocess.TimeoutExpired:
         proc.kill()
         raise AssertionError("the sweep did not stop within 60 s of SIGINT") from None
-    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert proc.returncode == 130, stderr  # 128 + SIGINT, as a shell reports Ctrl-C
+    assert (f"sweep interrupted by SIGINT: 0 of 5 run(s) finished and recorded in {workdir}; "
+            "rerun the same command to resume") in stderr
+    assert "Traceback" not in stderr
     assert not list(workdir.glob("runs/*/result.json"))
 
 
+@pytest.mark.slow
+def test_cli_stops_on_sigterm_like_ctrl_c_and_a_rerun_resumes(tmp_path):
+    """SIGTERM (a batch scheduler's preemption) once the first run is recorded: the CLI
+    keeps the finished rows, says how many and how to resume, and exits with 143
+    (128 + SIGTERM) and no traceback; rerunning the command trains only the rest."""
+    workdir = tmp_path / "w"
+    flags = (*TINY_FLAGS, "--config.train.num_steps=200", f"--workdir={workdir}")
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *flags], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(workdir.glob("runs/*/result.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the sweep did not stop within 120 s of SIGTERM") from None
+    finished = {p.parent.name for p in workdir.glob("runs/*/result.json")}
+    assert proc.returncode == 143, stderr
+    assert 1 <= len(finished) < 5, finished
+    assert (f"sweep interrupted by SIGTERM: {len(finished)} of 5 run(s) finished and recorded in "
+            f"{workdir}; rerun the same command to resume") in stderr
+    assert "Traceback" not in stderr
+    assert set(pd.read_csv(workdir / "results.csv", dtype={"run_id": str}).run_id) == finished
+    out = _cli(*flags)
+    assert out.returncode == 0, out.stderr
+    assert f"{5 - len(finished)} run(s) trained, {len(finished)} already finished" in out.stdout
+    table = pd.read_csv(workdir / "results.csv")
+    assert len(table) == 5 and table.run_id.is_unique and set(table.status) == {"ok"}
+
+
 def _tiny_tabular(**overrides) -> ml_collections.ConfigDict:
-    from configs import embeddings_tiny
-    return with_overrides(ml_collections.ConfigDict(embeddings_tiny.get_config().to_dict()), overrides)
+    from configs import embeddings
+    return with_overrides(ml_collections.ConfigDict(embeddings.get_config("tiny").to_dict()), overrides)
 
 
+@pytest.mark.slow
 def test_tabular_sweep_reports_auc_bytes_neighbours_and_saves_vocabularies(tmp_path):
     from odeformer.categorical.vocabulary import vocabularies_from_json
     summary = run_sweep(_tiny_tabular(), tmp_path, quiet=True)
@@ -349,6 +433,7 @@ def test_tabular_sweep_reports_auc_bytes_neighbours_and_saves_vocabularies(tmp_p
         assert saved["c0"].size == vocab
 
 
+@pytest.mark.slow
 def test_mesh_runs_match_the_single_device_run(tmp_path):
     import jax
     if jax.device_count() < 8:
@@ -365,6 +450,7 @@ def test_mesh_runs_match_the_single_device_run(tmp_path):
         np.testing.assert_allclose(rows[1][column], rows[0][column], rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("microbatch", [0, 4])
 def test_sequence_task_on_a_data_mesh_matches_the_single_device_run(tmp_path, microbatch):
     import jax
@@ -397,7 +483,7 @@ def test_two_processes_train_the_same_run_as_one(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    flags = ("--config=configs/embeddings_tiny.py", "--config.mesh.data=2", "--config.mesh.model=2",
+    flags = ("--config=configs/embeddings.py:tiny", "--config.mesh.data=2", "--config.mesh.model=2",
              "--config.sweep.model.embedding=('table',)", "--quiet")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [subprocess.Popen(
@@ -422,6 +508,7 @@ def test_two_processes_train_the_same_run_as_one(tmp_path):
     assert "run(s) trained" in outs[0][0] and "run(s) trained" not in outs[1][0]
 
 
+@pytest.mark.slow
 def test_tabular_runs_checkpoint_and_seeds_with_other_table_sizes_compile_apart(tmp_path):
     c = _tiny_tabular(**{"train.checkpoint_every": 3, "sweep.model.embedding": ("qr",),
                          "sweep.task": ml_collections.ConfigDict({"seed": (0, 1)})})
@@ -439,6 +526,7 @@ def test_batch_must_split_evenly_over_the_data_axis(tmp_path):
         run_sweep(_tiny_tabular(**{"mesh.data": 4, "train.batch_size": 30}), tmp_path, quiet=True)
 
 
+@pytest.mark.slow
 def test_evaluate_section_reports_solver_invariance_and_stability(tmp_path):
     specs = ("euler:2", "rk4:4", "dopri5:1e-4")  # the first is the training solver itself
     c = tiny_config(**{"solver.name": "euler", "evaluate.solvers": specs, "evaluate.stability": True,
@@ -495,6 +583,7 @@ def test_stability_settings_do_not_split_runs_that_measure_no_stability():
     assert len(runner.plan(c)) == 2
 
 
+@pytest.mark.slow
 def test_regularised_runs_report_their_integrals_and_share_one_compile_across_weights(tmp_path):
     c = tiny_config(**{"solver.adaptive": True, "solver.name": "bosh3"})
     c.unlock()

@@ -56,8 +56,11 @@ def _loss_and_grad(graphdef, params, split, rtol=None, atol=None):
 
 
 @pytest.mark.parametrize("kind, mesh_shape", [
-    ("table", (2, 4)), ("onehot", (2, 4)), ("hashed", (2, 4)), ("qr", (2, 4)),
-    ("table", (1, 8)), ("table", (8, 1))])
+    pytest.param("table", (2, 4), marks=pytest.mark.slow),
+    pytest.param("onehot", (2, 4), marks=pytest.mark.slow),
+    pytest.param("hashed", (2, 4), marks=pytest.mark.slow),
+    pytest.param("qr", (2, 4), marks=pytest.mark.slow),
+    ("table", (1, 8)), pytest.param("table", (8, 1), marks=pytest.mark.slow)])
 def test_sharded_equals_unsharded(x64, kind, mesh_shape):
     graphdef, params = nnx.split(_model(kind, shards=mesh_shape[1]))
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
@@ -75,6 +78,7 @@ def test_sharded_equals_unsharded(x64, kind, mesh_shape):
         assert rows[...].sharding.spec == P(sh.MODEL, None)
 
 
+@pytest.mark.slow
 def test_adaptive_solver_under_a_mesh_matches(x64):
     solver = SolverSpec(name="dopri5", steps=None)
     graphdef, params = nnx.split(_model("table", shards=4, solver=solver))
@@ -105,6 +109,7 @@ def test_each_device_holds_one_eighth_of_each_table(kind):
             np.testing.assert_array_equal(shard.data, full[i * block:(i + 1) * block])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("microbatch", [0, 8])
 def test_train_step_gathers_no_table_and_keeps_state_sharded(microbatch):
     data = _data(n=64)

@@ -10,7 +10,7 @@ import pytest
 from test_solve import _Counter  # the host-callback counter of the nfe tests
 
 import odeformer
-from odeformer._solvers import RK4, _straight_line_step, diffrax_solver, solver_info
+from odeformer._solvers import RK4, _Prepared, diffrax_solver, solver_info
 
 # Diffrax's own class behind each name, written out independently of the registry.
 STOCK = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,
@@ -51,7 +51,7 @@ def _compare_steps(name, terms, t0, t1, y0, a, made_jump=False, rtol=1e-13, atol
     """One step of `solve`'s solver against Diffrax's own step: y1, the error estimate,
     the dense output's stages and the FSAL state, with their dtypes."""
     prepared, stock = solver_info(name).solver, STOCK[name]()
-    assert type(prepared).step is _straight_line_step
+    assert isinstance(prepared, _Prepared) and prepared.write_out
     state = prepared.init(terms, t0, t1, y0, a)
     if made_jump:  # a jump makes the carried f0 stale: it must be re-evaluated
         state = (state[0], jax.tree_util.tree_map(jnp.zeros_like, state[1]))
@@ -140,7 +140,8 @@ def _diffrax_solve(name, y0, a, *, steps=None, rtol=None, ts=None):
 
 # The step tests above cover every tableau; here one of each kind of step (no stage loop,
 # plain, FSAL + SSAL with its own interpolation) through the whole solve and its gradient.
-@pytest.mark.parametrize("name", ["euler", "rk4", "tsit5", "dopri5"])
+@pytest.mark.parametrize("name", ["euler", "rk4", pytest.param("tsit5", marks=pytest.mark.slow),
+                                  pytest.param("dopri5", marks=pytest.mark.slow)])
 def test_fixed_step_solve_and_gradient_equal_diffrax(x64, name):
     ts = jnp.array([0.1, 0.55, 0.8])
 
@@ -192,6 +193,7 @@ def test_checkpoint_gradient_evaluates_each_stage_twice(x64, name):
     assert count == 2 * stats["nfe"] - solver_info(name).evals_at_init
 
 
+@pytest.mark.slow
 def test_adaptive_checkpoint_gradient_recomputes_no_step_twice_at_tens_of_steps(x64):
     """Adaptive solves checkpoint binomially over ``max_steps`` = 4096 attempted steps with
     Equinox's default number of checkpoints (about sqrt(2 max_steps)); up to tens of steps,
@@ -214,7 +216,11 @@ def test_explicit_scan_kind_keeps_diffrax_stage_loop_and_its_third_pass(x64, nam
     the straight-line step removes."""
     solver = STOCK[name](scan_kind="checkpointed")
     info = solver_info(solver)
-    assert type(info.solver).step is diffrax.AbstractRungeKutta.step
+    if name in FSAL_SOLVERS:  # wrapped for its eager f(t0, y0) only
+        assert isinstance(info.solver, _Prepared) and info.solver.solver is solver
+        assert not info.solver.write_out
+    else:
+        assert info.solver is solver
     count, stats = _gradient_evaluations(solver)
     assert stats["nfe"] == info.evals_at_init + 4 * info.evals_per_step
     assert count == 3 * stats["nfe"] - 2 * info.evals_at_init
@@ -243,7 +249,7 @@ def test_custom_tableau_is_written_out_and_a_custom_step_or_init_is_kept(x64):
 
     terms, y0, a = diffrax.ODETerm(_field), _y0(), jnp.asarray(A)
     written_out = solver_info(RK38()).solver
-    assert type(written_out).step is _straight_line_step
+    assert isinstance(written_out, _Prepared) and written_out.write_out
     mine = written_out.step(terms, 0.0, 0.3, y0, a, None, False)
     theirs = RK38().step(terms, 0.0, 0.3, y0, a, None, False)
     _assert_trees_close(mine[0], theirs[0])
@@ -251,7 +257,28 @@ def test_custom_tableau_is_written_out_and_a_custom_step_or_init_is_kept(x64):
     own_step = OwnStep()
     assert solver_info(own_step).solver is own_step
     prepared = solver_info(OwnInit("yes")).solver
-    assert type(prepared).step is _straight_line_step and prepared.flag is True
+    assert prepared.write_out and type(prepared.solver) is OwnInit and prepared.solver.flag is True
     sol = odeformer.solve(_field, y0, args=a, solver=OwnInit("yes"), steps=3)
     ref = odeformer.solve(_field, y0, args=a, solver=RK38(), steps=3)
     _assert_trees_close(sol.y1, ref.y1)
+
+
+def test_prepared_solver_is_a_public_diffrax_wrapper_that_diffrax_adjoints_can_adjust():
+    """``solve``'s solvers wrap Diffrax's (diffrax.AbstractWrappedSolver, public API) rather
+    than subclass them: Diffrax forwards isinstance checks to the wrapped solver, and
+    DirectAdjoint and ForwardMode, which set a Runge--Kutta solver's scan_kind with
+    eqx.tree_at, reach the wrapped solver's field. If a Diffrax or Equinox release changes
+    either, this fails first."""
+    import equinox as eqx
+
+    versions = f"diffrax {diffrax.__version__}, equinox {eqx.__version__}"
+    prepared = solver_info("dopri5").solver
+    assert type(prepared) is _Prepared and type(prepared.solver) is diffrax.Dopri5, versions
+    assert isinstance(prepared, (diffrax.Dopri5, diffrax.AbstractRungeKutta,
+                                 diffrax.AbstractAdaptiveSolver)), (
+        f"{versions}: isinstance is no longer forwarded to a wrapped solver")
+    bounded = eqx.tree_at(lambda s: s.scan_kind, prepared, "bounded", is_leaf=lambda x: x is None)
+    assert (bounded.solver.scan_kind, bounded.write_out) == ("bounded", True), versions
+    assert solver_info(prepared).solver == prepared  # preparing twice wraps once
+    assert prepared.interpolation_cls is diffrax.Dopri5.interpolation_cls
+    assert prepared.order(diffrax.ODETerm(_field)) == 5

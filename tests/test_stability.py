@@ -89,6 +89,7 @@ def _tiny_model(family: str, solver: SolverSpec):
     pytest.param("ode", SolverSpec("dopri5", None, max_steps=64), marks=pytest.mark.slow),
     ("discrete", SolverSpec()),
 ])
+@pytest.mark.slow
 def test_stability_step_matches_full_jacobians_gradients_and_logits(x64, family, solver):
     graphdef, params, test = _tiny_model(family, solver)
     hyper = {"rtol": jnp.asarray(1e-8), "atol": jnp.asarray(1e-10), "t1": jnp.asarray(1.0)}

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from runner_helpers import with_overrides
 
-from configs import clustering_tiny
+from configs import clustering as clustering_configs
 from odeformer.experiment import sweeps
 from odeformer.experiment.runner import run_sweep
 from odeformer.experiment.studies import clustering as cl
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(clustering_tiny.get_config().to_dict())
+    c = ml_collections.ConfigDict(clustering_configs.get_config("tiny").to_dict())
     return with_overrides(c, {k if k == "seed" else f"clustering.{k}": v for k, v in overrides.items()})
 
 
@@ -81,7 +81,7 @@ def test_clusters_are_connected_components():
 
 
 def test_tiny_config_runs_every_point(tmp_path):
-    summary = run_sweep(clustering_tiny.get_config(), tmp_path, quiet=True)
+    summary = run_sweep(clustering_configs.get_config("tiny"), tmp_path, quiet=True)
     table = summary.table
     assert summary.ran == 10 and not summary.failed
     assert not jax.config.jax_enable_x64  # measure switches float64 on for itself only
@@ -120,7 +120,7 @@ def test_unknown_key_and_bad_sweep_are_named():
     c.clustering.gamma = 1.0
     with pytest.raises(ValueError, match="expected exactly"):
         cl.validate(c)
-    bad = ml_collections.ConfigDict(clustering_tiny.get_config().to_dict())
+    bad = ml_collections.ConfigDict(clustering_configs.get_config("tiny").to_dict())
     bad.sweep.clustering.dim = (2,) * len(bad.sweep.clustering.dim)  # equal-angle runs too
     with pytest.raises(ValueError, match="clustering.dim=2 must be >= clustering.tokens=8"):
         sweeps.expand(bad)

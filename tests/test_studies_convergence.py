@@ -11,7 +11,6 @@ import pytest
 from runner_helpers import with_overrides
 
 from configs import convergence as convergence_config
-from configs import convergence_tiny
 from odeformer._solvers import solver_order
 from odeformer.experiment import sweeps
 from odeformer.experiment.runner import run_sweep
@@ -99,7 +98,7 @@ def test_solver_orders_on_the_time_dependent_attention_field(x64, solver, steps)
 
 
 def test_tiny_config_runs_every_point(tmp_path):
-    config = convergence_tiny.get_config()
+    config = convergence_config.get_config("tiny")
     summary = run_sweep(config, tmp_path, quiet=True)
     assert not jax.config.jax_enable_x64  # measure switches float64 on for itself only
     table = summary.table.sort_values(["convergence.weights", "convergence.solver", "convergence.steps"])

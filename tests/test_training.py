@@ -92,6 +92,7 @@ def test_training_lowers_the_loss():
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("penalty", [None, "kinetic"])
 def test_microbatched_step_equals_the_whole_batch_step(x64, penalty):
     data, graphdef, tx, state = _setup(float64=True)
@@ -116,6 +117,7 @@ def test_microbatched_step_equals_the_whole_batch_step(x64, penalty):
     # +-learning rate. The gradients themselves are compared below.)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("penalty", [None, "kinetic"])
 def test_chunked_gradient_equals_the_whole_batch_gradient(x64, penalty):
     from odeformer.experiment.training import batch_gradient
@@ -134,6 +136,7 @@ def test_chunked_gradient_equals_the_whole_batch_gradient(x64, penalty):
         np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-14 * np.abs(w).max())
 
 
+@pytest.mark.slow
 def test_microbatched_adaptive_step_solves_each_chunk_on_its_own(x64):
     """With an adaptive solver every chunk gets its own steps: the step reports the chunk
     that took most, and its loss is the mean of the chunks' own losses."""
@@ -158,6 +161,7 @@ def test_microbatched_adaptive_step_solves_each_chunk_on_its_own(x64):
     np.testing.assert_allclose(metrics["loss"], jnp.mean(jnp.array(losses)), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_jacobian_noise_is_drawn_per_chunk_and_the_cross_entropy_is_unchanged(x64):
     data, graphdef, tx, state = _setup(float64=True)
     state = {**state, "penalty": {"jacobian": np.float64(0.1)}}
@@ -229,6 +233,7 @@ def test_train_and_test_splits_of_different_sizes_share_one_eval_compile():
     assert eval_step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_steps_compile_with_the_cpu_options_and_agree_with_the_default_compile():
     """The train and eval steps pass ``compiler_options`` (on CPU: ``CPU_OPTIONS``): their
     programs are those an explicit compile with the options gives, not XLA's default ones,

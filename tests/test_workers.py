@@ -1,11 +1,21 @@
 """Worker threads: values built once, rows handed back in the caller's thread, Ctrl-C."""
 
+import os
+import signal
 import threading
 import time
 
 import pytest
 
-from odeformer.experiment.executor import BuildOnce, Stopped, check_workers, execute, start_order
+from odeformer.experiment.executor import (
+    BuildOnce,
+    Stopped,
+    Terminated,
+    check_workers,
+    execute,
+    sigterm_as_interrupt,
+    start_order,
+)
 
 WAIT_S = 30  # a generous bound on waits that take milliseconds when the code is right
 
@@ -109,6 +119,34 @@ def test_an_error_while_recording_ends_the_sweep_and_keeps_the_other_finished_ro
     with pytest.raises(OSError, match="disk full"):
         execute(["a", "b"], run_item, finish, workers=2)
     assert sorted(finished) == ["a", "b"]  # the failing row is not handed over twice
+
+
+def test_sigterm_raises_a_keyboard_interrupt_in_the_main_thread_only_within_the_context():
+    def previous(signum, frame):
+        raise AssertionError("the handler set before the context ran")
+
+    saved = signal.signal(signal.SIGTERM, previous)
+    try:
+        with pytest.raises(Terminated, match="SIGTERM"), sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(WAIT_S)  # the handler runs at the next bytecode; never sleeps this long
+        assert issubclass(Terminated, KeyboardInterrupt)
+        assert signal.getsignal(signal.SIGTERM) is previous
+        failures = []
+
+        def off_the_main_thread():  # Python sets handlers from the main thread only
+            try:
+                with sigterm_as_interrupt():
+                    failures.append(signal.getsignal(signal.SIGTERM) is not previous)
+            except Exception as error:
+                failures.append(error)
+
+        thread = threading.Thread(target=off_the_main_thread)
+        thread.start()
+        thread.join(WAIT_S)
+        assert failures == [False]
+    finally:
+        signal.signal(signal.SIGTERM, saved)
 
 
 def test_items_still_queued_when_interrupted_never_run():

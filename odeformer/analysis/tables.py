@@ -104,7 +104,9 @@ def budget_ratio(table: pd.DataFrame, family: str, numerator: str, denominator: 
       group_budget: column identifying a budget point when the realised counts of its
         seeds differ (e.g. ``"model.param_budget"``); the x value is then the mean of
         ``budget`` over the point. Default: ``budget`` itself.
-      resamples, level, seed: the bootstrap.
+      resamples: bootstrap resamples.
+      level: the interval's coverage (e.g. 0.95).
+      seed: seed of the bootstrap's draws.
     """
     rows = ok_rows(table)
     key = group_budget or budget

@@ -90,7 +90,8 @@ class FeatureEmbedding(nnx.Module):
     Args:
       cardinality: ids lie in ``[0, cardinality)``.
       dim: vector size.
-      kind, compression: as in :class:`EmbeddingSpec`.
+      kind: as in :class:`EmbeddingSpec`.
+      compression: as in :class:`EmbeddingSpec`.
       shards: the mesh's ``model`` size; rows are padded to a multiple of it.
     """
 

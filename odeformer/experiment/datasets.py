@@ -1,7 +1,8 @@
 """Tabular tasks with high-cardinality categorical features: real flights and synthetic clusters.
 
 Importing this module registers the tasks ``"flights"`` and ``"synthetic_categorical"`` in
-:data:`odeformer.experiment.tasks.TASKS`. Both fit one :class:`~odeformer.categorical.vocabulary.Vocabulary` per
+:data:`odeformer.experiment.tasks.TASKS`. Both fit one
+:class:`~odeformer.categorical.vocabulary.Vocabulary` per
 categorical feature on the train split only, so values first seen in the test split encode
 as unknown (row 1, or a hash bucket when ``oov_buckets > 0``), as they would in production.
 Both draw everything from ``np.random.default_rng(config.seed)``; the JAX key that
@@ -27,6 +28,28 @@ from odeformer.experiment.tasks import register_task
 
 FLIGHTS_CATEGORICAL = ("carrier", "tailnum", "flight", "origin", "dest", "route", "month", "hour")
 FLIGHTS_NUMERIC = ("log_distance",)
+
+# Config keys (key -> (default, meaning, None: checked by the task itself)).
+_VOCABULARY_KEYS = {
+    "min_count": (1, "Vocabulary: values seen fewer times in training encode as unknown.", None),
+    "max_size": (0, "Vocabulary: the most frequent values kept (0 = all).", None),
+    "oov_buckets": (0, "Vocabulary: hash buckets for unknown values (0 = one unknown row).", None),
+}
+FLIGHTS_KEYS = {
+    **_VOCABULARY_KEYS,
+    "num_train": (0, "Training flights drawn from January-September (0 = all).", None),
+    "num_test": (0, "Test flights drawn from October-December (0 = all).", None),
+}
+SYNTHETIC_KEYS = {
+    **_VOCABULARY_KEYS,
+    "num_train": (200_000, "Training rows.", None),
+    "num_test": (50_000, "Test rows.", None),
+    "cardinality": (1000, "Raw values per feature.", None),
+    "num_features": (2, "Categorical features.", None),
+    "clusters": (16, "Hidden clusters per feature, which set the label.", None),
+    "zipf": (1.05, "Zipf exponent of value frequencies.", None),
+    "noise": (0.5, "Label noise: standard deviation added to the score.", None),
+}
 _FLIGHTS_COLUMNS = ("month", "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "distance",
                     "hour")
 
@@ -48,7 +71,7 @@ def load_flights() -> pd.DataFrame:
     return pd.read_csv(path, usecols=list(_FLIGHTS_COLUMNS))
 
 
-@register_task("flights", tabular=True)
+@register_task("flights", tabular=True, keys=FLIGHTS_KEYS)
 def flights(config: ml_collections.ConfigDict, key=None) -> TabularData:
     """Predict whether a flight arrives more than 15 minutes late (label 1), from 2013 NYC data.
 
@@ -139,7 +162,7 @@ def sample_synthetic(config: ml_collections.ConfigDict) -> SyntheticSample:
     return dataclasses.replace(sample, label=(noisy > threshold).astype(np.int32), threshold=threshold)
 
 
-@register_task("synthetic_categorical", tabular=True)
+@register_task("synthetic_categorical", tabular=True, keys=SYNTHETIC_KEYS)
 def synthetic_categorical(config: ml_collections.ConfigDict, key=None) -> TabularData:
     """Categorical features whose values fall into hidden clusters that set the label.
 

@@ -10,11 +10,14 @@ handed back to the caller's thread as runs finish, so only that thread records r
 Ctrl-C (KeyboardInterrupt in the caller's thread) sets a stop event that each running run
 checks between training steps and before its evaluation (a compile in progress finishes
 first); the rows of runs that finished anyway are still recorded, and then the interrupt
-is raised again.
+is raised again. Within :func:`sigterm_as_interrupt`, SIGTERM (how batch schedulers
+preempt a job) does the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
@@ -26,6 +29,33 @@ T = TypeVar("T")
 class Stopped(BaseException):
     """Raised inside a run that saw the stop event; like KeyboardInterrupt, it is not an
     ``Exception``, so it is never recorded as the run's failure."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by :func:`sigterm_as_interrupt`; a
+    KeyboardInterrupt, so that it stops a sweep as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within this context SIGTERM raises :class:`Terminated` in the main thread instead of
+    ending the process at once; the previous handler is restored on exit.
+
+    Python runs signal handlers in the main thread only, and only the main thread may set
+    them: called from another thread this does nothing (SIGTERM keeps its handler).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which Python can only reset to the default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class BuildOnce:

@@ -10,7 +10,9 @@ Layout of a workdir::
     runs/<run_id>/checkpoints/  orbax checkpoints while training
 
 ``result.json`` files are the source of truth; ``results.csv`` is rebuilt from them
-after every run, so a sweep killed at any moment loses no finished row.
+after every run, so a sweep killed at any moment loses no finished row. A record that
+cannot be read (cut short by a full disk or a crash while copying a workdir) counts as
+unfinished: the next run of the sweep reruns that run and replaces it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -50,16 +53,47 @@ def run_dir(workdir: Path, run_id: str) -> Path:
     return Path(workdir) / "runs" / run_id
 
 
+def record_path(workdir: Path, run_id: str) -> Path:
+    """Where a run's record (``result.json``) is."""
+    return run_dir(workdir, run_id) / RESULT_FILE
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or None if it cannot be read as one: not UTF-8 JSON, or
+    not an object with a ``run_id`` (e.g. cut short by a full disk).
+
+    Raises:
+      FileNotFoundError: if there is no file at ``path``.
+    """
+    try:
+        row = json.loads(Path(path).read_bytes())
+    except ValueError:  # json.JSONDecodeError or UnicodeDecodeError
+        return None
+    return row if isinstance(row, dict) and "run_id" in row else None
+
+
+def is_unreadable(workdir: Path, run_id: str) -> bool:
+    """True if the run has a record file that :func:`read_record` cannot read."""
+    try:
+        return read_record(record_path(workdir, run_id)) is None
+    except FileNotFoundError:
+        return False
+
+
 def is_finished(workdir: Path, run_id: str) -> bool:
     """True once a run has a record, unless that record says it crashed (an exception
-    rather than a diverged or failed solve: OOM, disk full, a bug), which is retried."""
-    path = run_dir(workdir, run_id) / RESULT_FILE
-    return path.exists() and not json.loads(path.read_text()).get("crashed", False)
+    rather than a diverged or failed solve: OOM, disk full, a bug) or cannot be read;
+    such runs are retried."""
+    try:
+        row = read_record(record_path(workdir, run_id))
+    except FileNotFoundError:
+        return False
+    return row is not None and not row.get("crashed", False)
 
 
 def record(workdir: Path, row: dict[str, Any]) -> None:
     """Saves one run's row; after this the run counts as finished."""
-    write_atomic(run_dir(workdir, row["run_id"]) / RESULT_FILE, json.dumps(row, sort_keys=True))
+    write_atomic(record_path(workdir, row["run_id"]), json.dumps(row, sort_keys=True))
 
 
 def append_metrics(path: Path, line: dict[str, Any]) -> None:
@@ -92,17 +126,26 @@ def truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
     return keep
 
 
-def _rows(workdirs: Iterable[Path]) -> list[dict[str, Any]]:
-    rows = []
+def _rows(workdirs: Iterable[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The records of ``workdirs``, and the paths of record files that cannot be read."""
+    rows, unreadable = [], []
     for workdir in workdirs:
         for path in sorted(Path(workdir).glob(f"runs/*/{RESULT_FILE}")):
-            rows.append(json.loads(path.read_text()))
-    return rows
+            try:
+                row = read_record(path)
+            except FileNotFoundError:  # removed since the glob
+                continue
+            if row is None:
+                unreadable.append(path)
+            else:
+                rows.append(row)
+    return rows, unreadable
 
 
 def load(workdirs: str | Path | Iterable[str | Path], *, with_config: Iterable[str] = ()) -> pd.DataFrame:
     """All finished runs of one or several workdirs (e.g. the shards of a sweep) as one
-    DataFrame, one row per run_id.
+    DataFrame, one row per run_id. A record that cannot be read is left out, with a
+    warning naming its file (rerunning the sweep replaces it).
 
     Args:
       workdirs: one workdir or several.
@@ -113,10 +156,19 @@ def load(workdirs: str | Path | Iterable[str | Path], *, with_config: Iterable[s
     Raises:
       KeyError: naming a ``with_config`` key that a run's config does not have.
     """
+    frame, unreadable = _table(workdirs, with_config)
+    for path in unreadable:
+        warnings.warn(f"skipped the unreadable run record {path} (not a JSON object with a "
+                      "run_id); rerunning its sweep reruns that run and replaces it", stacklevel=2)
+    return frame
+
+
+def _table(workdirs, with_config: Iterable[str] = ()) -> tuple[pd.DataFrame, list[Path]]:
+    """:func:`load`'s table, and the paths of the records it left out as unreadable."""
     if isinstance(workdirs, (str, Path)):
         workdirs = [workdirs]
     workdirs = [Path(w) for w in workdirs]
-    rows = _rows(workdirs)
+    rows, unreadable = _rows(workdirs)
     keys = list(with_config)
     if keys:
         configs = {}
@@ -135,13 +187,15 @@ def load(workdirs: str | Path | Iterable[str | Path], *, with_config: Iterable[s
                 row[key] = node
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return frame
-    return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True)
+        return frame, unreadable
+    return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True), unreadable
 
 
 def write_table(workdir: Path) -> pd.DataFrame:
-    """Rebuilds ``results.csv`` (and ``.parquet`` if possible) from the run records."""
-    frame = load(workdir)
+    """Rebuilds ``results.csv`` (and ``.parquet`` if possible) from the run records; a
+    record that cannot be read is left out quietly (the sweep reports it when it reruns
+    that run)."""
+    frame, _ = _table(workdir)
     write_atomic(Path(workdir) / "results.csv", frame.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401  (optional)

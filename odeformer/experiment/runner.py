@@ -1,7 +1,7 @@
 """Running a sweep: plan (validate, resolve budgets), train each run, record results.
 
 Runs that share every structural setting reuse one compiled train step (see
-``odeformer.experiment.training`` for which settings are structural); ``compile_s`` is 0 for them
+``odeformer.experiment.config`` for which settings are structural); ``compile_s`` is 0 for them
 and ``compile_reused`` True.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import threading
 import time
@@ -29,11 +30,20 @@ from odeformer._regularisers import weights as penalty_weights
 from odeformer._solvers import solver_info
 from odeformer.categorical.embeddings import tabular_report
 from odeformer.categorical.features import TabularData
+from odeformer.experiment import config as run_config
 from odeformer.experiment import results
 from odeformer.experiment.budgets import model_params, resolve_budget
 from odeformer.experiment.evaluators.invariance import parse_solvers, solver_report
 from odeformer.experiment.evaluators.stability import forward_mode, make_stability_step, summarise
-from odeformer.experiment.executor import BuildOnce, Stopped, check_workers, execute, start_order
+from odeformer.experiment.executor import (
+    BuildOnce,
+    Stopped,
+    Terminated,
+    check_workers,
+    execute,
+    sigterm_as_interrupt,
+    start_order,
+)
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.sweeps import Run, expand, shard
@@ -106,7 +116,7 @@ def _bound_steps(planned: list[PlannedRun]) -> list[PlannedRun]:
     structure differs from its own only in that count, so that one compiled step serves
     them all (``odeformer.solve`` with a traced ``steps``; same results as a compile per
     count)."""
-    keys = [None if p.run.config.solver.adaptive else _structure_key(p, steps=False)
+    keys = [None if p.run.config.solver.adaptive else structure_key(p, steps=False)
             for p in planned]
     bounds = {}
     for p, key in zip(planned, keys, strict=True):
@@ -116,19 +126,12 @@ def _bound_steps(planned: list[PlannedRun]) -> list[PlannedRun]:
             for p, key in zip(planned, keys, strict=True)]
 
 
-def _structure_key(planned: PlannedRun, *, steps: bool = True) -> str:
-    """What a run's compiled steps depend on; ``steps=False`` leaves out the step bound."""
-    c = planned.run.config
-    solver = {k: c.solver[k] for k in ("name", "adaptive", "adjoint", "max_steps")}
-    if not c.solver.adaptive and steps:
-        solver["steps"] = _solver_spec(planned).steps
-    task = {k: v for k, v in c.task.to_dict().items() if k != "seed"}
-    train = {k: c.train[k] for k in ("batch_size", "microbatch", "num_steps", "warmup_steps",
-                                      "grad_clip", "eval_batch_size")}
-    train["penalties"] = sorted(penalty_weights(c.train))  # which are on; their weights are traced
-    mesh = c.mesh.to_dict()
-    return json.dumps([task, dataclasses.asdict(planned.shape), solver, train, mesh,
-                       planned.tables], sort_keys=True)
+def structure_key(planned: PlannedRun, *, steps: bool = True) -> str:
+    """What a run's compiled steps depend on (``odeformer.experiment.config.structure_key``);
+    ``steps=False`` leaves out the step bound."""
+    bound = _solver_spec(planned).steps if steps else None
+    return run_config.structure_key(planned.run.config, dataclasses.asdict(planned.shape), bound,
+                                    planned.tables)
 
 
 def _solver_spec(planned: PlannedRun) -> SolverSpec:
@@ -141,7 +144,7 @@ def _solver_spec(planned: PlannedRun) -> SolverSpec:
 _ADAPTIVE_STEPS_GUESS = 8  # an adaptive run's steps are unknown before it runs
 
 
-def _estimated_cost(planned: PlannedRun) -> float:
+def estimated_cost(planned: PlannedRun) -> float:
     """A training run's cost up to a constant, to order a sweep's runs only: training steps
     x batch x field evaluations per forward pass x width^2."""
     c, shape = planned.run.config, planned.shape
@@ -166,7 +169,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
               progress: bool, stop: threading.Event | None = None) -> dict[str, Any]:
     """Trains one run (resuming from its last checkpoint) and returns its metrics.
 
-    ``compiled`` holds the jitted steps of every structure (``_structure_key``) met so far
+    ``compiled`` holds the jitted steps of every structure (``structure_key``) met so far
     in the sweep. ``stop`` (``odeformer.experiment.executor``) is checked before every training step
     and before the evaluation; once it is set the run raises ``Stopped``.
 
@@ -217,7 +220,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
                 make_eval_step(graphdef, mesh), time.perf_counter() - t)
 
     with jax.set_mesh(mesh):
-        (train_step, eval_step, seconds), built = compiled.get(_structure_key(planned), build)
+        (train_step, eval_step, seconds), built = compiled.get(structure_key(planned), build)
         compile_s, reused = (seconds, False) if built else (0.0, True)
 
         bar = tqdm(total=c.train.num_steps, initial=start, desc=planned.run.run_id, leave=False,
@@ -276,8 +279,9 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
 def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: BuildOnce,
                       test_accuracy: float) -> dict[str, Any]:
     """The ``evaluate`` section's measurements of a trained run (none without that section):
-    test accuracy under other solvers (``odeformer.experiment.evaluators.invariance``) and stability
-    (``odeformer.experiment.evaluators.stability``). Their jitted steps are cached in ``compiled`` by graphdef:
+    test accuracy under other solvers (``odeformer.experiment.evaluators.invariance``) and
+    stability (``odeformer.experiment.evaluators.stability``). Their jitted steps are cached
+    in ``compiled`` by graphdef:
     the extra solvers' eval steps are shared by runs of one shape whatever their training
     solver; the stability step is one per training graphdef."""
     if "evaluate" not in c or not (c.evaluate.solvers or c.evaluate.stability):
@@ -340,14 +344,50 @@ def _row(planned: PlannedRun) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class SweepSummary:
+    """What a sweep did.
+
+    Attributes:
+      table: every recorded row of the workdir.
+      ran: runs executed now.
+      skipped: runs already finished before.
+      failed: run ids of the runs executed now that failed, in grid order.
+      replaced: record files that could not be read (cut short by a full disk or a
+        crash), whose runs were executed again and their records replaced.
+    """
+
     table: pd.DataFrame
     ran: int
     skipped: int
     failed: list[str]
+    replaced: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return 1 if self.ran and len(self.failed) == self.ran else 0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a sweep (``odeformer.experiment.executor``): the rows of
+    the runs that finished are recorded, the others are not; running the same sweep again
+    resumes it.
+
+    Attributes:
+      signal_name: ``"SIGINT"`` (Ctrl-C) or ``"SIGTERM"``.
+      finished: runs of the sweep (this shard) whose rows are recorded and that a rerun
+        skips, those finished before this sweep included.
+      total: runs of the sweep (this shard).
+      workdir: where the rows are recorded.
+    """
+
+    def __init__(self, signal_name: str, finished: int, total: int, workdir: Path):
+        super().__init__(f"sweep interrupted by {signal_name}: {finished} of {total} run(s) "
+                         f"finished and recorded in {workdir}")
+        self.signal_name, self.finished, self.total, self.workdir = signal_name, finished, total, workdir
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number (130, 143), as a shell reports a process it ended."""
+        return 128 + signal.Signals[self.signal_name].value
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_index: int = 0,
@@ -365,6 +405,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
     measured while other runs share the machine, and the row's ``workers`` says so.
     Several workers start a sweep's training runs costliest first, keeping runs that
     share a compiled step from starting side by side (``odeformer.experiment.executor.start_order``).
+
+    Raises:
+      SweepInterrupted: on Ctrl-C or SIGTERM while runs execute (SIGTERM when called from
+        the main thread); the finished runs' rows are recorded and a rerun resumes the sweep.
     """
     check_workers(workers, jax.process_count())
     workdir = Path(workdir)
@@ -378,7 +422,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
             return train_run(item, workdir, tasks, compiled, run_progress, stop)
 
         def schedule(todo):
-            return start_order(todo, _structure_key, _estimated_cost, workers)
+            return start_order(todo, structure_key, estimated_cost, workers)
 
         return _sweep(items, workdir, lambda item: item.run, _row, train, progress, workers, schedule)
     items = shard(expand(config), shard_index, shard_count)  # checks config.experiment first
@@ -413,6 +457,8 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
     """
     primary = jax.process_index() == 0
     todo = [item for item in items if not _finished(workdir, run_of(item).run_id)]
+    replaced = [results.record_path(workdir, run_of(item).run_id) for item in todo
+                if primary and results.is_unreadable(workdir, run_of(item).run_id)]
     order = {run_of(item).run_id: i for i, item in enumerate(todo)}
     if schedule is not None:
         todo = schedule(todo)
@@ -440,12 +486,21 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
         bar.update()
 
     try:
-        execute(todo, row_of, finish, workers)
+        with sigterm_as_interrupt():
+            execute(todo, row_of, finish, workers)
+    except KeyboardInterrupt as interrupt:
+        # The interrupt may have come between a record and the table's rebuild.
+        if primary and workdir.exists():
+            results.write_table(workdir)
+        finished = sum(results.is_finished(workdir, run_of(item).run_id) for item in items)
+        raise SweepInterrupted("SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT",
+                               finished, len(items), workdir) from interrupt
     finally:
         bar.close()
     table = results.write_table(workdir) if primary and workdir.exists() else (
         results.load(workdir) if workdir.exists() else pd.DataFrame())
-    return SweepSummary(table, len(todo), len(items) - len(todo), sorted(failed, key=order.get))
+    return SweepSummary(table, len(todo), len(items) - len(todo), sorted(failed, key=order.get),
+                        replaced)
 
 
 _SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "test_loss", "nfe_forward", "invariance_gap",
@@ -456,6 +511,7 @@ def format_summary(summary: SweepSummary) -> str:
     """A compact text table of the sweep's results, and the failures."""
     lines = [f"{summary.ran} run(s) trained, {summary.skipped} already finished, "
              f"{len(summary.failed)} failed"]
+    lines += [f"replaced unreadable record {path} (rerun)" for path in summary.replaced]
     frame = summary.table
     if not frame.empty:
         swept = [c for c in frame.columns

@@ -47,12 +47,32 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData | Tab
 
 TABULAR_TASKS: set[str] = set()  # names of tasks returning TabularData
 
+# The ``task`` keys each task reads besides ``name`` and ``seed``: key -> (default, meaning,
+# smallest allowed value or None when the task checks its keys itself). The run definition
+# (odeformer.experiment.config) builds the task section of the schema from these.
+TASK_KEYS: dict[str, dict[str, tuple]] = {}
 
-def register_task(name: str, *, tabular: bool = False):
+SEQUENCE_KEYS: dict[str, tuple] = {
+    "vocab_size": (8, "Symbols of the sequence.", 1),
+    "seq_len": (9, "Tokens per example.", 1),
+    "num_train": (4096, "Training examples.", 1),
+    "num_test": (512, "Test examples.", 1),
+}
+
+
+def register_task(name: str, *, tabular: bool = False, keys: dict[str, tuple] | None = None):
     """Decorator adding ``make(config, key) -> TaskData`` (or ``TabularData`` with
-    ``tabular=True``) to :data:`TASKS`."""
+    ``tabular=True``) to :data:`TASKS`.
+
+    Args:
+      name: the value of ``task.name`` that selects it.
+      tabular: the task returns ``TabularData``.
+      keys: the config keys it reads besides ``name`` and ``seed`` (see :data:`TASK_KEYS`);
+        default: those of the synthetic sequence tasks, :data:`SEQUENCE_KEYS`.
+    """
     def add(make):
         TASKS[name] = make
+        TASK_KEYS[name] = dict(SEQUENCE_KEYS if keys is None else keys)
         if tabular:
             TABULAR_TASKS.add(name)
         return make

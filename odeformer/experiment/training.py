@@ -1,13 +1,10 @@
 """Optimiser, the pure jitted train step, evaluation, and one training run.
 
-Structural (one compile per value): model shape, solver name/adjoint/adaptivity/
-max_steps, task shapes, ``train.batch_size``, ``train.microbatch``, ``train.num_steps``,
-``train.warmup_steps``, ``train.grad_clip``, ``train.eval_batch_size``. Traced (same compile):
-seed, ``train.learning_rate``, ``train.weight_decay``, ``solver.rtol``, ``solver.atol``,
-``solver.t1``, ``solver.steps`` (up to the model's ``SolverSpec.steps``; the runner sets that
-to the largest count of the runs that share a compile). The regularisers ``train.kinetic``
-and ``train.jacobian`` (``odeformer._regularisers``): whether each is > 0 is structural, its
-value traced.
+Which config keys are part of a compiled step (structural) and which are values fed to it
+(traced: seed, learning rate, weight decay, tolerances, ``solver.t1``, ``solver.steps`` up
+to the model's ``SolverSpec.steps``, regulariser weights) is defined in
+``odeformer.experiment.config``; the functions here take those values as arrays so that
+changing them never recompiles.
 """
 
 from __future__ import annotations
@@ -144,7 +141,8 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
 
     ``chunks == 1``: one pass over ``batch`` (arrays with a leading batch axis).
     ``chunks > 1``: ``batch``'s arrays are ``[chunks, chunk_size, ...]``; the chunks are
-    differentiated one after another (:func:`odeformer.experiment.microbatch.accumulate`) and their gradients and
+    differentiated one after another (:func:`odeformer.experiment.microbatch.accumulate`) and
+    their gradients and
     metrics averaged (equal sizes, so the means are the whole batch's; ``nfe`` and
     ``solver_steps`` are the largest chunk's, ``ok`` holds if it holds for every chunk).
     Chunk ``i`` draws its Jacobian noise from ``fold_in(noise_key, i)``.

@@ -26,10 +26,13 @@ class Study:
       validate: raises ``ValueError`` naming the first invalid key of one run's config
         (called for every run before anything is computed or written).
       measure: one run's metrics (a flat dict of numbers and strings), from its config.
+      section: the keys of the study's config section (named like the study): key ->
+        (default, meaning); the run definition (``odeformer.experiment.config``) reads it.
     """
 
     validate: Callable[[ml_collections.ConfigDict], None]
     measure: Callable[[ml_collections.ConfigDict], dict[str, Any]]
+    section: dict[str, tuple[Any, str]]
 
 
 STUDIES: dict[str, Study] = {}
@@ -66,10 +69,12 @@ def check_numbers(section: str, values: dict[str, Any]) -> None:
                                  f"{' (each element)' if isinstance(value, (tuple, list)) else ''}")
 
 
-def register_study(name: str, *, validate: Callable[[ml_collections.ConfigDict], None]):
-    """Decorator adding ``measure`` as the study ``name`` of :data:`STUDIES`."""
+def register_study(name: str, *, validate: Callable[[ml_collections.ConfigDict], None],
+                   section: dict[str, tuple[Any, str]]):
+    """Decorator adding ``measure`` as the study ``name`` of :data:`STUDIES`, whose config
+    section ``name`` holds the keys of ``section`` (key -> (default, meaning))."""
     def add(measure):
-        STUDIES[name] = Study(validate, measure)
+        STUDIES[name] = Study(validate, measure, dict(section))
         return measure
     return add
 

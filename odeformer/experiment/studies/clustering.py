@@ -51,8 +51,26 @@ from odeformer.experiment.studies import check_numbers, check_section, register_
 
 PARTS: tuple[str, ...] = ("phase", "equal_angle")
 NORMALISATIONS: tuple[str, ...] = ("softmax", "mean")
-KEYS: tuple[str, ...] = ("part", "beta", "normalisation", "tokens", "dim", "horizon", "times", "threshold",
-                         "rho0", "check_points", "rate_window", "solver", "rtol", "atol", "max_steps")
+SECTION: dict[str, tuple] = {
+    "part": ("phase", "Which experiment: " + ", ".join(PARTS) + "."),
+    "beta": (1.0, "Inverse temperature β of the attention (>= 0)."),
+    "normalisation": ("softmax", "Z_i: " + ", ".join(NORMALISATIONS) + "."),
+    "tokens": (32, "Tokens n."),
+    "dim": (2, "Dimension d of the sphere's space."),
+    "horizon": (30.0, "End time T of the solve."),
+    "times": ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0),
+              "Times at which the phase part counts clustered pairs and clusters."),
+    "threshold": (0.999, "Inner product above which a pair counts as clustered."),
+    "rho0": (0.0, "Equal-angle part: initial pairwise inner product."),
+    "check_points": (3001, "Equal-angle part: times compared with the scalar ODE."),
+    "rate_window": ((1e-10, 1e-3), "Equal-angle part: the range of 1 - rho where the particles' "
+                    "decay rate is fitted."),
+    "solver": ("dopri5", "Adaptive solver."),
+    "rtol": (1e-8, "Relative tolerance."),
+    "atol": (1e-8, "Absolute tolerance."),
+    "max_steps": (1_000_000, "Most solver steps."),
+}
+KEYS: tuple[str, ...] = tuple(SECTION)
 _NORM_GRID = 61  # times (with ``times``) at which the phase part checks the norms
 
 
@@ -257,7 +275,7 @@ def _equal_angle(c: ml_collections.ConfigDict) -> dict:
                 nfe=int(nfe), num_steps=int(num_steps), scalar_nfe=int(scalar_nfe))
 
 
-@register_study("clustering", validate=validate)
+@register_study("clustering", validate=validate, section=SECTION)
 def measure(c: ml_collections.ConfigDict) -> dict:
     """One run's row (see the module docstring for the columns of each part)."""
     with jax.enable_x64(True):

@@ -62,8 +62,20 @@ from odeformer._time_dependence import TimeSpec
 from odeformer.experiment.studies import check_numbers, check_section, register_study
 
 WEIGHTS: tuple[str, ...] = ("smooth", "random", "random_sqrt")
-KEYS: tuple[str, ...] = ("weights", "solver", "steps", "width", "heads", "tokens", "cycles",
-                         "reference_solver", "reference_rtol", "reference_atol", "reference_max_steps")
+SECTION: dict[str, tuple] = {
+    "weights": ("smooth", "Weights over depth: " + ", ".join(WEIGHTS) + "."),
+    "solver": ("euler", "Solver of the run (euler builds the K-layer residual network)."),
+    "steps": (1, "Fixed steps over [0, 1] (for euler: the depth K)."),
+    "width": (8, "Token width of the attention field."),
+    "heads": (2, "Attention heads (divide the width)."),
+    "tokens": (8, "Tokens."),
+    "cycles": (1.0, "Turns of the smooth weight path over [0, 1]."),
+    "reference_solver": ("dopri8", "Adaptive solver of the reference solution."),
+    "reference_rtol": (1e-14, "Reference relative tolerance."),
+    "reference_atol": (1e-14, "Reference absolute tolerance."),
+    "reference_max_steps": (100_000, "Most steps of the reference solve."),
+}
+KEYS: tuple[str, ...] = tuple(SECTION)
 ROUNDOFF_FLOOR = 1e-13  # not fitted below: round-off, and the error of a 1e-14 reference
 
 
@@ -224,7 +236,7 @@ def output(c: ml_collections.ConfigDict, steps: int) -> tuple[np.ndarray, int]:
     return np.asarray(y), int(nfe)
 
 
-@register_study("convergence", validate=validate)
+@register_study("convergence", validate=validate, section=SECTION)
 def measure(c: ml_collections.ConfigDict) -> dict:
     """One run's row: ``error`` (smooth weights), ``successive_distance``,
     ``distance_from_input``, ``nfe``, ``reference_nfe`` (see the module docstring)."""

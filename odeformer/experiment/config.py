@@ -1,0 +1,495 @@
+"""What a run is: every config key with its default, meaning and kind; validation;
+normalisation; and what a compiled train step depends on.
+
+This module is the one definition of a run. ``configs/base.py`` returns :func:`defaults`;
+every experiment config starts from it. The sweep expansion (``odeformer.experiment.sweeps``),
+the runner, ``docs/config_reference.md`` (:func:`reference`) and the tests read this module instead of restating it.
+
+Kinds of keys (``Key.kind``):
+
+- ``structural``: part of the compiled train step; runs that differ in it compile anew.
+- ``traced``: a value fed to the compiled step; runs that differ only in it share a compile.
+  (``solver.steps`` of a fixed-step solver: traced up to the largest count of the runs
+  sharing the compile, which is structural.)
+- ``switch``: whether it is > 0 is structural, its value traced (regulariser weights).
+- ``evaluation``: read after training only (measurements under other solvers, stability).
+- ``host``: read by the Python loop only (logging, checkpoints).
+- ``meta``: labels and the sweep itself; never part of a run's identity.
+- ``study``: a numerical study's setting (``odeformer.experiment.studies``; nothing compiles
+  across runs).
+
+A config for ``experiment = "train"`` has the top-level keys and the sections ``task``,
+``model``, ``solver``, ``train``, ``mesh``, ``evaluate`` and ``analysis``; a study's config
+has the top-level keys, ``analysis`` and the study's own section. The ``task`` section holds
+the keys of one or several tasks (:func:`task_section`); each run keeps only the keys its
+task reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+
+from odeformer._checks import is_int, is_number
+from odeformer._integrate import ADJOINTS
+from odeformer._regularisers import PENALTIES
+from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS
+from odeformer._time_dependence import TIME_MODES
+from odeformer.categorical.embeddings import EMBEDDINGS
+from odeformer.experiment.evaluators.invariance import parse_solvers
+from odeformer.experiment.models import FAMILIES, READOUTS
+from odeformer.experiment.studies import STUDIES
+from odeformer.experiment.tasks import TABULAR_TASKS, TASK_KEYS, TASKS
+from odeformer.experiment.training import check_microbatch
+
+KINDS = ("structural", "traced", "switch", "evaluation", "host", "meta", "study")
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One config key.
+
+    Attributes:
+      default: the base config's value.
+      doc: what it means, with units.
+      kind: one of :data:`KINDS`.
+      choices: a function returning the allowed values (registries fill up at import), or None.
+      minimum: ``(bound, strict)``: values must be > bound (strict) or >= bound; or None.
+    """
+
+    default: Any
+    doc: str
+    kind: str
+    choices: Callable[[], tuple] | None = None
+    minimum: tuple[float, bool] | None = None
+
+
+def _positive(default, doc, kind="structural", **kw) -> Key:
+    return Key(default, doc, kind, minimum=(0, True), **kw)
+
+
+def _non_negative(default, doc, kind="structural", **kw) -> Key:
+    return Key(default, doc, kind, minimum=(0, False), **kw)
+
+
+def _tasks() -> tuple:
+    return tuple(sorted(TASKS))
+
+
+def experiments() -> tuple[str, ...]:
+    """Allowed values of ``config.experiment``: training, or a registered study."""
+    return ("train", *sorted(STUDIES))
+
+
+TOP: dict[str, Key] = {
+    "name": Key("base", "Label of the sweep; the default workdir is runs/<name>.", "meta"),
+    "experiment": Key("train", "What a run does: 'train' or the name of a numerical study.", "meta",
+                      choices=experiments),
+    "seed": Key(0, "Root PRNG seed of a run: model initialisation and batch order (split by "
+                "purpose, folded in per step).", "traced"),
+    "sweep": Key({}, "Axes: a nested section of tuples whose dotted paths name the keys swept; "
+                 "the runs are their product.", "meta"),
+    "sweep_zip": Key((), "Tuples of swept keys that vary together (zipped) instead of as a product.",
+                     "meta"),
+}
+
+ANALYSIS: dict[str, Key] = {
+    "analysis.targets": Key((0.6, 0.7, 0.8), "Test accuracies at which a notebook compares the "
+                            "parameters each family needs (fixed before the runs).", "meta"),
+    "analysis.resamples": Key(2000, "Bootstrap resamples of a notebook's confidence intervals.", "meta"),
+}
+
+TRAIN: dict[str, Key] = {
+    "task.name": Key("associative_recall", "Task of odeformer.experiment.tasks.TASKS.", "structural",
+                     choices=_tasks),
+    "task.seed": Key(0, "Seed of the task's data.", "traced"),
+    "model.family": Key("ode", "'ode' (one block integrated over depth) or 'discrete' (a stack of "
+                        "independent blocks, one unit Euler step each).", "structural",
+                        choices=lambda: FAMILIES),
+    "model.width": _positive(32, "Token width d; resolved from model.param_budget when that is > 0."),
+    "model.heads": _positive(4, "Attention heads; must divide the width."),
+    "model.mlp_ratio": _positive(2, "MLP hidden width as a multiple of the width."),
+    "model.time": Key("tied", "How the ode family's weights depend on depth t: "
+                      + ", ".join(TIME_MODES) + ".", "structural", choices=lambda: TIME_MODES),
+    "model.pieces": _positive(4, "Pieces of a 'piecewise' field (weights constant on each)."),
+    "model.basis": _positive(4, "Chebyshev basis size of a 'smooth' field."),
+    "model.layers": _positive(4, "Blocks of the discrete family (its depth t1 = layers)."),
+    "model.readout": Key("last", "Classifier input: the 'last' token or the 'mean' of tokens.",
+                         "structural", choices=lambda: READOUTS),
+    "model.param_budget": _non_negative(0, "Trainable parameters to match (within 5%) by choosing "
+                                        "the width; 0 keeps model.width."),
+    "model.embedding": Key("table", "Tabular tasks: how categorical ids become vectors.", "structural",
+                           choices=lambda: EMBEDDINGS),
+    "model.embed_dim": _non_negative(0, "Tabular tasks: embedding size per feature; 0 = a rule of "
+                                     "thumb from the cardinality."),
+    "model.compression": _positive(8, "Tabular tasks, 'hashed'/'qr' embeddings: rows saved by that "
+                                   "factor."),
+    "solver.name": Key("rk4", "Solver of odeformer.SOLVERS.", "structural", choices=lambda: SOLVERS),
+    "solver.steps": _positive(4, "Fixed steps over [0, t1] (fixed-step solves); traced up to the "
+                              "largest count of the runs sharing a compile.", "traced"),
+    "solver.adaptive": Key(False, "Adaptive step size (needs a solver with an error estimate).",
+                           "structural"),
+    "solver.rtol": _positive(1e-3, "Relative tolerance (adaptive solves).", "traced"),
+    "solver.atol": _positive(1e-6, "Absolute tolerance (adaptive solves).", "traced"),
+    "solver.t1": _positive(1.0, "End of the depth interval [0, t1].", "traced"),
+    "solver.adjoint": Key("checkpoint", "How gradients flow through the solve: "
+                          + ", ".join(ADJOINTS) + ".", "structural", choices=lambda: ADJOINTS),
+    "solver.max_steps": _positive(4096, "Most steps an adaptive solve may take.", "structural"),
+    "train.num_steps": _positive(300, "Optimiser steps (the schedule's length)."),
+    "train.batch_size": _positive(64, "Examples per step."),
+    "train.learning_rate": _positive(1e-2, "Peak AdamW learning rate.", "traced"),
+    "train.weight_decay": _non_negative(1e-2, "AdamW weight decay.", "traced"),
+    "train.warmup_steps": _non_negative(30, "Linear warmup steps before the cosine decay."),
+    "train.grad_clip": _positive(1.0, "Global gradient-norm clip."),
+    "train.log_every": _positive(50, "Steps between logged metrics lines.", "host"),
+    "train.eval_batch_size": _positive(512, "Examples per evaluation chunk."),
+    "train.checkpoint_every": _non_negative(0, "Steps between orbax checkpoints; 0 = none.", "host"),
+    "train.microbatch": _non_negative(0, "Examples per gradient chunk (accumulated); 0 = the whole "
+                                      "batch at once."),
+    "train.kinetic": _non_negative(0.0, "Weight of the kinetic-energy regulariser (ode family); "
+                                   "0 = off.", "switch"),
+    "train.jacobian": _non_negative(0.0, "Weight of the Jacobian Frobenius-norm regulariser (ode "
+                                    "family); 0 = off.", "switch"),
+    "mesh.data": _positive(1, "Devices the batch is split over."),
+    "mesh.model": _positive(1, "Devices embedding tables are split over by rows."),
+    "evaluate.solvers": Key((), "After training: test accuracy under other solvers, 'name:steps' or "
+                            "'name:rtol' (the last is the reference of invariance_gap).", "evaluation"),
+    "evaluate.stability": Key(False, "After training: measure the flow map's stability.", "evaluation"),
+    "evaluate.epsilon": _positive(1e-2, "Stability: perturbation norm relative to the input's.",
+                                  "evaluation"),
+    "evaluate.power_iterations": Key(20, "Stability: power iterations for the Jacobian's spectral "
+                                     "norm (>= 2).", "evaluation", minimum=(2, False)),
+    "evaluate.examples": _positive(64, "Stability: the first test examples measured.", "evaluation"),
+}
+
+def task_keys(name: str) -> dict[str, Key]:
+    """The ``task`` keys task ``name`` reads, with their defaults (``task.<key>`` paths)."""
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is not one of {', '.join(_tasks())}")
+    keys = {"task.name": TRAIN["task.name"], "task.seed": TRAIN["task.seed"]}
+    for key, (default, doc, minimum) in TASK_KEYS[name].items():
+        keys[f"task.{key}"] = Key(default, doc, "structural",
+                                  minimum=None if minimum is None else (minimum, False))
+    return keys
+
+
+def _study_keys(name: str) -> dict[str, Key]:
+    return {f"{name}.{k}": Key(default, doc, "study") for k, (default, doc) in STUDIES[name].section.items()}
+
+
+def schema(experiment: str = "train") -> dict[str, Key]:
+    """Every key of a config for ``experiment``, by dotted path; the ``task`` section as
+    the union over all registered tasks (first registration's default)."""
+    if experiment not in experiments():
+        raise ValueError(f"experiment={experiment!r} is not one of {', '.join(experiments())}")
+    keys = {**TOP, **ANALYSIS}
+    if experiment != "train":
+        return {**keys, **_study_keys(experiment)}
+    keys.update({k: v for k, v in TRAIN.items() if not k.startswith("task.")})
+    for name in _tasks():
+        for path, key in task_keys(name).items():
+            keys.setdefault(path, key)
+    return keys
+
+
+def _section(keys: dict[str, Key]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, key in keys.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = key.default
+    return out
+
+
+def task_section(*names: str, **values) -> ml_collections.ConfigDict:
+    """A ``task`` section holding the keys of tasks ``names`` (the first is ``task.name``)
+    at their defaults, then ``values``; a sweep over ``task.name`` needs every swept task's
+    keys in the section."""
+    keys: dict[str, Key] = {}
+    for name in names:
+        for path, key in task_keys(name).items():
+            keys.setdefault(path, key)
+    section = ml_collections.ConfigDict(_section(keys)["task"])
+    section.name = names[0]
+    for key, value in values.items():
+        if key not in section:
+            raise ValueError(f"task.{key} is not a key of the tasks {', '.join(names)}; they read "
+                             f"{', '.join(sorted(section.keys()))}")
+        section[key] = value
+    return section
+
+
+def defaults(experiment: str = "train") -> ml_collections.ConfigDict:
+    """The base config of ``experiment``: every key at its default (unlocked).
+
+    A training config's ``task`` section holds the default task's keys; use
+    :func:`task_section` for another task.
+    """
+    keys = dict(schema(experiment))
+    if experiment == "train":
+        keys = {k: v for k, v in keys.items() if not k.startswith("task.")}
+        keys.update(task_keys(TRAIN["task.name"].default))
+    config = ml_collections.ConfigDict(_section(keys))
+    config.experiment = experiment
+    return config
+
+
+META_SECTIONS = tuple(k for k, key in TOP.items() if key.kind == "meta") + ("analysis",)
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Dotted paths to leaf values."""
+    out = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def get_path(config, path: str):
+    """The value at a dotted path of a ConfigDict or nested dict.
+
+    Raises:
+      KeyError: naming the path.
+    """
+    node = config
+    for part in path.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError):
+            raise KeyError(path) from None
+    return node
+
+
+def set_path(config, path: str, value) -> None:
+    """Sets the value at a dotted path (its parent sections must exist)."""
+    *parents, leaf = path.split(".")
+    node = get_path(config, ".".join(parents)) if parents else config
+    node[leaf] = value
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Every key of ``config`` is in the schema of its experiment and every schema key is
+    present (the task section: every key of the task named, and only keys some task reads).
+
+    Raises:
+      ValueError: naming the first unknown or missing key.
+    """
+    experiment = config.get("experiment")
+    known = schema(experiment)
+    present = {path for path in flatten(config) if path.split(".")[0] not in ("sweep", "sweep_zip")}
+    present |= {p for p in ("sweep", "sweep_zip") if p in config}
+    for path in sorted(present - set(known)):
+        section = path.split(".")[0]
+        allowed = sorted(k for k in known if k.split(".")[0] == section) or sorted(
+            {k.split(".")[0] for k in known})
+        raise ValueError(f"{path} is not a config key of experiment={experiment!r}; known here: "
+                         f"{', '.join(allowed)}")
+    needed = set(schema_of_run(config))
+    for path in sorted(needed - present):
+        raise ValueError(f"{path} is missing from the config: start from configs/base.py "
+                         "(odeformer.experiment.config.defaults), which holds every key")
+
+
+def schema_of_run(config: ml_collections.ConfigDict) -> dict[str, Key]:
+    """The keys one run of ``config`` reads: the schema with the task section narrowed to
+    the keys of ``config.task.name``."""
+    keys = schema(config.experiment)
+    if config.experiment != "train":
+        return keys
+    keys = {k: v for k, v in keys.items() if not k.startswith("task.")}
+    return {**keys, **task_keys(config.task.name)}
+
+
+def check_value(path: str, value, key: Key) -> None:
+    """Raises ValueError unless ``value`` is allowed for ``key``: one of its choices, or of
+    its default's type (bool, integer, finite number) and above its lower bound."""
+    if key.choices is not None:
+        allowed = key.choices()
+        if value not in allowed:
+            raise ValueError(f"{path}={value!r} is not one of {', '.join(map(str, allowed))}")
+        return
+    default = key.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{path}={value!r} must be True or False")
+        return
+    if is_int(default):
+        kind, ok = "an integer", is_int(value)
+    elif isinstance(default, float):
+        kind, ok = "a finite number", is_number(value)
+    else:
+        return
+    bound = ""
+    if key.minimum is not None:
+        low, strict = key.minimum
+        if is_int(default) and strict:  # an integer > n is an integer >= n + 1
+            low, strict = low + 1, False
+        bound = f" {'>' if strict else '>='} {low}"
+        ok = ok and ((value > low) if strict else (value >= low))
+    if not ok:
+        raise ValueError(f"{path}={value!r} must be {kind}{bound}")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Each value the schema can judge on its own (choices, types, bounds), whether or not
+    a sweep replaces it: a bad value is refused before anything runs."""
+    keys = schema_of_run(config) if config.experiment == "train" else schema(config.experiment)
+    for path, value in flatten(config).items():
+        key = keys.get(path)
+        if key is not None and key.kind not in ("meta", "study"):
+            check_value(path, value, key)
+
+
+def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> set[str]:
+    """Makes runs that cannot differ equal, in place: drops the task keys the run's task
+    does not read, resets keys that cannot affect the run to their base values (tolerances
+    of a fixed-step solve, the step count of an adaptive one, ``model.layers`` of the ode
+    family, ``pieces``/``basis`` of time modes that do not use them, ``model.width`` when a
+    budget sets it, embedding keys of sequence tasks, stability settings when stability is
+    off), and writes what the discrete family does (Euler, ``steps = t1 = model.layers``)
+    into its solver keys.
+
+    Returns:
+      The dotted paths this run does not read (dropped, reset or written over).
+    """
+    solver, model = run.solver, run.model
+    read = {path.split(".", 1)[1] for path in task_keys(run.task.name)}
+    unread = {f"task.{k}" for k in run.task.keys() if k not in read}
+    run.task = ml_collections.ConfigDict({k: v for k, v in run.task.items() if k in read})
+
+    def reset(section, *keys):
+        for key in keys:
+            run[section][key] = base[section][key]
+            unread.add(f"{section}.{key}")
+
+    if model.param_budget > 0:
+        reset("model", "width")  # resolved from the budget
+    if not run.evaluate.stability:
+        reset("evaluate", "epsilon", "power_iterations", "examples")
+    if run.task.name not in TABULAR_TASKS:
+        reset("model", "embedding", "embed_dim", "compression")
+    elif model.embedding not in ("hashed", "qr"):
+        reset("model", "compression")
+    if model.family == "discrete":
+        reset("solver", *solver.keys())
+        reset("model", "time", "pieces", "basis")
+        # What the discrete family does: Euler, one unit step per layer.
+        solver.name, solver.adaptive, solver.adjoint = "euler", False, "checkpoint"
+        solver.steps, solver.t1 = model.layers, float(model.layers)
+        return unread
+    reset("model", "layers")
+    if model.time != "piecewise":
+        reset("model", "pieces")
+    if model.time != "smooth":
+        reset("model", "basis")
+    if solver.adaptive:
+        reset("solver", "steps")
+    else:
+        reset("solver", "rtol", "atol", "max_steps")
+    return unread
+
+
+def validate_run(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid key of one training run's config: its
+    keys, each value (:func:`check_value`), then the rules that tie keys together."""
+    check_keys(c)
+    check_values(c)
+    if c.mesh.data * c.mesh.model > jax.device_count():
+        raise ValueError(f"mesh.data={c.mesh.data} x mesh.model={c.mesh.model} needs more devices than "
+                         f"the {jax.device_count()} available")
+    if jax.process_count() > 1 and c.mesh.data * c.mesh.model != jax.device_count():
+        raise ValueError(f"mesh.data={c.mesh.data} x mesh.model={c.mesh.model} must use all "
+                         f"{jax.device_count()} devices of the {jax.process_count()} processes")
+    for key in ("train.batch_size", "train.eval_batch_size"):
+        if get_path(c, key) % c.mesh.data:
+            raise ValueError(f"{key}={get_path(c, key)} must be a multiple of mesh.data={c.mesh.data}")
+    check_microbatch(c.train.microbatch, c.train.batch_size, c.mesh.data)
+    if c.solver.adaptive and c.solver.name not in ADAPTIVE_SOLVERS:
+        raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
+                         f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")
+    if c.model.param_budget == 0 and c.model.width % c.model.heads:
+        raise ValueError(f"model.width={c.model.width} must be a multiple of model.heads={c.model.heads}")
+    if c.train.warmup_steps >= c.train.num_steps:
+        raise ValueError(f"train.warmup_steps={c.train.warmup_steps} must be < "
+                         f"train.num_steps={c.train.num_steps}")
+    if c.model.family == "ode" and c.model.time in ("piecewise", "smooth") and c.solver.t1 != 1.0:
+        raise ValueError(f"model.time={c.model.time!r} defines the weights on [0, 1]: solver.t1="
+                         f"{c.solver.t1} would integrate past them; use solver.t1=1.0")
+    for name in PENALTIES:
+        weight = c.train[name]
+        if weight > 0 and c.model.family != "ode":
+            raise ValueError(f"train.{name}={weight!r} applies to model.family='ode' only (the "
+                             f"{c.model.family} family is a fixed stack of layers whose cost a "
+                             f"regulariser cannot change); use train.{name}=0.0 for its runs")
+    parse_solvers(c.evaluate.solvers)
+
+
+def keys_of_kind(*kinds: str, experiment: str = "train") -> tuple[str, ...]:
+    """The schema's dotted paths of the given kinds, in schema order."""
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    return tuple(k for k, key in schema(experiment).items() if key.kind in kinds)
+
+
+def structure_key(c: ml_collections.ConfigDict, shape: dict, step_bound: int | None,
+                  tables: tuple[int, ...]) -> str:
+    """What a training run's compiled steps depend on, as text: its structural keys (the
+    model section through its resolved ``shape``, a dict), the step bound of a fixed-step
+    solve (None leaves it out), which ``switch`` keys are on, and a tabular task's table sizes."""
+    structural = [k for k in keys_of_kind("structural") if k in flatten(c) and not k.startswith("model.")]
+    values = {k: get_path(c, k) for k in structural}
+    if not c.solver.adaptive and step_bound is not None:
+        values["solver.steps"] = step_bound
+    values["switches_on"] = sorted(k for k in keys_of_kind("switch") if get_path(c, k) > 0)
+    return json.dumps([values, shape, list(tables)], sort_keys=True, default=str)
+
+
+def reference() -> str:
+    """``docs/config_reference.md``: every key of every experiment, its default, kind and meaning."""
+    def table(keys: dict[str, Key]) -> list[str]:
+        rows = ["| key | default | kind | meaning |", "|---|---|---|---|"]
+        for path, key in keys.items():
+            rows.append(f"| `{path}` | `{key.default!r}` | {key.kind} | {key.doc} |")
+        return rows
+
+    lines = ["# Config reference", "",
+             "Every key a config may hold, generated from `odeformer/experiment/config.py` by",
+             "`odeformer.experiment.config.reference()` (a test checks that this page is current:",
+             "`python -c \"from odeformer.experiment.config import reference; print(reference(), end='')\"",
+             "> docs/config_reference.md` rewrites it). Configs start from `configs/base.py`, which",
+             "holds every key at its default; kinds say what a new value costs:", ""]
+    lines += [f"- **{kind}**: {text}" for kind, text in _KIND_DOCS.items()]
+    lines += ["", "## Every experiment", "", *table({**TOP, **ANALYSIS}), "",
+              "## Training (`experiment = \"train\"`)", "",
+              *table({k: v for k, v in TRAIN.items() if not k.startswith("task.")}), "",
+              "## Tasks", "", "The `task` section holds the keys of the task named by `task.name`; "
+              "each run keeps only those.", ""]
+    for name in _tasks():
+        lines += [f"### `{name}`", "", *table(task_keys(name)), ""]
+    for name in sorted(STUDIES):
+        lines += [f"## Study `{name}` (`experiment = \"{name}\"`)", "", *table(_study_keys(name)), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_KIND_DOCS = {
+    "structural": "part of the compiled train step; runs that differ in it compile anew.",
+    "traced": "a value fed to the compiled step; runs that differ only in it share one compile.",
+    "switch": "whether it is > 0 is structural; its value is traced.",
+    "evaluation": "read after training only (other solvers, stability).",
+    "host": "read by the Python loop only (logging, checkpoints).",
+    "meta": "labels, the sweep, settings of the analysis; not part of a run's identity.",
+    "study": "a numerical study's setting.",
+}
+

@@ -1,0 +1,64 @@
+"""The command line: overrides of swept keys, refused values, variants and the dry run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, workdir=None):
+    flags = list(args) + ([f"--workdir={workdir}"] if workdir is not None else [])
+    return subprocess.run([sys.executable, "-m", "experiments.run", "--quiet", *flags],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.solver.name=rk99", "error: solver.name='rk99' is not one of euler, heun"),
+    ("--config.solver.steps=0", "error: solver.steps=0 must be an integer >= 1"),
+    ("--config.model.family=lstm", "error: model.family='lstm' is not one of ode, discrete"),
+    ("--config.train.warmup_steps=-1", "error: train.warmup_steps=-1 must be an integer >= 0"),
+])
+def test_an_invalid_value_is_refused_whether_or_not_its_key_is_swept(override, message, tmp_path):
+    """solver.name, solver.steps and model.family are swept by configs/quick.py; warmup is not."""
+    result = _cli("--config=configs/quick.py:tiny", override, workdir=tmp_path / "runs")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unknown_variant_is_refused_naming_the_variants():
+    result = _cli("--config=configs/quick.py:huge", "--dry_run")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("configs/quick.py has no variant 'huge'; variants: tiny")
+
+
+def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
+    result = _cli("--config=configs/quick.py:tiny", "--dry_run", workdir=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("quick_tiny: 5 run(s), 3 compiled train step(s), total cost 17 x")
+    assert lines[1].split() == ["run_id", "model.family", "solver.name", "solver.steps", "compile",
+                                "params", "cost"]
+    assert len(lines) == 7
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_override_of_a_swept_key_replaces_the_axis_in_a_real_run(tmp_path):
+    """``--config.solver.name=rk4`` on a sweep over euler and rk4 trains rk4 only, and the
+    output says so; an override no run reads is named too."""
+    result = _cli("--config=configs/quick.py:tiny", "--config.solver.name=rk4",
+                  "--config.model.family=ode", "--config.solver.rtol=1e-9", workdir=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    for line in ("note: --config.solver.name='rk4' replaces the sweep axis solver.name=('euler', 'rk4')",
+                 "note: --config.model.family='ode' replaces the sweep axis model.family=('ode', "
+                 "'discrete')",
+                 "note: --config.solver.rtol is read by no run of this sweep (each run resets or drops it)"):
+        assert line in result.stdout
+    table = pd.read_csv(tmp_path / "runs" / "results.csv")
+    assert sorted(table["solver.steps"]) == [2, 4] and set(table["status"]) == {"ok"}
+    assert "solver.name" not in table
+    assert table["nfe_forward"].tolist() == [4 * s for s in table["solver.steps"]]
