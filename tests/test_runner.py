@@ -197,7 +197,8 @@ def test_microbatched_run_trains_the_same_model_with_its_own_compile(tmp_path):
 def test_a_train_section_without_microbatch_is_refused_before_writing(tmp_path):
     c = ml_collections.ConfigDict(tiny_config().to_dict())
     del c.train["microbatch"]
-    with pytest.raises(ValueError, match="train.microbatch is missing from the config: start from configs/base.py"):
+    with pytest.raises(ValueError, match="train.microbatch is missing from the config: start from "
+                                         "configs/base.py"):
         run_sweep(c, tmp_path / "w", quiet=True)
     assert not (tmp_path / "w").exists()
 

@@ -8,12 +8,12 @@ the command line on top. Importing this package registers the tabular tasks
 
 from odeformer.experiment import datasets  # noqa: F401  (registers the tabular tasks)
 from odeformer.experiment.results import load
-from odeformer.experiment.runner import SweepSummary, format_summary, plan, run_sweep
+from odeformer.experiment.runner import SweepInterrupted, SweepSummary, format_summary, plan, run_sweep
 from odeformer.experiment.studies import STUDIES, clustering, convergence, register_study  # noqa: F401  (registers the studies)
 from odeformer.experiment.sweeps import Run, expand
 from odeformer.experiment.tasks import TASKS, TaskData, make_task, register_task
 
 __all__ = [
-    "STUDIES", "TASKS", "Run", "SweepSummary", "TaskData", "expand", "format_summary", "load", "make_task",
-    "plan", "register_study", "register_task", "run_sweep",
+    "STUDIES", "TASKS", "Run", "SweepInterrupted", "SweepSummary", "TaskData", "expand", "format_summary",
+    "load", "make_task", "plan", "register_study", "register_task", "run_sweep",
 ]

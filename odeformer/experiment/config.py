@@ -3,7 +3,8 @@ normalisation; and what a compiled train step depends on.
 
 This module is the one definition of a run. ``configs/base.py`` returns :func:`defaults`;
 every experiment config starts from it. The sweep expansion (``odeformer.experiment.sweeps``),
-the runner, ``docs/config_reference.md`` (:func:`reference`) and the tests read this module instead of restating it.
+the runner, ``docs/config_reference.md`` (:func:`reference`) and the tests read this module
+instead of restating it.
 
 Kinds of keys (``Key.kind``):
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from odeformer.experiment.config import get_path
+
 RESULT_FILE = "result.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -179,12 +181,10 @@ def _table(workdirs, with_config: Iterable[str] = ()) -> tuple[pd.DataFrame, lis
             for key in keys:
                 if key in row:
                     continue
-                node = configs[row["run_id"]]
-                for part in key.split("."):
-                    if not isinstance(node, dict) or part not in node:
-                        raise KeyError(f"run {row['run_id']}'s config has no key {key!r}")
-                    node = node[part]
-                row[key] = node
+                try:
+                    row[key] = get_path(configs[row["run_id"]], key)
+                except KeyError:
+                    raise KeyError(f"run {row['run_id']}'s config has no key {key!r}") from None
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame, unreadable
