@@ -19,7 +19,10 @@ from odeformer.experiment import config as run_config
 def get_config(experiment: str = "train") -> ml_collections.ConfigDict:
     """Every key at its default for ``experiment`` ('train', the default, or a study's
     name), unlocked."""
-    return run_config.defaults(experiment or "train")
+    config = run_config.defaults(experiment or "train")
+    if config.experiment != "train":
+        config.name = f"base_{config.experiment}"  # its own workdir, runs/base_<study>
+    return config
 
 
 def with_variant(c: ml_collections.ConfigDict, variant: str,

@@ -20,9 +20,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from odeformer.experiment.config import flatten
 from odeformer.experiment.grid import format_grid
 from odeformer.experiment.runner import SweepInterrupted, format_summary, run_sweep
-from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_overrides
+from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
 from odeformer.parallel.host_memory import reuse_host_memory
 from odeformer.parallel.mesh import join_processes
 
@@ -76,10 +77,14 @@ def main(argv) -> int:
     try:
         if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        primary = jax.process_index() == 0
         index, count = parse_shard(_SHARD.value)
-        notes += unread_overrides(expand(config), overrides)
-        for note in notes:
+        for note in notes if primary else ():  # before expansion, which may refuse the result
             print(f"note: {note}")
+        unread = unread_keys(expand(config), overrides, flatten(config.sweep))
+        for note in unread if primary else ():
+            print(f"note: {note}")
+        notes += unread
         if _DRY_RUN.value:
             print(format_grid(config, index, count))
             return 0

@@ -49,13 +49,15 @@ def test_an_unknown_variant_is_refused_with_the_allowed_ones():
         quick.get_config("huge")
 
 
-def test_base_config_is_the_schema_defaults():
-    config = base.get_config()
-    flat = run_config.flatten(config)
-    for path, key in run_config.schema_of_run(config).items():
-        if path != "sweep":
-            assert flat[path] == key.default, path
-    assert run_config.flatten(base.get_config("convergence"))["convergence.reference_solver"] == "dopri8"
+def test_base_config_holds_every_key_at_its_default():
+    flat = run_config.flatten(base.get_config())
+    assert set(flat) | {"sweep"} == set(run_config.schema_of_run(base.get_config()))
+    assert (flat["task.name"], flat["model.width"], flat["solver.name"], flat["solver.steps"],
+            flat["train.num_steps"], flat["evaluate.solvers"]) == (
+                "associative_recall", 32, "rk4", 4, 300, ())
+    study = run_config.flatten(base.get_config("convergence"))
+    assert study["experiment"] == "convergence" and study["convergence.reference_solver"] == "dopri8"
+    assert "model.width" not in study
 
 
 def test_an_unknown_key_is_refused_naming_it():
@@ -127,17 +129,25 @@ def test_pin_replaces_a_swept_axis_and_says_so():
 def test_pin_takes_a_zipped_key_out_of_its_group_and_drops_emptied_sections():
     config = ml_collections.ConfigDict(_load("invariance", "tiny").to_dict())
     config.solver.name = "euler"
-    sweeps.pin(config, {"solver.name": "euler"})
+    notes = sweeps.pin(config, {"solver.name": "euler"})
+    assert notes == ["--config.solver.name='euler' replaces the sweep axis solver.name=('euler', "
+                     "'euler', 'rk4'), taken out of the zipped group ('solver.name', 'solver.steps') "
+                     "(its other keys still vary together)"]
     assert config.sweep_zip == () and "name" not in config.sweep.solver
     sweeps.pin(config, {"solver.steps": 4})
     assert "solver" not in config.sweep and config.sweep.seed == (0, 1)
 
 
-def test_an_override_no_run_reads_is_named():
-    config = quick.get_config()
+def test_an_override_or_an_axis_no_run_reads_is_named():
+    config = ml_collections.ConfigDict(quick.get_config("tiny").to_dict())
+    config.sweep.solver.rtol = (1e-3, 1e-5)  # every solve has fixed steps
     runs = sweeps.expand(config)
-    assert sweeps.unread_overrides(runs, ["solver.rtol", "solver.steps", "train.num_steps"]) == [
-        "--config.solver.rtol is read by no run of this sweep (each run resets or drops it)"]
+    assert len(runs) == 5
+    axes = run_config.flatten(config.sweep)
+    assert sweeps.unread_keys(runs, ["solver.atol", "solver.steps", "train.num_steps"], axes) == [
+        "--config.solver.atol is read by no run of this sweep (each run resets or drops it)",
+        "sweep axis solver.rtol is read by no run of this sweep (each run resets or drops it): its "
+        "values give the same runs"]
 
 
 def test_a_run_keeps_only_its_tasks_keys():

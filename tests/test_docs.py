@@ -10,7 +10,9 @@
   from the repository root with ``--dry_run`` appended (unless it is there): the grid is
   planned and validated, nothing trains and nothing is written. Other lines of such a block
   (``cd notebooks && jupyter execute ...``) do not run.
-- ```` ```text ```` blocks are displays (equations, printed output) and never run.
+- ```` ```text ```` blocks are displays (equations, printed output) and never run; one that
+  directly follows such a bash block shows what its commands print, and every line of it
+  must be printed, in order.
 - Exempt without a marker: the two quick-start blocks of README.md (``<!-- main-line -->``,
   ``<!-- test-line -->``); they install packages, and CI (``.ci/run``) runs the test line
   itself. Any other block that does not run carries ``<!-- not-executed: reason -->`` on the
@@ -191,6 +193,37 @@ def test_experiment_commands_dry_run(argv, env, exit_code):
         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     if exit_code:
         assert result.stderr.strip().startswith("error:"), result.stderr[-3000:]
+
+
+def _shown_outputs():
+    """Each bash block of ``experiments.run`` commands followed directly by a text block: the
+    text is what those commands print."""
+    found = _all_blocks()
+    for block, shown in zip(found, found[1:], strict=False):
+        if (block.language == "bash" and not block.exempt and shown.language == "text"
+                and shown.path == block.path and shown.marker.startswith("```")):
+            exit_code = EXIT_CODE.fullmatch(block.marker)
+            yield pytest.param(block, shown, int(exit_code.group(1)) if exit_code else 0, id=shown.where)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block, shown, exit_code", list(_shown_outputs()))
+def test_shown_output_is_what_the_commands_print(block, shown, exit_code):
+    """Every line of the text block appears, in order, in the commands' output (stdout, then
+    stderr, command after command), so the printed grids and messages cannot drift."""
+    environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    printed = []
+    for argv, env in experiment_commands(block):
+        result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
+                                env={**environ, **env})
+        assert result.returncode == exit_code, result.stderr[-3000:]
+        printed += [line.rstrip() for line in (result.stdout + result.stderr).splitlines()]
+    position = 0
+    for line in (line.rstrip() for line in shown.code.splitlines() if line.strip()):
+        assert line in printed[position:], (
+            f"{shown.where}: {line!r} is not printed (after line {position}) by the commands at "
+            f"{block.where}; they print:\n" + "\n".join(printed))
+        position = printed.index(line, position) + 1
 
 
 @pytest.mark.slow

@@ -6,18 +6,10 @@ every experiment config starts from it. The sweep expansion (``odeformer.experim
 the runner, ``docs/config_reference.md`` (:func:`reference`) and the tests read this module
 instead of restating it.
 
-Kinds of keys (``Key.kind``):
-
-- ``structural``: part of the compiled train step; runs that differ in it compile anew.
-- ``traced``: a value fed to the compiled step; runs that differ only in it share a compile.
-  (``solver.steps`` of a fixed-step solver: traced up to the largest count of the runs
-  sharing the compile, which is structural.)
-- ``switch``: whether it is > 0 is structural, its value traced (regulariser weights).
-- ``evaluation``: read after training only (measurements under other solvers, stability).
-- ``host``: read by the Python loop only (logging, checkpoints).
-- ``meta``: labels and the sweep itself; never part of a run's identity.
-- ``study``: a numerical study's setting (``odeformer.experiment.studies``; nothing compiles
-  across runs).
+Each key has a kind (:data:`KINDS`, explained in ``_KIND_DOCS`` and the reference page):
+whether a new value compiles a new train step (structural), is fed to the same compiled step
+(traced), only switches a term on (switch), or is read after training, by the Python loop,
+by the analysis or by a study.
 
 A config for ``experiment = "train"`` has the top-level keys and the sections ``task``,
 ``model``, ``solver``, ``train``, ``mesh``, ``evaluate`` and ``analysis``; a study's config
@@ -48,7 +40,16 @@ from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.tasks import TABULAR_TASKS, TASK_KEYS, TASKS
 from odeformer.experiment.training import check_microbatch
 
-KINDS = ("structural", "traced", "switch", "evaluation", "host", "meta", "study")
+_KIND_DOCS: dict[str, str] = {
+    "structural": "part of the compiled train step; runs that differ in it compile anew.",
+    "traced": "a value fed to the compiled step; runs that differ only in it share one compile.",
+    "switch": "whether it is > 0 is structural; its value is traced.",
+    "evaluation": "read after training only (other solvers, stability).",
+    "host": "read by the Python loop only (logging, checkpoints).",
+    "meta": "labels, the sweep, settings of the analysis; not part of a run's identity.",
+    "study": "a numerical study's setting.",
+}
+KINDS = tuple(_KIND_DOCS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +186,8 @@ def _study_keys(name: str) -> dict[str, Key]:
 
 def schema(experiment: str = "train") -> dict[str, Key]:
     """Every key of a config for ``experiment``, by dotted path; the ``task`` section as
-    the union over all registered tasks (first registration's default)."""
+    the union over all registered tasks (a key several tasks read: the default of the first
+    task in alphabetical order)."""
     if experiment not in experiments():
         raise ValueError(f"experiment={experiment!r} is not one of {', '.join(experiments())}")
     keys = {**TOP, **ANALYSIS}
@@ -298,6 +300,10 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
                          f"{', '.join(allowed)}")
     needed = set(schema_of_run(config))
     for path in sorted(needed - present):
+        if path.startswith("task."):
+            raise ValueError(f"{path} is missing: task.name={config.task.name!r} reads it; a sweep over "
+                             "task.name needs every swept task's keys in the task section "
+                             "(odeformer.experiment.config.task_section(name, ...))")
         raise ValueError(f"{path} is missing from the config: start from configs/base.py "
                          "(odeformer.experiment.config.defaults), which holds every key")
 
@@ -449,20 +455,32 @@ def structure_key(c: ml_collections.ConfigDict, shape: dict, step_bound: int | N
     """What a training run's compiled steps depend on, as text: its structural keys (the
     model section through its resolved ``shape``, a dict), the step bound of a fixed-step
     solve (None leaves it out), which ``switch`` keys are on, and a tabular task's table sizes."""
-    structural = [k for k in keys_of_kind("structural") if k in flatten(c) and not k.startswith("model.")]
-    values = {k: get_path(c, k) for k in structural}
+    flat = flatten(c)
+    values = {k: flat[k] for k in keys_of_kind("structural") if k in flat and not k.startswith("model.")}
     if not c.solver.adaptive and step_bound is not None:
         values["solver.steps"] = step_bound
     values["switches_on"] = sorted(k for k in keys_of_kind("switch") if get_path(c, k) > 0)
     return json.dumps([values, shape, list(tables)], sort_keys=True, default=str)
 
 
+def _allowed(key: Key) -> str:
+    """What :func:`check_value` accepts, in words (empty where a key's own check decides)."""
+    if key.choices is not None:
+        return ", ".join(f"`{c}`" for c in key.choices())
+    if key.minimum is None:
+        return ""
+    low, strict = key.minimum
+    if is_int(key.default) and strict:
+        low, strict = low + 1, False
+    return f"{'>' if strict else '>='} {low}"
+
+
 def reference() -> str:
     """``docs/config_reference.md``: every key of every experiment, its default, kind and meaning."""
     def table(keys: dict[str, Key]) -> list[str]:
-        rows = ["| key | default | kind | meaning |", "|---|---|---|---|"]
+        rows = ["| key | default | allowed | kind | meaning |", "|---|---|---|---|---|"]
         for path, key in keys.items():
-            rows.append(f"| `{path}` | `{key.default!r}` | {key.kind} | {key.doc} |")
+            rows.append(f"| `{path}` | `{key.default!r}` | {_allowed(key)} | {key.kind} | {key.doc} |")
         return rows
 
     lines = ["# Config reference", "",
@@ -482,15 +500,4 @@ def reference() -> str:
     for name in sorted(STUDIES):
         lines += [f"## Study `{name}` (`experiment = \"{name}\"`)", "", *table(_study_keys(name)), ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-_KIND_DOCS = {
-    "structural": "part of the compiled train step; runs that differ in it compile anew.",
-    "traced": "a value fed to the compiled step; runs that differ only in it share one compile.",
-    "switch": "whether it is > 0 is structural; its value is traced.",
-    "evaluation": "read after training only (other solvers, stability).",
-    "host": "read by the Python loop only (logging, checkpoints).",
-    "meta": "labels, the sweep, settings of the analysis; not part of a run's identity.",
-    "study": "a numerical study's setting.",
-}
 

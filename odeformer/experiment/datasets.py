@@ -29,26 +29,26 @@ from odeformer.experiment.tasks import register_task
 FLIGHTS_CATEGORICAL = ("carrier", "tailnum", "flight", "origin", "dest", "route", "month", "hour")
 FLIGHTS_NUMERIC = ("log_distance",)
 
-# Config keys (key -> (default, meaning, None: checked by the task itself)).
+# Config keys: key -> (default, meaning, smallest allowed value).
 _VOCABULARY_KEYS = {
-    "min_count": (1, "Vocabulary: values seen fewer times in training encode as unknown.", None),
-    "max_size": (0, "Vocabulary: the most frequent values kept (0 = all).", None),
-    "oov_buckets": (0, "Vocabulary: hash buckets for unknown values (0 = one unknown row).", None),
+    "min_count": (1, "Vocabulary: values seen fewer times in training encode as unknown.", 1),
+    "max_size": (0, "Vocabulary: the most frequent values kept (0 = all).", 0),
+    "oov_buckets": (0, "Vocabulary: hash buckets for unknown values (0 = one unknown row).", 0),
 }
 FLIGHTS_KEYS = {
     **_VOCABULARY_KEYS,
-    "num_train": (0, "Training flights drawn from January-September (0 = all).", None),
-    "num_test": (0, "Test flights drawn from October-December (0 = all).", None),
+    "num_train": (0, "Training flights drawn from January-September (0 = all).", 0),
+    "num_test": (0, "Test flights drawn from October-December (0 = all).", 0),
 }
 SYNTHETIC_KEYS = {
     **_VOCABULARY_KEYS,
-    "num_train": (200_000, "Training rows.", None),
-    "num_test": (50_000, "Test rows.", None),
-    "cardinality": (1000, "Raw values per feature.", None),
-    "num_features": (2, "Categorical features.", None),
-    "clusters": (16, "Hidden clusters per feature, which set the label.", None),
-    "zipf": (1.05, "Zipf exponent of value frequencies.", None),
-    "noise": (0.5, "Label noise: standard deviation added to the score.", None),
+    "num_train": (200_000, "Training rows.", 1),
+    "num_test": (50_000, "Test rows.", 1),
+    "cardinality": (1000, "Raw values per feature.", 2),
+    "num_features": (2, "Categorical features.", 1),
+    "clusters": (16, "Hidden clusters per feature, which set the label.", 2),
+    "zipf": (1.05, "Zipf exponent of value frequencies.", 0),
+    "noise": (0.5, "Label noise: standard deviation added to the score.", 0),
 }
 _FLIGHTS_COLUMNS = ("month", "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "distance",
                     "hour")

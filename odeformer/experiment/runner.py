@@ -278,13 +278,13 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
 
 def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: BuildOnce,
                       test_accuracy: float) -> dict[str, Any]:
-    """The ``evaluate`` section's measurements of a trained run (none without that section):
+    """The ``evaluate`` section's measurements of a trained run:
     test accuracy under other solvers (``odeformer.experiment.evaluators.invariance``) and
     stability (``odeformer.experiment.evaluators.stability``). Their jitted steps are cached
     in ``compiled`` by graphdef:
     the extra solvers' eval steps are shared by runs of one shape whatever their training
     solver; the stability step is one per training graphdef."""
-    if "evaluate" not in c or not (c.evaluate.solvers or c.evaluate.stability):
+    if not (c.evaluate.solvers or c.evaluate.stability):
         return {}
     e, params, hyper = c.evaluate, state["params"], state["hyper"]
     t = time.perf_counter()

@@ -151,8 +151,11 @@ def pin(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> list[str
         for path in overrides:
             if path.split(".")[0] in ("sweep", "sweep_zip") or path not in axes:
                 continue
+            zipped = [group for group in config.get("sweep_zip", ()) if path in group]
             notes.append(f"--config.{path}={get_path(config, path)!r} replaces the sweep axis "
-                         f"{path}={tuple(axes[path])!r}")
+                         f"{path}={tuple(axes[path])!r}" + (
+                             f", taken out of the zipped group {tuple(zipped[0])!r} (its other keys "
+                             "still vary together)" if zipped else ""))
             _delete(config.sweep, path)
             groups = [tuple(k for k in group if k != path) for group in config.get("sweep_zip", ())]
             config.sweep_zip = tuple(g for g in groups if len(g) > 1)
@@ -170,11 +173,24 @@ def _delete(section: ml_collections.ConfigDict, path: str) -> None:
         del section[head]
 
 
-def unread_overrides(runs: list[Run], overrides: Iterable[str]) -> list[str]:
-    """One line per overridden key that no run reads (e.g. ``solver.rtol`` when every solve
-    has fixed steps), so that an override is never dropped without a word."""
-    return [f"--config.{path} is read by no run of this sweep (each run resets or drops it)"
-            for path in overrides if runs and all(path in run.unread for run in runs)]
+def unread_keys(runs: list[Run], overrides: Iterable[str], axes: Iterable[str] = ()) -> list[str]:
+    """One line per overridden key and per sweep axis that no run reads (e.g.
+    ``solver.rtol`` when every solve has fixed steps): such a value changes nothing, and
+    is never dropped without a word.
+
+    Args:
+      runs: the expanded sweep (:func:`expand`).
+      overrides: dotted paths set on the command line.
+      axes: the swept dotted paths (``flatten(config.sweep)``).
+    """
+    def unread(path):
+        return bool(runs) and all(path in run.unread for run in runs)
+
+    notes = [f"--config.{path} is read by no run of this sweep (each run resets or drops it)"
+             for path in overrides if unread(path)]
+    notes += [f"sweep axis {path} is read by no run of this sweep (each run resets or drops it): "
+              "its values give the same runs" for path in axes if unread(path)]
+    return notes
 
 
 def parse_shard(text: str) -> tuple[int, int]:

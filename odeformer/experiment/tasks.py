@@ -48,7 +48,7 @@ TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData | Tab
 TABULAR_TASKS: set[str] = set()  # names of tasks returning TabularData
 
 # The ``task`` keys each task reads besides ``name`` and ``seed``: key -> (default, meaning,
-# smallest allowed value or None when the task checks its keys itself). The run definition
+# smallest allowed value, or None for none). The run definition
 # (odeformer.experiment.config) builds the task section of the schema from these.
 TASK_KEYS: dict[str, dict[str, tuple]] = {}
 
