@@ -363,17 +363,23 @@ def test_cli_interrupted_on_two_workers_stops_both_runs_and_records_neither(tmp_
     while time.time() < deadline and len(list(workdir.glob("runs/*/metrics.jsonl"))) < 2:
         time.sleep(0.05)
     assert len(list(workdir.glob("runs/*/metrics.jsonl"))) == 2, "two runs never trained at once"
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("the sweep did not stop within 60 s of SIGINT") from None
+    stderr = _stop(proc, signal.SIGINT, timeout=60)
     assert proc.returncode == 130, stderr  # 128 + SIGINT, as a shell reports Ctrl-C
     assert (f"sweep interrupted by SIGINT: 0 of 5 run(s) finished and recorded in {workdir}; "
             "rerun the same command to resume") in stderr
     assert "Traceback" not in stderr
     assert not list(workdir.glob("runs/*/result.json"))
+
+
+def _stop(proc: subprocess.Popen, signum: int, timeout: float) -> str:
+    """Sends ``signum`` and returns the process's stderr once it has exited."""
+    proc.send_signal(signum)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the sweep did not stop within {timeout} s of "
+                             f"{signal.Signals(signum).name}") from None
 
 
 @pytest.mark.slow
@@ -388,12 +394,7 @@ def test_cli_stops_on_sigterm_like_ctrl_c_and_a_rerun_resumes(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not list(workdir.glob("runs/*/result.json")):
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("the sweep did not stop within 120 s of SIGTERM") from None
+    stderr = _stop(proc, signal.SIGTERM, timeout=120)
     finished = {p.parent.name for p in workdir.glob("runs/*/result.json")}
     assert proc.returncode == 143, stderr
     assert 1 <= len(finished) < 5, finished
