@@ -20,8 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odeformer.experiment.config import flatten
 from odeformer.experiment.grid import format_grid
+from odeformer.experiment.paths import flatten
 from odeformer.experiment.runner import SweepInterrupted, format_summary, run_sweep
 from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
 from odeformer.parallel.host_memory import reuse_host_memory

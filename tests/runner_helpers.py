@@ -3,7 +3,7 @@
 import ml_collections
 
 from configs import quick
-from odeformer.experiment.config import set_path
+from odeformer.experiment.paths import set_path
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

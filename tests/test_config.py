@@ -9,7 +9,7 @@ import pytest
 
 from configs import base, quick
 from odeformer.experiment import config as run_config
-from odeformer.experiment import sweeps
+from odeformer.experiment import paths, sweeps
 from odeformer.experiment.grid import grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +50,12 @@ def test_an_unknown_variant_is_refused_with_the_allowed_ones():
 
 
 def test_base_config_holds_every_key_at_its_default():
-    flat = run_config.flatten(base.get_config())
+    flat = paths.flatten(base.get_config())
     assert set(flat) | {"sweep"} == set(run_config.schema_of_run(base.get_config()))
     assert (flat["task.name"], flat["model.width"], flat["solver.name"], flat["solver.steps"],
             flat["train.num_steps"], flat["evaluate.solvers"]) == (
                 "associative_recall", 32, "rk4", 4, 300, ())
-    study = run_config.flatten(base.get_config("convergence"))
+    study = paths.flatten(base.get_config("convergence"))
     assert study["experiment"] == "convergence" and study["convergence.reference_solver"] == "dopri8"
     assert "model.width" not in study
 
@@ -109,8 +109,8 @@ def test_every_key_has_a_meaning_and_a_kind_and_the_reference_page_is_current():
 def test_a_bad_base_value_is_refused_even_when_a_sweep_replaces_it(path, value, message):
     config = ml_collections.ConfigDict(quick.get_config("tiny").to_dict())
     config.sweep = ml_collections.ConfigDict({path.split(".")[0]: {path.split(".")[1]: (
-        run_config.get_path(config, path),)}})
-    run_config.set_path(config, path, value)
+        paths.get_path(config, path),)}})
+    paths.set_path(config, path, value)
     with pytest.raises(ValueError, match=message):
         sweeps.expand(config)
 
@@ -143,7 +143,7 @@ def test_an_override_or_an_axis_no_run_reads_is_named():
     config.sweep.solver.rtol = (1e-3, 1e-5)  # every solve has fixed steps
     runs = sweeps.expand(config)
     assert len(runs) == 5
-    axes = run_config.flatten(config.sweep)
+    axes = paths.flatten(config.sweep)
     assert sweeps.unread_keys(runs, ["solver.atol", "solver.steps", "train.num_steps"], axes) == [
         "--config.solver.atol is read by no run of this sweep (each run resets or drops it)",
         "sweep axis solver.rtol is read by no run of this sweep (each run resets or drops it): its "

@@ -36,6 +36,7 @@ from odeformer._time_dependence import TIME_MODES
 from odeformer.categorical.embeddings import EMBEDDINGS
 from odeformer.experiment.evaluators.invariance import parse_solvers
 from odeformer.experiment.models import FAMILIES, READOUTS
+from odeformer.experiment.paths import flatten, get_path
 from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.tasks import TABULAR_TASKS, TASK_KEYS, TASKS
 from odeformer.experiment.training import check_microbatch
@@ -245,40 +246,6 @@ def defaults(experiment: str = "train") -> ml_collections.ConfigDict:
 
 
 META_SECTIONS = tuple(k for k, key in TOP.items() if key.kind == "meta") + ("analysis",)
-
-
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    """Dotted paths to leaf values."""
-    out = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, ml_collections.ConfigDict):
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
-
-
-def get_path(config, path: str):
-    """The value at a dotted path of a ConfigDict or nested dict.
-
-    Raises:
-      KeyError: naming the path.
-    """
-    node = config
-    for part in path.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError):
-            raise KeyError(path) from None
-    return node
-
-
-def set_path(config, path: str, value) -> None:
-    """Sets the value at a dotted path (its parent sections must exist)."""
-    *parents, leaf = path.split(".")
-    node = get_path(config, ".".join(parents)) if parents else config
-    node[leaf] = value
 
 
 def check_keys(config: ml_collections.ConfigDict) -> None:

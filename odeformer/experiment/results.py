@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from odeformer.experiment.config import get_path
+from odeformer.experiment.paths import get_path
 
 RESULT_FILE = "result.json"
 _UMASK = os.umask(0)

@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 
 from odeformer.experiment import config as run_config
-from odeformer.experiment.config import flatten, get_path, set_path
+from odeformer.experiment.paths import flatten, get_path, set_path
 from odeformer.experiment.studies import STUDIES
 
 
