@@ -106,13 +106,16 @@ class TimeParam(nnx.Module):
 
 
 class TimeLinear(nnx.Module):
-    """``y = x W(t) + b(t)``; in ``concat`` mode ``y = [x, t] W + b``."""
+    """``y = x W(t) + b(t)``; in ``concat`` mode ``y = [x, t] W + b``.
+
+    ``kernel_init`` draws ``W`` (default: LeCun truncated normal, variance 1/fan-in).
+    """
 
     def __init__(self, in_features: int, out_features: int, time: TimeSpec, *,
-                 use_bias: bool = True, rngs: nnx.Rngs):
+                 use_bias: bool = True, kernel_init=None, rngs: nnx.Rngs):
         self.concat = time.mode == "concat"
         rows = in_features + 1 if self.concat else in_features
-        init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        init = kernel_init or nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
         self.kernel = TimeParam((rows, out_features), init, time, rngs=rngs)
         self.bias = (
             TimeParam((out_features,), nnx.initializers.zeros, time, rngs=rngs)

@@ -181,7 +181,8 @@ def test_gradient_of_the_regularised_loss_matches_finite_differences(x64):
 def _train(penalty, steps=3, solver=DOPRI5):
     data, graphdef, params = _model(solver)
     train = ml_collections.ConfigDict(dict(num_steps=10, warmup_steps=1, grad_clip=1.0,
-                                           learning_rate=1e-2, weight_decay=0.0))
+                                           learning_rate=1e-2, weight_decay=0.0, decay="all",
+                                           beta2=0.999, min_lr_ratio=0.0))
     tx = make_optimizer(train)
     hyper = ml_collections.ConfigDict(dict(rtol=1e-3, atol=1e-3, t1=1.0))
     state = init_state(params, tx, hyper, penalty)
@@ -280,7 +281,7 @@ def test_structure_key_follows_which_weights_are_on():
     ({"train.jacobian": float("nan")}, r"train.jacobian=nan must be a finite number >= 0"),
     ({"train.jacobian": float("inf")}, r"train.jacobian=inf must be a finite number >= 0"),
     ({"train.kinetic": 0.1, "model.family": "discrete"},
-     r"train.kinetic=0.1 applies to model.family='ode' only .* use train.kinetic=0.0"),
+     r"train.kinetic=0.1 applies to the ode and smooth families only .* use train.kinetic=0.0"),
 ])
 def test_bad_regulariser_keys_are_refused(overrides, message):
     c = tiny_config(**overrides)

@@ -116,7 +116,8 @@ def test_train_step_gathers_no_table_and_keeps_state_sharded(microbatch):
     model = _model("table", shards=4)
     graphdef, params = nnx.split(model)
     train = ml_collections.ConfigDict(dict(num_steps=10, warmup_steps=1, grad_clip=1.0,
-                                           learning_rate=1e-2, weight_decay=1e-4))
+                                           learning_rate=1e-2, weight_decay=1e-4, decay="all",
+                                           beta2=0.999, min_lr_ratio=0.0))
     solver = ml_collections.ConfigDict(dict(rtol=1e-3, atol=1e-6, t1=1.0))
     tx = make_optimizer(train)
     key = jax.random.key(0)

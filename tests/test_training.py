@@ -26,7 +26,8 @@ RK4 = SolverSpec("rk4", 2)
 def _setup(learning_rate=1e-2, num_steps=60, solver=RK4, float64=False):
     """``float64=True`` (under the x64 fixture): the whole model and state in float64."""
     train = ml_collections.ConfigDict(dict(num_steps=num_steps, warmup_steps=5, grad_clip=1.0,
-                                           learning_rate=learning_rate, weight_decay=0.0))
+                                           learning_rate=learning_rate, weight_decay=0.0, decay="all",
+                                           beta2=0.999, min_lr_ratio=0.0))
     data = make_task(TASK)
     model = SequenceClassifier(ModelShape(width=16, heads=2, mlp_ratio=2), solver,
                                vocab_size=data.vocab_size, seq_len=data.seq_len,

@@ -1,4 +1,8 @@
-"""Resolving a parameter budget to a concrete model shape."""
+"""Resolving a parameter budget to a concrete model shape.
+
+A language model's budget counts its non-embedding parameters (the token and position tables
+are left out, as in Kaplan et al.'s scaling laws); a classifier's counts every parameter.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from flax import nnx
 from odeformer._block import count_params
 from odeformer.categorical.features import TabularData
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
-from odeformer.experiment.tasks import TaskData
+from odeformer.experiment.tasks import LanguageData, TaskData
+from odeformer.language.models import non_embedding_params
 
 BUDGET_TOLERANCE = 0.05  # realised count within ±5% of the target
 _MAX_WIDTH = 8192
@@ -22,22 +27,25 @@ _MAX_WIDTH = 8192
 _COUNTS: dict[tuple, int] = {}
 
 
-def _sizes(data: TaskData | TabularData) -> tuple:
+def _sizes(data: TaskData | TabularData | LanguageData) -> tuple:
     """What of ``data`` a model's parameter count depends on."""
+    if isinstance(data, LanguageData):
+        return ("language", data.vocab_size, data.block_size)
     if isinstance(data, TabularData):
         return ("tabular", tuple(data.categorical), len(data.numeric), data.num_classes)
     return ("sequence", data.vocab_size, data.seq_len, data.num_classes)
 
 
-def model_params(shape: ModelShape, data: TaskData | TabularData, shards: int = 1) -> int:
-    """Trainable parameters of the classifier of this shape for ``data``'s task (no arrays
-    are allocated; each distinct count is made once per process). ``shards`` pads
-    embedding rows as the mesh's ``model`` axis does."""
+def model_params(shape: ModelShape, data: TaskData | TabularData | LanguageData, shards: int = 1) -> int:
+    """Trainable parameters of the model of this shape for ``data``'s task, non-embedding
+    ones for a language model (no arrays are allocated; each distinct count is made once per
+    process). ``shards`` pads embedding rows as the mesh's ``model`` axis does."""
     key = (shape, _sizes(data), shards)
     count = _COUNTS.get(key)
     if count is None:
-        count = count_params(nnx.eval_shape(
-            lambda: build_model(shape, SolverSpec(), data, shards=shards, rngs=nnx.Rngs(0))))
+        model = nnx.eval_shape(lambda: build_model(shape, SolverSpec(), data, shards=shards,
+                                                   rngs=nnx.Rngs(0)))
+        count = non_embedding_params(model) if isinstance(data, LanguageData) else count_params(model)
         _COUNTS[key] = count
     return count
 

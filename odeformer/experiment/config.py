@@ -35,11 +35,13 @@ from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS
 from odeformer._time_dependence import TIME_MODES
 from odeformer.categorical.embeddings import EMBEDDINGS
 from odeformer.experiment.evaluators.invariance import parse_solvers
-from odeformer.experiment.models import FAMILIES, READOUTS
+from odeformer.experiment.models import ALL_FAMILIES, FAMILIES, READOUTS
 from odeformer.experiment.paths import flatten, get_path
 from odeformer.experiment.studies import STUDIES
-from odeformer.experiment.tasks import TABULAR_TASKS, TASK_KEYS, TASKS
-from odeformer.experiment.training import check_microbatch
+from odeformer.experiment.tasks import LANGUAGE_TASKS, TABULAR_TASKS, TASK_KEYS, TASKS
+from odeformer.experiment.training import DECAY, check_microbatch
+from odeformer.language.models import FAMILIES as LANGUAGE_FAMILIES
+from odeformer.language.models import FORMS
 
 _KIND_DOCS: dict[str, str] = {
     "structural": "part of the compiled train step; runs that differ in it compile anew.",
@@ -111,9 +113,10 @@ TRAIN: dict[str, Key] = {
     "task.name": Key("associative_recall", "Task of odeformer.experiment.tasks.TASKS.", "structural",
                      choices=_tasks),
     "task.seed": Key(0, "Seed of the task's data.", "traced"),
-    "model.family": Key("ode", "'ode' (one block integrated over depth) or 'discrete' (a stack of "
-                        "independent blocks, one unit Euler step each).", "structural",
-                        choices=lambda: FAMILIES),
+    "model.family": Key("ode", "Classifiers: 'ode' (one block integrated over depth) or 'discrete' "
+                        "(a stack of independent blocks, one unit Euler step each). Language models: "
+                        "'gpt', 'ode', 'smooth' or 'rk2_gated' (odeformer.language.models).", "structural",
+                        choices=lambda: ALL_FAMILIES),
     "model.width": _positive(32, "Token width d; resolved from model.param_budget when that is > 0."),
     "model.heads": _positive(4, "Attention heads; must divide the width."),
     "model.mlp_ratio": _positive(2, "MLP hidden width as a multiple of the width."),
@@ -121,11 +124,16 @@ TRAIN: dict[str, Key] = {
                       + ", ".join(TIME_MODES) + ".", "structural", choices=lambda: TIME_MODES),
     "model.pieces": _positive(4, "Pieces of a 'piecewise' field (weights constant on each)."),
     "model.basis": _positive(4, "Chebyshev basis size of a 'smooth' field."),
-    "model.layers": _positive(4, "Blocks of the discrete family (its depth t1 = layers)."),
+    "model.layers": _positive(4, "Blocks of the discrete, gpt and rk2_gated families (the discrete "
+                              "family's depth t1 = layers)."),
+    "model.form": Key("parallel", "Language models' ode and smooth families: the block as one field "
+                      "('parallel') or split per fixed step ('sequential': attention then MLP; "
+                      "'strang': half MLP, attention, half MLP).", "structural", choices=lambda: FORMS),
     "model.readout": Key("last", "Classifier input: the 'last' token or the 'mean' of tokens.",
                          "structural", choices=lambda: READOUTS),
     "model.param_budget": _non_negative(0, "Trainable parameters to match (within 5%) by choosing "
-                                        "the width; 0 keeps model.width."),
+                                        "the width (language models: non-embedding parameters); 0 "
+                                        "keeps model.width."),
     "model.embedding": Key("table", "Tabular tasks: how categorical ids become vectors.", "structural",
                            choices=lambda: EMBEDDINGS),
     "model.embed_dim": _non_negative(0, "Tabular tasks: embedding size per feature; 0 = a rule of "
@@ -147,6 +155,12 @@ TRAIN: dict[str, Key] = {
     "train.batch_size": _positive(64, "Examples per step."),
     "train.learning_rate": _positive(1e-2, "Peak AdamW learning rate.", "traced"),
     "train.weight_decay": _non_negative(1e-2, "AdamW weight decay.", "traced"),
+    "train.decay": Key("all", "Which parameters weight decay applies to: 'all', or 'matrices' (linear "
+                       "kernels and embedding tables; not LayerNorm scales or biases).", "structural",
+                       choices=lambda: DECAY),
+    "train.beta2": Key(0.999, "AdamW's second-moment decay.", "structural", minimum=(0, True)),
+    "train.min_lr_ratio": _non_negative(0.0, "End of the cosine decay as a fraction of the peak "
+                                        "learning rate."),
     "train.warmup_steps": _non_negative(30, "Linear warmup steps before the cosine decay."),
     "train.grad_clip": _positive(1.0, "Global gradient-norm clip."),
     "train.log_every": _positive(50, "Steps between logged metrics lines.", "host"),
@@ -355,6 +369,17 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
         reset("model", "embedding", "embed_dim", "compression")
     elif model.embedding not in ("hashed", "qr"):
         reset("model", "compression")
+    if run.task.name in LANGUAGE_TASKS:
+        reset("task", "seed")  # the data is the text
+        reset("model", "readout")  # every position is predicted
+        if model.family in ("gpt", "rk2_gated"):
+            reset("solver", *solver.keys())
+            reset("model", "time", "pieces", "basis", "form")
+            return unread
+        if model.family == "smooth":
+            reset("model", "time", "pieces")
+    else:
+        reset("model", "form")
     if model.family == "discrete":
         reset("solver", *solver.keys())
         reset("model", "time", "pieces", "basis")
@@ -363,9 +388,9 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
         solver.steps, solver.t1 = model.layers, float(model.layers)
         return unread
     reset("model", "layers")
-    if model.time != "piecewise":
+    if model.time != "piecewise" and "model.pieces" not in unread:
         reset("model", "pieces")
-    if model.time != "smooth":
+    if model.time != "smooth" and model.family != "smooth":
         reset("model", "basis")
     if solver.adaptive:
         reset("solver", "steps")
@@ -392,6 +417,9 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     if c.solver.adaptive and c.solver.name not in ADAPTIVE_SOLVERS:
         raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
                          f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")
+    _check_family(c)
+    if not c.train.beta2 < 1:
+        raise ValueError(f"train.beta2={c.train.beta2!r} must lie in (0, 1)")
     if c.model.param_budget == 0 and c.model.width % c.model.heads:
         raise ValueError(f"model.width={c.model.width} must be a multiple of model.heads={c.model.heads}")
     if c.train.warmup_steps >= c.train.num_steps:
@@ -402,11 +430,35 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
                          f"{c.solver.t1} would integrate past them; use solver.t1=1.0")
     for name in PENALTIES:
         weight = c.train[name]
-        if weight > 0 and c.model.family != "ode":
-            raise ValueError(f"train.{name}={weight!r} applies to model.family='ode' only (the "
-                             f"{c.model.family} family is a fixed stack of layers whose cost a "
+        if weight > 0 and c.model.family not in ("ode", "smooth"):
+            raise ValueError(f"train.{name}={weight!r} applies to the ode and smooth families only "
+                             f"(the {c.model.family} family is a fixed stack of layers whose cost a "
                              f"regulariser cannot change); use train.{name}=0.0 for its runs")
+        if weight > 0 and c.task.name in LANGUAGE_TASKS and c.model.form != "parallel":
+            raise ValueError(f"train.{name}={weight!r} needs model.form='parallel' (a split step is "
+                             "not one field to regularise)")
     parse_solvers(c.evaluate.solvers)
+
+
+def _check_family(c: ml_collections.ConfigDict) -> None:
+    """The family suits the task; language models' forms and evaluations."""
+    language = c.task.name in LANGUAGE_TASKS
+    allowed = LANGUAGE_FAMILIES if language else FAMILIES
+    if c.model.family not in allowed:
+        kind = "a language" if language else "a classification"
+        raise ValueError(f"model.family={c.model.family!r} does not apply to task.name={c.task.name!r} "
+                         f"({kind} task); use one of {', '.join(allowed)}")
+    if not language:
+        return
+    if c.model.family in ("ode", "smooth") and c.model.form != "parallel" and c.solver.adaptive:
+        raise ValueError(f"model.form={c.model.form!r} splits each fixed step: solver.adaptive=True "
+                         "needs model.form='parallel'")
+    if c.evaluate.solvers or c.evaluate.stability:
+        raise ValueError("evaluate.solvers and evaluate.stability measure classifiers; leave them off "
+                         f"for task.name={c.task.name!r}")
+    if c.model.family == "smooth" and c.solver.t1 != 1.0:
+        raise ValueError(f"model.family='smooth' defines the weights on [0, 1]: solver.t1={c.solver.t1} "
+                         "would integrate past them; use solver.t1=1.0")
 
 
 def keys_of_kind(*kinds: str, experiment: str = "train") -> tuple[str, ...]:

@@ -1,6 +1,7 @@
-"""Sequence and tabular classifiers whose body is an ODE flow or a discrete L-layer transformer.
+"""The models a run trains: sequence and tabular classifiers whose body is an ODE flow or a
+discrete L-layer transformer, and the language models of ``odeformer.language.models``.
 
-Both families share one implementation: the discrete family is a ``piecewise`` field
+The classifiers' two families share one implementation: the discrete family is a ``piecewise`` field
 with ``layers`` pieces integrated by Euler in ``layers`` unit steps, which is exactly an
 L-layer (parallel-block, pre-LN) residual transformer (pinned in tests/test_fields.py).
 """
@@ -19,9 +20,12 @@ from odeformer._time_dependence import TimeSpec
 from odeformer.categorical.embeddings import EmbeddingSpec, FeatureTokenizer
 from odeformer.categorical.features import TabularData
 from odeformer.categorical.sharded_lookup import lookup
-from odeformer.experiment.tasks import TaskData
+from odeformer.experiment.tasks import LanguageData, TaskData
+from odeformer.language.models import FAMILIES as LANGUAGE_FAMILIES
+from odeformer.language.models import LanguageModel
 
-FAMILIES = ("ode", "discrete")
+FAMILIES = ("ode", "discrete")  # classifiers
+ALL_FAMILIES = (*FAMILIES, *(f for f in LANGUAGE_FAMILIES if f not in FAMILIES))
 READOUTS = ("last", "mean")
 
 
@@ -39,6 +43,7 @@ class ModelShape:
         model reads its ``[CLS]`` token).
       embedding, embed_dim, compression: the tabular tokenizer's
         :class:`odeformer.categorical.embeddings.EmbeddingSpec` (``kind``, ``dim``, ``compression``).
+      form: language models' ODE families: ``parallel``, ``sequential`` or ``strang``.
     """
 
     family: str = "ode"
@@ -53,6 +58,7 @@ class ModelShape:
     embedding: str = "table"
     embed_dim: int = 0
     compression: int = 8
+    form: str = "parallel"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +190,20 @@ class TabularClassifier(_FlowClassifier):
                              steps=steps)
 
 
-def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularData, *,
-                shards: int = 1, rngs: nnx.Rngs) -> _FlowClassifier:
-    """The classifier for ``data``'s kind of task; called with the split's inputs as keywords
-    (``tokens=`` for sequence tasks, ``categorical=, numeric=`` for tabular ones)."""
+def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularData | LanguageData, *,
+                shards: int = 1, rngs: nnx.Rngs) -> _FlowClassifier | LanguageModel:
+    """The model for ``data``'s kind of task; called with the split's inputs as keywords
+    (``tokens=`` for sequence and language tasks, ``categorical=, numeric=`` for tabular ones)."""
+    if isinstance(data, LanguageData):
+        if shape.family not in LANGUAGE_FAMILIES:
+            raise ValueError(f"model.family={shape.family!r} is not a language model; the text task "
+                             f"trains {', '.join(LANGUAGE_FAMILIES)}")
+        return LanguageModel(vocab_size=data.vocab_size, block_size=data.block_size,
+                             family=shape.family, width=shape.width, heads=shape.heads,
+                             layers=shape.layers, mlp_ratio=shape.mlp_ratio, form=shape.form,
+                             time=shape.time, pieces=shape.pieces, basis=shape.basis,
+                             solver=solver.name, steps=solver.steps, adjoint=solver.adjoint,
+                             max_steps=solver.max_steps, rngs=rngs)
     if isinstance(data, TabularData):
         return TabularClassifier(shape, solver, data=data, shards=shards, rngs=rngs)
     return SequenceClassifier(shape, solver, vocab_size=data.vocab_size, seq_len=data.seq_len,

@@ -44,10 +44,11 @@ from odeformer.experiment.executor import (
     sigterm_as_interrupt,
     start_order,
 )
+from odeformer.experiment.language import language_row, save_params
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.sweeps import Run, expand, shard
-from odeformer.experiment.tasks import TaskData, make_task
+from odeformer.experiment.tasks import LanguageData, TaskData, make_task
 from odeformer.experiment.training import (
     FAILURE_SOLVER,
     evaluate,
@@ -148,8 +149,10 @@ def estimated_cost(planned: PlannedRun) -> float:
     """A training run's cost up to a constant, to order a sweep's runs only: training steps
     x batch x field evaluations per forward pass x width^2."""
     c, shape = planned.run.config, planned.shape
-    if shape.family == "discrete":
+    if shape.family in ("discrete", "gpt"):
         evals = shape.layers
+    elif shape.family == "rk2_gated":
+        evals = 2 * shape.layers
     else:
         steps = _ADAPTIVE_STEPS_GUESS if c.solver.adaptive else c.solver.steps
         evals = solver_info(c.solver.name).evals_per_step * steps
@@ -189,8 +192,9 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     tx = make_optimizer(c.train)
     state = init_state(params, tx, c.solver, penalty_weights(c.train))
     state = place(state, state_shardings(state, mesh))
+    language = isinstance(data, LanguageData)
     train_split = place(data.train, replicated(mesh))
-    test_split = place(data.test, replicated(mesh))
+    test_split = None if language else place(data.test, replicated(mesh))
     train_key = place(train_key, replicated(mesh))
     rdir = results.run_dir(workdir, planned.run.run_id)
     if primary:
@@ -215,7 +219,8 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
 
     def build():
         t = time.perf_counter()
-        step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh, c.train.microbatch)
+        step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh, c.train.microbatch,
+                                  data.block_size if language else None)
         return (step_fn.lower(state, train_split, train_key).compile(),
                 make_eval_step(graphdef, mesh), time.perf_counter() - t)
 
@@ -250,6 +255,21 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
             raise Stopped(planned.run.run_id)
 
         chunk = c.train.eval_batch_size
+        if language:
+            done = c.train.num_steps - start
+            late = _late_means(logged, c.train.num_steps, ("loss", "nfe"))
+            row = language_row(eval_step, state, data, model, chunk, late,
+                               done * c.train.batch_size * data.block_size, train_time)
+    if language:
+        if not row.pop("solved_ok"):
+            raise RunFailed("solver failed during evaluation")
+        if primary:
+            save_params(rdir, state["params"])
+        return {**row, "train_time_s": train_time, "step_ms": 1000 * train_time / done if done else None,
+                "compile_s": compile_s, "compile_reused": reused, "step_bytes": _step_bytes(train_step),
+                "resumed_from_step": start, "devices": mesh.size,
+                **_late_training_means(logged, c.train.num_steps)}
+    with jax.set_mesh(mesh):
         train_eval = evaluate(eval_step, state["params"], state["hyper"], train_split, chunk,
                               data.num_classes)
         test_eval = evaluate(eval_step, state["params"], state["hyper"], test_split, chunk,
@@ -306,6 +326,14 @@ def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: Buil
             row.update(summarise(step(params, hyper, subset, labels, key, e.epsilon)))
     row["evaluate_s"] = time.perf_counter() - t
     return row
+
+
+def _late_means(logged: list[dict], num_steps: int, names) -> dict[str, float | None]:
+    """Means of the logged values ``names`` over the last quarter of training (None where
+    none was logged)."""
+    late = [line for line in logged if line["step"] > 0.75 * num_steps]
+    values = {name: [line[name] for line in late if name in line] for name in names}
+    return {name: float(np.mean(v)) if v else None for name, v in values.items()}
 
 
 def _late_training_means(logged: list[dict], num_steps: int) -> dict[str, float | None]:
@@ -503,8 +531,8 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
                         replaced)
 
 
-_SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "test_loss", "nfe_forward", "invariance_gap",
-                    "train_time_s", "compile_s")
+_SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "val_loss", "test_loss", "test_bpc", "nfe_forward",
+                    "invariance_gap", "tokens_per_s", "train_time_s", "compile_s")
 
 
 def format_summary(summary: SweepSummary) -> str:

@@ -1,7 +1,8 @@
-"""Synthetic sequence-classification tasks, generated deterministically from a seed.
+"""Tasks: synthetic sequence classification generated deterministically from a seed, real
+tabular data, and character-level language modelling on text.
 
-A task is a function ``make(config, key) -> TaskData | TabularData``; ``TASKS`` is the
-registry and :func:`register_task` adds more. A sequence task's sample is a sequence of int32
+A task is a function ``make(config, key) -> TaskData | TabularData | LanguageData``; ``TASKS``
+is the registry and :func:`register_task` adds more. A sequence task's sample is a sequence of int32
 token ids in ``[0, vocab_size)``; a tabular task's sample is one int32 id per categorical
 feature and one float per numeric feature. Every sample has one int32 label. Every id is
 checked against its range here, where data enters: an embedding lookup never checks it (JAX
@@ -19,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from odeformer.categorical.features import TabularData, check_ids
+from odeformer.language.corpus import CharVocabulary, load_corpus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +44,38 @@ class TaskData:
         return int(self.train["tokens"].shape[1])
 
 
-TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], TaskData | TabularData]] = {}
+@dataclasses.dataclass(frozen=True)
+class LanguageData:
+    """A character stream per split and the context a model sees.
+
+    Attributes:
+      train, validation, test: dicts with ``stream`` (int32, [N]): the split's characters as ids.
+      vocabulary: ids <-> characters.
+      block_size: tokens of context per example; training draws windows of ``block_size + 1``.
+    """
+
+    train: dict[str, jax.Array]
+    validation: dict[str, jax.Array]
+    test: dict[str, jax.Array]
+    vocabulary: CharVocabulary
+    block_size: int
+    artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocabulary)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary)
+
+
+AnyTask = TaskData | TabularData | LanguageData
+TASKS: dict[str, Callable[[ml_collections.ConfigDict, jax.Array], AnyTask]] = {}
 
 
 TABULAR_TASKS: set[str] = set()  # names of tasks returning TabularData
+LANGUAGE_TASKS: set[str] = set()  # names of tasks returning LanguageData
 
 # The ``task`` keys each task reads besides ``name`` and ``seed``: key -> (default, meaning,
 # smallest allowed value, or None for none). The run definition
@@ -60,13 +90,15 @@ SEQUENCE_KEYS: dict[str, tuple] = {
 }
 
 
-def register_task(name: str, *, tabular: bool = False, keys: dict[str, tuple] | None = None):
-    """Decorator adding ``make(config, key) -> TaskData`` (or ``TabularData`` with
-    ``tabular=True``) to :data:`TASKS`.
+def register_task(name: str, *, tabular: bool = False, language: bool = False,
+                  keys: dict[str, tuple] | None = None):
+    """Decorator adding ``make(config, key) -> TaskData`` (``TabularData`` with
+    ``tabular=True``, ``LanguageData`` with ``language=True``) to :data:`TASKS`.
 
     Args:
       name: the value of ``task.name`` that selects it.
       tabular: the task returns ``TabularData``.
+      language: the task returns ``LanguageData``.
       keys: the config keys it reads besides ``name`` and ``seed`` (see :data:`TASK_KEYS`);
         default: those of the synthetic sequence tasks, :data:`SEQUENCE_KEYS`.
     """
@@ -75,16 +107,20 @@ def register_task(name: str, *, tabular: bool = False, keys: dict[str, tuple] | 
         TASK_KEYS[name] = dict(SEQUENCE_KEYS if keys is None else keys)
         if tabular:
             TABULAR_TASKS.add(name)
+        if language:
+            LANGUAGE_TASKS.add(name)
         return make
     return add
 
 
-def make_task(config: ml_collections.ConfigDict) -> TaskData | TabularData:
+def make_task(config: ml_collections.ConfigDict) -> AnyTask:
     """Builds the task named ``config.name`` from ``config.seed``."""
     if config.name not in TASKS:
         raise ValueError(f"task.name={config.name!r} is not one of {', '.join(sorted(TASKS))}")
     data = TASKS[config.name](config, jax.random.key(config.seed))
-    if isinstance(data, TabularData):
+    if isinstance(data, LanguageData):
+        _check_language(config.name, data)
+    elif isinstance(data, TabularData):
         _check_tabular(config.name, data)
     else:
         _check_ranges(config.name, data)
@@ -105,6 +141,16 @@ def _check_tabular(name: str, data: TabularData) -> None:
         if not np.issubdtype(num.dtype, np.floating) or not np.isfinite(num).all():
             raise ValueError(f"{where}: numeric features must be finite floats")
         check_ids(f"{where} label", label, data.num_classes)
+
+
+def _check_language(name: str, data: LanguageData) -> None:
+    for split_name in ("train", "validation", "test"):
+        stream = getattr(data, split_name)["stream"]
+        check_ids(f"task {name!r}: {split_name} stream", stream, data.vocab_size)
+        least = data.block_size + 1 if split_name == "train" else 2
+        if stream.shape[0] < least:
+            raise ValueError(f"task {name!r}: the {split_name} split has {stream.shape[0]} characters; "
+                             f"it needs at least {least} (task.block_size={data.block_size})")
 
 
 def _check_ranges(name: str, data: TaskData) -> None:
@@ -162,3 +208,25 @@ def associative_recall(config, key) -> TaskData:
     tokens = jnp.concatenate([body, query], axis=1)
     train, test = _split(tokens, labels, config.num_train)
     return TaskData(train, test, 2 * config.vocab_size, config.vocab_size)
+
+
+TEXT_KEYS: dict[str, tuple] = {
+    "path": ("", "UTF-8 text file to model, split 90/5/5 in order; '' = Shakespeare's plays split "
+             "by play (odeformer.language.load_corpus).", None),
+    "block_size": (64, "Characters of context per example (training windows, evaluation windows).", 1),
+    "max_chars": (0, "Keep the first this many characters of each split (a slice for tests and quick "
+                  "runs); 0 = all.", 0),
+}
+
+
+@register_task("text", language=True, keys=TEXT_KEYS)
+def text(config, key) -> LanguageData:
+    """Character-level next-token prediction on a text corpus (``task.seed`` and ``key`` are
+    unused: the data is the text). The vocabulary is the whole corpus's characters."""
+    del key
+    corpus = load_corpus(config.path or None)
+    limit = config.max_chars or None
+    splits = {name: {"stream": jnp.asarray(getattr(corpus, name)[:limit])}
+              for name in ("train", "validation", "test")}
+    return LanguageData(**splits, vocabulary=corpus.vocabulary, block_size=config.block_size,
+                        artifacts={"vocabulary.json": corpus.vocabulary.to_json()})

@@ -28,20 +28,38 @@ from odeformer.parallel.mesh import DATA, batch_sharding
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
 
+DECAY = ("all", "matrices")  # values of train.decay
+_MATRICES = ("kernel", "tokens", "positions", "embedding")  # names of decayed weights
+
+
+def decay_mask(params) -> Any:
+    """True for the matrices of ``params`` (linear kernels, embedding tables), False for
+    LayerNorm scales, biases and other vectors: the weights nanoGPT decays."""
+    def is_matrix(path, _):
+        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
+        return bool(names & set(_MATRICES))
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
 def make_optimizer(train) -> optax.GradientTransformation:
-    """AdamW with gradient clipping and a warmup-cosine schedule.
+    """AdamW (``b2 = train.beta2``) with gradient clipping, linear warmup then cosine decay to
+    ``train.min_lr_ratio`` times the peak, and weight decay on every parameter
+    (``train.decay = "all"``) or the matrices only (``"matrices"``, :func:`decay_mask`).
 
     The peak learning rate and weight decay live in the optimiser state
     (``optax.inject_hyperparams``), so sweeping them does not recompile; the schedule's
-    shape (warmup, length) is structural.
+    shape (warmup, length, floor) is structural.
     """
+    if train.decay not in DECAY:
+        raise ValueError(f"train.decay={train.decay!r} is not one of {', '.join(DECAY)}")
     shape = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=1.0, warmup_steps=train.warmup_steps,
-        decay_steps=train.num_steps, end_value=0.0)
+        decay_steps=train.num_steps, end_value=train.min_lr_ratio)
     return optax.chain(
         optax.clip_by_global_norm(train.grad_clip),
-        optax.inject_hyperparams(optax.adamw)(
-            learning_rate=train.learning_rate, weight_decay=train.weight_decay),
+        optax.inject_hyperparams(optax.adamw, static_args=("b2", "mask"))(
+            learning_rate=train.learning_rate, weight_decay=train.weight_decay, b2=train.beta2,
+            mask=decay_mask if train.decay == "matrices" else None),
         optax.scale_by_schedule(shape),
     )
 
@@ -168,12 +186,29 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
     return grads, _combine_chunks(per_chunk)
 
 
+def draw_batch(data: dict, key: jax.Array, batch_size: int, block_size: int | None = None) -> dict:
+    """A batch of ``batch_size`` examples drawn uniformly with replacement from ``data``:
+    rows of a classification split, or (``block_size``) windows of a language split's
+    ``stream``: ``tokens`` = ``block_size`` characters from a uniform start, ``label`` =
+    the characters one position later."""
+    if block_size is None:
+        index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0])
+        return jax.tree.map(lambda a: a[index], data)
+    stream = data["stream"]
+    starts = jax.random.randint(key, (batch_size, 1), 0, stream.shape[0] - block_size)
+    index = starts + jnp.arange(block_size)
+    return {"tokens": stream[index], "label": stream[index + 1]}
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
-                    mesh: jax.sharding.Mesh | None = None, microbatch: int = 0) -> Callable:
+                    mesh: jax.sharding.Mesh | None = None, microbatch: int = 0,
+                    block_size: int | None = None) -> Callable:
     """``train_step(state, data, key) -> (state, metrics)``, pure, state donated.
 
     The batch is drawn inside the step from ``data`` (the whole train split, on device)
-    with ``fold_in(key, step)``, so one key per run is threaded explicitly. Under a
+    with ``fold_in(key, step)`` (:func:`draw_batch`; ``block_size`` for a language split),
+    so one key per run is threaded explicitly, and runs that share a seed see the same
+    batches whatever their model (paired comparisons). Under a
     ``mesh`` (call it inside ``jax.set_mesh(mesh)``) the batch is split on ``data``.
 
     With ``state["penalty"]`` (see :func:`init_state`) the objective adds the regularisers,
@@ -204,8 +239,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
         # The noise key is derived, not split off, so a regularised run draws the same
         # batches as its unregularised twin (paired comparisons).
         noise_key = jax.random.fold_in(key, 1) if penalty else None
-        index = jax.random.randint(key, (batch_size,), 0, data["label"].shape[0]).reshape(shape)
-        batch = place(jax.tree.map(lambda a: a[index], data))
+        batch = draw_batch(data, key, batch_size, block_size)
+        batch = place(jax.tree.map(lambda a: a.reshape(*shape, *a.shape[1:]), batch))
         grads, metrics = batch_gradient(graphdef, state["params"], state["hyper"], batch, penalty,
                                         noise_key, chunks)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -285,3 +320,40 @@ def evaluate(eval_step: Callable, params, hyper, split: dict, chunk: int,
     if num_classes == 2:
         result["auc"] = roc_auc(np.asarray(split["label"]), np.concatenate(scores)[:n])
     return result
+
+
+def stream_windows(length: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping windows covering a stream of ``length`` characters: ``(index,
+    weight)``, each ``[windows, block_size]``. Window ``w`` reads positions ``w * block_size
+    + j`` and predicts the next; ``weight`` is 1 where that next position exists, so every
+    character but the first is predicted exactly once (the last window is partial; its
+    padding points at position 0 with weight 0)."""
+    windows = -(-(length - 1) // block_size)
+    index = np.arange(windows * block_size, dtype=np.int64).reshape(windows, block_size)
+    weight = (index + 1 < length).astype(np.float32)
+    return np.where(weight > 0, index, 0).astype(np.int32), weight
+
+
+def evaluate_stream(eval_step: Callable, params, hyper, stream, block_size: int,
+                    chunk: int) -> dict[str, float]:
+    """Mean next-character loss (nats) and accuracy over a whole stream: every character
+    but the first predicted once, in :func:`stream_windows` (each window's first
+    characters see a short context), ``chunk`` windows per call (the last call padded
+    with zero-weight windows, so the shape never changes)."""
+    host = np.asarray(stream)
+    index, weight = stream_windows(host.shape[0], block_size)
+    pad = -index.shape[0] % chunk
+    index = np.concatenate([index, np.zeros((pad, block_size), np.int32)])
+    weight = np.concatenate([weight, np.zeros((pad, block_size), np.float32)])
+    totals, nfe, ok = {"loss": 0.0, "correct": 0.0}, 0, True
+    for start in range(0, index.shape[0], chunk):
+        rows = index[start:start + chunk]
+        batch = {"tokens": host[rows], "label": host[np.minimum(rows + 1, host.shape[0] - 1)]}
+        out = eval_step(params, hyper, batch, weight[start:start + chunk])
+        totals["loss"] += float(out["loss"])
+        totals["correct"] += float(out["correct"])
+        nfe = max(nfe, int(out["nfe"]))
+        ok = ok and bool(out["ok"])
+    count = float(weight.sum())
+    return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
+            "predicted": int(count), "nfe": nfe, "ok": ok}

@@ -1,0 +1,102 @@
+"""Language-model runs: whole-split evaluation, counted compute, and the trained parameters a
+run keeps so that it can be sampled later (:func:`load_trained`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from odeformer.experiment import results
+from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.tasks import LanguageData, make_task
+from odeformer.experiment.training import evaluate_stream
+from odeformer.language.corpus import CharVocabulary
+from odeformer.language.flops import forward_flops_per_token, nominal_nfe
+from odeformer.language.models import LanguageModel
+
+PARAMS_DIR = "params"  # a finished language run's final parameters (orbax), in its run dir
+TRAIN_FLOPS_FACTOR = 3  # training FLOPs = 3 x forward (odeformer.language.flops)
+
+
+def language_row(eval_step, state: dict, data: LanguageData, model: LanguageModel, chunk: int,
+                 late: dict, tokens: int, train_time: float) -> dict[str, Any]:
+    """The metrics of a trained language model: validation and test loss (nats) and bits per
+    character over the whole splits, accuracy, NFE, FLOPs per token, training tokens per second.
+
+    ``late`` holds means of the values logged over the last quarter of training (``loss``,
+    ``nfe``); ``tokens`` counts the training tokens of this process's steps, timed by
+    ``train_time``.
+    """
+    params, hyper = state["params"], state["hyper"]
+    row: dict[str, Any] = {}
+    ok = True
+    for split in ("validation", "test"):
+        out = evaluate_stream(eval_step, params, hyper, getattr(data, split)["stream"],
+                              data.block_size, chunk)
+        prefix = "val" if split == "validation" else "test"
+        row.update({f"{prefix}_loss": out["loss"], f"{prefix}_bpc": out["loss"] / math.log(2),
+                    f"{prefix}_accuracy": out["accuracy"], f"{prefix}_chars": out["predicted"]})
+        ok = ok and out["ok"]
+        if split == "test":
+            row["nfe_forward"] = out["nfe"]
+    train_nfe = late.get("nfe") or nominal_nfe(model) or row["nfe_forward"]
+    forward = forward_flops_per_token(model, row["nfe_forward"])
+    row.update({
+        "train_loss": late.get("loss"), "tokens_per_s": tokens / train_time if train_time else None,
+        "flops_per_token": forward,
+        "train_flops": TRAIN_FLOPS_FACTOR * forward_flops_per_token(model, train_nfe) * tokens,
+        "params_embedding": model.embedding_params(), "solved_ok": ok,
+    })
+    return row
+
+
+def save_params(rdir: Path, params) -> None:
+    """Writes a run's final parameters under ``rdir / PARAMS_DIR`` (replacing an older copy)."""
+    target = (Path(rdir) / PARAMS_DIR).absolute()
+    if target.exists():
+        shutil.rmtree(target)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target, params)
+    checkpointer.wait_until_finished()
+
+
+def load_trained(workdir: str | Path, run_id: str) -> tuple[LanguageModel, CharVocabulary, dict]:
+    """A finished language run's model with its final parameters, its vocabulary and the
+    solver values it was trained with (``rtol``, ``atol``, ``t1``, ``steps`` as applicable),
+    rebuilt from the run's ``config.json``, ``result.json`` (its resolved shape) and
+    ``params/``.
+
+    Raises:
+      FileNotFoundError: naming what is missing (an unfinished run, or not a language run).
+    """
+    rdir = results.run_dir(Path(workdir), run_id)
+    for name in ("config.json", results.RESULT_FILE, PARAMS_DIR, "vocabulary.json"):
+        if not (rdir / name).exists():
+            raise FileNotFoundError(f"{rdir / name} is missing: run {run_id!r} of {workdir} is not a "
+                                    "finished language-model run")
+    config = ml_collections.ConfigDict(json.loads((rdir / "config.json").read_text()))
+    row = results.read_record(rdir / results.RESULT_FILE)
+    shape = ModelShape(**{k.removeprefix("shape."): v for k, v in row.items() if k.startswith("shape.")})
+    c = config.solver
+    solver = SolverSpec(name=c.name, steps=None if c.adaptive else c.steps, adjoint=c.adjoint,
+                        max_steps=c.max_steps)
+    vocabulary = CharVocabulary.from_json((rdir / "vocabulary.json").read_text())
+    data = make_task(config.task)
+    if data.vocabulary != vocabulary:
+        raise ValueError(f"the vocabulary of task {config.task.to_dict()} differs from the one run "
+                         f"{run_id!r} was trained on ({rdir / 'vocabulary.json'})")
+    abstract = nnx.eval_shape(lambda: build_model(shape, solver, data, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    params = ocp.StandardCheckpointer().restore((rdir / PARAMS_DIR).absolute(), state)
+    model = nnx.merge(graphdef, params)
+    values = {}
+    if shape.family in ("ode", "smooth"):
+        values = {"t1": c.t1, **({"rtol": c.rtol, "atol": c.atol} if c.adaptive else {})}
+    return model, vocabulary, values
