@@ -32,7 +32,7 @@ def main(argv):
     if _RUN_ID.value is None:
         table = results.load(_WORKDIR.value)
         runs = table[table.get("val_loss").notna()] if "val_loss" in table else table.iloc[:0]
-        for run_dir in sorted((results.run_dir(_WORKDIR.value, r) for r in runs["run_id"])):
+        for run_dir in sorted(results.run_dir(_WORKDIR.value, r) for r in runs["run_id"]):
             if (run_dir / PARAMS_DIR).exists():
                 row = runs[runs["run_id"] == run_dir.name].iloc[0]
                 print(f"{run_dir.name}  {row['shape.family']:<10} val_loss {row['val_loss']:.4f}")

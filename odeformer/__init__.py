@@ -5,6 +5,7 @@ attention vector fields, time dependence of weights, and :class:`ODEBlock`. Subp
 build on it and are imported explicitly:
 
 - ``odeformer.categorical``: vocabularies, embedding layers, row-sharded lookups.
+- ``odeformer.language``: text corpora, causal language models, FLOP counts, sampling.
 - ``odeformer.parallel``: device meshes, placement, multi-process runs, host memory.
 - ``odeformer.experiment``: tasks, models, training, sweeps and the runner.
 - ``odeformer.analysis``: reading results tables (seeds, error bars, budgets).

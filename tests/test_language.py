@@ -252,7 +252,6 @@ def test_training_windows_are_the_next_characters():
 
 
 def test_weight_decay_applies_to_matrices_only():
-    _, state = nnx.split(_model("gpt"))
     mask = decay_mask(nnx.state(_model("gpt"), nnx.Param))
     flat = {"/".join(map(str, path)): value for path, value in jax.tree_util.tree_leaves_with_path(mask)}
     decayed = {k for k, v in flat.items() if v}

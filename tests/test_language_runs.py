@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import lm_quick
 from odeformer.experiment import config as run_config
@@ -54,7 +55,7 @@ def test_a_language_run_records_whole_split_losses_compute_and_its_parameters(tm
     # The kept parameters give the recorded validation loss again, and sample text.
     model, vocabulary, values = load_trained(tmp_path, row["run_id"])
     assert vocabulary == data.vocabulary and values == {}
-    graphdef, state = __import__("flax").nnx.split(model)
+    graphdef, state = nnx.split(model)
     again = evaluate_stream(make_eval_step(graphdef), state, {}, data.validation["stream"],
                             c.task.block_size, c.train.eval_batch_size)
     assert again["loss"] == pytest.approx(row["val_loss"], rel=1e-6)
@@ -101,8 +102,9 @@ def test_bad_language_settings_are_refused_before_anything_runs(tmp_path, overri
 def test_a_classifier_family_refuses_a_language_model_family(tmp_path):
     c = run_config.defaults()
     c.model.family = "gpt"
-    with pytest.raises(ValueError, match=r"model.family='gpt' does not apply to task.name='associative_recall' "
-                                         r"\(a classification task\); use one of ode, discrete"):
+    message = (r"model.family='gpt' does not apply to task.name='associative_recall' "
+               r"\(a classification task\); use one of ode, discrete")
+    with pytest.raises(ValueError, match=message):
         run_config.validate_run(c)
 
 
@@ -115,3 +117,54 @@ def test_language_runs_read_no_classifier_keys_and_the_families_collapse_what_th
     gpt = next(p for p in runs if p.run.config.model.family == "gpt")
     assert {"solver.steps", "model.form", "model.readout", "task.seed"} <= gpt.run.unread
     assert np.isfinite(gpt.params)
+
+
+def test_a_budget_resolves_the_width_or_the_depth_of_a_language_model():
+    c = ml_collections.ConfigDict(lm_quick.get_config().to_dict())
+    c.model.update(param_budget=8 * 12 * 64 * 64, resolve="layers", width=64)
+    c.sweep = ml_collections.ConfigDict({"model": {"family": ("gpt", "rk2_gated")}})
+    gpt, gated = plan(c)
+    assert (gpt.shape.layers, gpt.shape.width) == (8, 64)  # 12 d^2 per layer, plus LayerNorm scales
+    assert gated.shape.layers == 8 and abs(gated.params - c.model.param_budget) < 12 * 64 * 64 / 2
+    c.sweep.model.family = ("ode",)
+    with pytest.raises(ValueError, match="model.resolve='layers' resolves the depth of the gpt and"):
+        plan(c)
+    c.model.resolve = "width"
+    (ode,) = plan(c)
+    assert abs(ode.params - c.model.param_budget) <= 0.05 * c.model.param_budget and ode.shape.width > 64
+
+
+# --- the figures of docs/language.md come from committed tables ----------------------------------
+
+def _peer_table(path: Path) -> str:
+    import pandas as pd
+
+    from odeformer.analysis import summarise
+
+    table = pd.read_csv(path).assign(status="ok")
+    rows = ["| model | seeds | validation loss (nats) | training tokens/s |", "|---|---|---|---|"]
+    for _, r in summarise(table, ["model"], ["val_loss", "tokens_per_s"]).iterrows():
+        rows.append(f"| {r['model']} | {int(r['val_loss_n'])} | {r['val_loss_mean']:.4f} "
+                    f"[{r['val_loss_low']:.4f}, {r['val_loss_high']:.4f}] | {r['tokens_per_s_mean']:,.0f} "
+                    f"[{r['tokens_per_s_low']:,.0f}, {r['tokens_per_s_high']:,.0f}] |")
+    return "\n".join(rows)
+
+
+def test_the_peer_figures_in_the_docs_are_the_committed_table():
+    assert _peer_table(REPO / "results" / "peer_nanogpt.csv") in (REPO / "docs" / "language.md").read_text()
+
+
+def _quick_table(path: Path) -> str:
+    import pandas as pd
+
+    table = pd.read_csv(path).sort_values("val_loss")
+    rows = ["| family | width | non-embedding parameters | validation loss | test bits/char | "
+            "forward FLOPs/token | NFE |", "|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        rows.append(f"| `{r['model.family']}` | {r['shape.width']} | {r['params']:,} | {r['val_loss']:.3f} "
+                    f"| {r['test_bpc']:.3f} | {r['flops_per_token'] / 1e3:,.0f}k | {r['nfe_forward']} |")
+    return "\n".join(rows)
+
+
+def test_the_quick_sweep_figures_in_the_docs_are_the_committed_table():
+    assert _quick_table(REPO / "results" / "lm_quick.csv") in (REPO / "docs" / "language.md").read_text()

@@ -50,28 +50,35 @@ def model_params(shape: ModelShape, data: TaskData | TabularData | LanguageData,
     return count
 
 
-def resolve_budget(shape: ModelShape, budget: int, data: TaskData | TabularData,
-                   shards: int = 1) -> tuple[ModelShape, int]:
-    """Chooses the width whose parameter count is closest to ``budget``.
+def resolve_budget(shape: ModelShape, budget: int, data: TaskData | TabularData | LanguageData,
+                   shards: int = 1, by: str = "width") -> tuple[ModelShape, int]:
+    """Chooses the width (or, ``by="layers"``, the depth) whose parameter count is closest
+    to ``budget``.
 
     Widths divisible by ``shape.heads`` are preferred. The count does not depend on
     the number of heads, so when none of those is within tolerance any width is
     allowed and ``heads`` becomes its largest divisor not above ``shape.heads``
     (recorded in the resolved shape). Every other field of ``shape`` is kept.
+    A depth is resolved for the language families with one block per layer (``gpt``,
+    ``rk2_gated``) at the shape's width: the count nearest the budget, which moves in
+    steps of one layer, so it lies within half a layer of it.
 
     Args:
-      shape: the architecture; its ``width`` is replaced.
-      budget: target number of trainable parameters.
+      shape: the architecture; its ``width`` (or ``layers``) is replaced.
+      budget: target number of trainable parameters (a language model's non-embedding ones).
       data: the task (its sizes enter the count).
       shards: the mesh's ``model`` size.
+      by: ``"width"`` or ``"layers"``.
 
     Returns:
-      ``(shape, params)`` with ``|params - budget| <= 5% of budget``; the shape's
-      ``width`` and ``heads`` are the resolved ones.
+      ``(shape, params)``; by width, ``|params - budget| <= 5% of budget``.
 
     Raises:
-      ValueError: if no width reaches the budget within 5%.
+      ValueError: if no width reaches the budget within 5%, or the family has no layers.
     """
+    if by == "layers":
+        return _resolve_layers(shape, budget, data, shards)
+
     def count(width):
         return model_params(dataclasses.replace(shape, width=width, heads=1), data, shards)
 
@@ -97,3 +104,17 @@ def resolve_budget(shape: ModelShape, budget: int, data: TaskData | TabularData,
             f"(nearest: width={width} with {params} parameters); change the "
             "budget, heads, layers/pieces or mlp_ratio")
     return dataclasses.replace(shape, width=width, heads=heads), params
+
+
+def _resolve_layers(shape: ModelShape, budget: int, data, shards: int) -> tuple[ModelShape, int]:
+    if shape.family not in ("gpt", "rk2_gated"):
+        raise ValueError(f"model.resolve='layers' resolves the depth of the gpt and rk2_gated families; "
+                         f"model.family={shape.family!r} has no layers to resolve")
+
+    def count(layers):
+        return model_params(dataclasses.replace(shape, layers=layers), data, shards)
+
+    per_layer = count(2) - count(1)
+    guess = max(1, round((budget - (count(1) - per_layer)) / per_layer))
+    layers = min((n for n in (guess - 1, guess, guess + 1) if n >= 1), key=lambda n: abs(count(n) - budget))
+    return dataclasses.replace(shape, layers=layers), count(layers)

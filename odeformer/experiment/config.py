@@ -134,6 +134,9 @@ TRAIN: dict[str, Key] = {
     "model.param_budget": _non_negative(0, "Trainable parameters to match (within 5%) by choosing "
                                         "the width (language models: non-embedding parameters); 0 "
                                         "keeps model.width."),
+    "model.resolve": Key("width", "What model.param_budget resolves: the 'width', or the 'layers' of the "
+                         "gpt and rk2_gated families at model.width.", "structural",
+                         choices=lambda: ("width", "layers")),
     "model.embedding": Key("table", "Tabular tasks: how categorical ids become vectors.", "structural",
                            choices=lambda: EMBEDDINGS),
     "model.embed_dim": _non_negative(0, "Tabular tasks: embedding size per feature; 0 = a rule of "
@@ -361,8 +364,12 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
             run[section][key] = base[section][key]
             unread.add(f"{section}.{key}")
 
-    if model.param_budget > 0:
+    if model.param_budget == 0:
+        reset("model", "resolve")
+    elif model.resolve == "width":
         reset("model", "width")  # resolved from the budget
+    else:
+        reset("model", "layers")
     if not run.evaluate.stability:
         reset("evaluate", "epsilon", "power_iterations", "examples")
     if run.task.name not in TABULAR_TASKS:

@@ -104,7 +104,8 @@ def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> 
         shape = ModelShape(**{k: run.config.model[k] for k in _SHAPE_KEYS})
         shards = run.config.mesh.model
         if run.config.model.param_budget > 0:
-            shape, params = resolve_budget(shape, run.config.model.param_budget, data, shards)
+            shape, params = resolve_budget(shape, run.config.model.param_budget, data, shards,
+                                           by=run.config.model.resolve)
         else:
             params = model_params(shape, data, shards)
         tables = tuple(f.cardinality for f in data.categorical) if isinstance(data, TabularData) else ()
