@@ -124,14 +124,22 @@ class LanguageModel(nnx.Module):
     """Token ids ``[..., n]`` (``n <= block_size``) -> next-token logits ``[..., n, vocab]``.
 
     Args:
-      vocab_size, block_size: ids lie in ``[0, vocab_size)``; at most ``block_size`` positions.
-      family, form: see the module docstring.
-      width, heads, mlp_ratio: block sizes (MLP hidden width ``mlp_ratio * width``).
+      vocab_size: ids lie in ``[0, vocab_size)``.
+      block_size: the most positions a sequence may have.
+      family: ``gpt``, ``ode``, ``smooth`` or ``rk2_gated`` (the module docstring).
+      width: token width.
+      heads: attention heads (dividing ``width``).
       layers: depth of ``gpt`` and ``rk2_gated``.
-      time, pieces, basis: depth dependence of the ``ode`` family's weights (``smooth``
-        always uses ``basis`` Chebyshev coefficients).
-      solver, steps, adjoint, max_steps: the ODE families' solve (``steps=None``: adaptive,
-        ``parallel`` form only).
+      mlp_ratio: MLP hidden width over ``width``.
+      form: the ODE families' ``parallel``, ``sequential`` or ``strang`` form.
+      time: depth dependence of the ``ode`` family's weights (``odeformer.TIME_MODES``).
+      pieces: weight sets of a ``piecewise`` ``time``.
+      basis: Chebyshev coefficients of ``smooth`` weights.
+      solver: the ODE families' solver (``odeformer.SOLVERS``).
+      steps: fixed steps over ``[0, t1]``; ``None``: adaptive (``parallel`` form only).
+      adjoint: as in :func:`odeformer.solve`.
+      max_steps: most steps of an adaptive solve.
+      rngs: initialisation keys.
     """
 
     def __init__(self, *, vocab_size: int, block_size: int, family: str = "gpt", width: int = 128,
