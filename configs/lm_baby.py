@@ -22,13 +22,6 @@ def _gpt(c: ml_collections.ConfigDict) -> None:
     c.sweep.model.family = ("gpt",)
 
 
-def _tiny(c: ml_collections.ConfigDict) -> None:
-    c.task.update(max_chars=4000, block_size=16)
-    c.model.update(param_budget=0, width=16, heads=2, layers=1)
-    c.solver.steps = 1
-    c.train.update(num_steps=4, batch_size=4, warmup_steps=1, log_every=2, eval_batch_size=32)
-
-
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = base.get_config()
     c.name = "lm_baby"
@@ -37,4 +30,4 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.solver.update(name="euler", steps=4)
     c.train.update(num_steps=2000, batch_size=12, warmup_steps=100, log_every=100, eval_batch_size=256)
     c.sweep = ml_collections.ConfigDict(dict(model=dict(family=("gpt", "ode", "smooth", "rk2_gated"))))
-    return base.with_variant(c, variant, {"gpt": _gpt, "tiny": _tiny})
+    return base.with_variant(c, variant, {"gpt": _gpt, "tiny": lm_quick.tiny})

@@ -17,7 +17,8 @@ from configs import base
 from odeformer.experiment import config as run_config
 
 
-def _tiny(c: ml_collections.ConfigDict) -> None:
+def tiny(c: ml_collections.ConfigDict) -> None:
+    """The ``:tiny`` variant of the language-model configs: a few steps on a slice of the text."""
     c.task.update(max_chars=4000, block_size=16)
     c.model.update(param_budget=0, width=16, heads=2, layers=1)
     c.solver.steps = 1
@@ -42,4 +43,4 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.solver.update(name="euler", steps=2)
     c.train.update(num_steps=300, batch_size=16, warmup_steps=30, log_every=25, eval_batch_size=256)
     c.sweep = ml_collections.ConfigDict(dict(model=dict(family=("gpt", "ode", "smooth", "rk2_gated"))))
-    return base.with_variant(c, variant, {"tiny": _tiny})
+    return base.with_variant(c, variant, {"tiny": tiny})

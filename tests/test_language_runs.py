@@ -168,3 +168,7 @@ def _quick_table(path: Path) -> str:
 
 def test_the_quick_sweep_figures_in_the_docs_are_the_committed_table():
     assert _quick_table(REPO / "results" / "lm_quick.csv") in (REPO / "docs" / "language.md").read_text()
+
+
+def test_the_anchor_figures_in_the_docs_are_the_committed_table():
+    assert _quick_table(REPO / "results" / "lm_baby.csv") in (REPO / "docs" / "language.md").read_text()
