@@ -341,14 +341,9 @@ def _late_training_means(logged: list[dict], num_steps: int) -> dict[str, float 
     """``train_nfe`` (and ``train_<penalty>`` for each regulariser that is on): means of the
     values logged over the last quarter of training (steps > 0.75 num_steps), before and
     after a resume; ``train_nfe`` is None if none was logged."""
-    late = [line for line in logged if line["step"] > 0.75 * num_steps]
-    nfe = [line["nfe"] for line in late]
-    row = {"train_nfe": float(np.mean(nfe)) if nfe else None}
-    for name in PENALTIES:
-        values = [line[name] for line in late if name in line]
-        if values:
-            row[f"train_{name}"] = float(np.mean(values))
-    return row
+    means = _late_means(logged, num_steps, ("nfe", *PENALTIES))
+    return {"train_nfe": means["nfe"],
+            **{f"train_{name}": means[name] for name in PENALTIES if means[name] is not None}}
 
 
 def _finished(workdir: Path, run_id: str) -> bool:
