@@ -14,7 +14,7 @@ Importing ``odeformer`` registers nothing and needs neither pandas nor ml_collec
 """
 
 from odeformer._block import ODEBlock, count_params, vector_field
-from odeformer._compile_options import compiler_options
+from odeformer._compile_options import compiler_options, default_cache_dir, use_compilation_cache
 from odeformer._fields import (
     MLP,
     SIGMAS,
@@ -30,6 +30,6 @@ from odeformer._time_dependence import TIME_MODES, TimeLayerNorm, TimeLinear, Ti
 __all__ = [
     "ADAPTIVE_SOLVERS", "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
     "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
-    "TimeParam", "TimeSpec", "TransformerBlockField", "compiler_options", "count_params", "solve",
-    "solver_order", "vector_field",
+    "TimeParam", "TimeSpec", "TransformerBlockField", "compiler_options", "count_params",
+    "default_cache_dir", "solve", "solver_order", "use_compilation_cache", "vector_field",
 ]

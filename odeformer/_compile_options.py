@@ -12,11 +12,18 @@ On other platforms nothing is passed.
 
 Users who jit their own steps around ``odeformer.solve`` can pass the same options:
 ``jax.jit(step, compiler_options=odeformer.compiler_options())``.
+
+:func:`use_compilation_cache` turns on JAX's persistent compilation cache (the CLI does by
+default), so a rerun, a new seed or a second workdir reads compiled steps back from disk.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 CPU_OPTIONS: dict[str, bool] = {"xla_cpu_multi_thread_eigen": False}
 
@@ -26,3 +33,31 @@ def compiler_options(mesh: jax.sharding.Mesh | None = None) -> dict[str, bool] |
     device): :data:`CPU_OPTIONS` on CPU, ``None`` (XLA's defaults) elsewhere."""
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
     return dict(CPU_OPTIONS) if device.platform == "cpu" else None
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/odeformer/jax`` (``~/.cache/odeformer/jax`` when unset)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "odeformer" / "jax"
+
+
+def use_compilation_cache(path: str | os.PathLike | None = None, *,
+                          min_compile_time_s: float = 0.0) -> Path:
+    """Turns on JAX's persistent compilation cache in ``path`` (default
+    :func:`default_cache_dir`) for this process and returns the folder.
+
+    A program compiled once is then read back by any later process with the same jax
+    version, program, compile options and devices, instead of being compiled again.
+    odeformer's train and eval steps qualify because they carry no host callback
+    (``odeformer.solve`` with ``throw=False``); JAX skips programs that do. Programs that
+    compile faster than ``min_compile_time_s`` are not written (JAX's own default is 1 s;
+    0 also keeps the small eval steps)."""
+    folder = Path(default_cache_dir() if path is None else path).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # JAX decides once per process whether it uses the cache, at its first compile: make it
+    # decide again, so that a call after some compiles is not silently ignored.
+    compilation_cache.reset_cache()
+    return folder

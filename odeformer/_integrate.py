@@ -40,6 +40,29 @@ _FAILURES = (
 _INITIAL_STEP_FRACTION = 0.01
 
 
+class _FirstStep(diffrax.AbstractStepSizeController):
+    """``inner`` with its first step size carried along, so that ``diffeqsolve`` is called
+    with ``dt0=None``: Diffrax then compiles in no run-time check of dt0's sign (a host
+    callback when t0 or t1 is traced, which JAX's persistent compilation cache refuses).
+    ``solve`` checks ``t1 > t0`` itself. The step is positive in Diffrax's normalised time,
+    for the forward solve and for backsolve's backward one alike."""
+
+    inner: diffrax.AbstractStepSizeController
+    dt0: jax.Array
+
+    def wrap(self, direction):
+        return _FirstStep(self.inner.wrap(direction), self.dt0)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        del dt0
+        return self.inner.init(terms, t0, t1, y0, jnp.asarray(self.dt0, jnp.result_type(t0)), args,
+                               func, error_order)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        return self.inner.adapt_step_size(t0, t1, y0, y1_candidate, args, y_error, error_order,
+                                          controller_state)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Solution:
@@ -79,15 +102,18 @@ def _show(x) -> str:
     return "(a traced value)" if value is None else str(value)
 
 
-def _check(message: str, is_bad: Callable, x, *others):
-    """Returns ``x``; raises ValueError now if ``is_bad(x, *others)`` and every value is
-    known at trace time, otherwise attaches the same check to run time."""
+def _check(message: str, is_bad: Callable, x, *others, throw: bool = True):
+    """``(x, bad)``. Raises ValueError now if ``is_bad(x, *others)`` and every value is known
+    at trace time (``bad`` is then False). Otherwise ``bad`` is the traced verdict: with
+    ``throw`` the same check is also attached to run time (a host callback, which JAX's
+    persistent compilation cache refuses); without it the caller folds ``bad`` into ``ok``."""
     values = [_concrete(v) for v in (x, *others)]
     if all(v is not None for v in values):
         if np.any(is_bad(*values)):
             raise ValueError(message)
-        return x
-    return eqx.error_if(x, jnp.any(is_bad(x, *others)), message)
+        return x, jnp.asarray(False)
+    bad = jnp.any(is_bad(x, *others))
+    return (eqx.error_if(x, bad, message) if throw else x), bad
 
 
 def _is_positive_int(value) -> bool:
@@ -212,15 +238,17 @@ def solve(
       max_steps: attempted-step limit of adaptive solves, and the bound of a traced
         ``steps``. Fixed-step solves take exactly ``steps``. Structural.
       throw: if True, a solve that stops before ``t1`` or produces non-finite
-        values raises at run time. If False it returns ``ok=False`` and NaN states.
-        Invalid traced arguments (below) raise at run time either way.
+        values raises at run time, as do invalid traced arguments (below). If False all of
+        these return ``ok=False`` and NaN states instead, and the compiled program has no
+        host callback, so JAX's persistent compilation cache can store it.
 
     Returns:
       A :class:`Solution`.
 
     Raises:
       ValueError: for invalid arguments, before anything is computed. Traced values
-        (rtol, atol, t0, t1, ts, steps) are checked when the program runs instead.
+        (rtol, atol, t0, t1, ts, steps) are checked when the program runs instead: an
+        error there with ``throw=True``, ``ok=False`` with ``throw=False``.
     """
     if not callable(field):
         raise ValueError(f"field must be callable as field(t, y, args); got {type(field).__name__}")
@@ -230,13 +258,17 @@ def solve(
     t0 = jnp.asarray(t0)
     t1 = jnp.asarray(t1)
     # Written as "not good" so that NaN fails too.
-    t1 = _check(f"t0 and t1 must be finite with t1 > t0; got t0={_show(t0)}, t1={_show(t1)}",
-                lambda b, a: ~((b > a) & (abs(a) < np.inf) & (abs(b) < np.inf)), t1, t0)
+    invalid = []  # traced verdicts on traced arguments; without throw they become ok=False
+    t1, bad = _check(f"t0 and t1 must be finite with t1 > t0; got t0={_show(t0)}, t1={_show(t1)}",
+                     lambda b, a: ~((b > a) & (abs(a) < np.inf) & (abs(b) < np.inf)), t1, t0,
+                     throw=throw)
+    invalid.append(bad)
     if steps is None:
-        rtol = _check(f"rtol={_show(rtol)} must be finite and > 0",
-                      lambda r: ~((r > 0) & (r < np.inf)), jnp.asarray(rtol))
-        atol = _check(f"atol={_show(atol)} must be finite and > 0",
-                      lambda a: ~((a > 0) & (a < np.inf)), jnp.asarray(atol))
+        rtol, bad_rtol = _check(f"rtol={_show(rtol)} must be finite and > 0",
+                                lambda r: ~((r > 0) & (r < np.inf)), jnp.asarray(rtol), throw=throw)
+        atol, bad_atol = _check(f"atol={_show(atol)} must be finite and > 0",
+                                lambda a: ~((a > 0) & (a < np.inf)), jnp.asarray(atol), throw=throw)
+        invalid += [bad_rtol, bad_atol]
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         dt0 = (t1 - t0) * _INITIAL_STEP_FRACTION
         limit = max_steps
@@ -244,8 +276,9 @@ def solve(
         controller = diffrax.ConstantStepSize()
         limit = steps
         if _is_int_array(steps):
-            steps = _check(f"steps={_show(steps)} must lie in [1, max_steps={max_steps}]",
-                           lambda n: (n < 1) | (n > max_steps), jnp.asarray(steps))
+            steps, bad = _check(f"steps={_show(steps)} must lie in [1, max_steps={max_steps}]",
+                                lambda n: (n < 1) | (n > max_steps), jnp.asarray(steps), throw=throw)
+            invalid.append(bad)
             limit = max_steps
             # XLA compiles a traced span divided by a constant int steps as a product with
             # its rounded reciprocal: the same product here gives the int's solve bit for bit
@@ -257,27 +290,28 @@ def solve(
     if ts is None:
         saveat = diffrax.SaveAt(t1=True)
     else:
-        ts = _checked_ts(ts, t0, t1)
+        ts, bad = _checked_ts(ts, t0, t1, throw)
+        invalid.append(bad)
         saveat = diffrax.SaveAt(ts=ts, t1=True)
 
-    def integrate(y0, args, t0, t1, dt0, controller, saveat):
+    def integrate(y0, args, t0, t1, dt0, controller, saveat, invalid):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(field),
             info.solver,
             t0=t0,
             t1=t1,
-            dt0=dt0,
+            dt0=None,
             y0=y0,
             args=args,
             saveat=saveat,
-            stepsize_controller=controller,
+            stepsize_controller=_FirstStep(controller, dt0),
             adjoint=_make_adjoint(adjoint, None if steps is None else limit),
             max_steps=limit,
             throw=False,
         )
-        return _finish(sol, ts, info, throw=throw)
+        return _finish(sol, ts, info, throw=throw, invalid=invalid)
 
-    operands = (y0, args, t0, t1, dt0, controller, saveat)
+    operands = (y0, args, t0, t1, dt0, controller, saveat, invalid)
     if _explicit_mesh():
         # Diffrax is not written for sharding-in-types: run it with the mesh's axes Auto
         # (GSPMD propagates the shardings) and hand back y in y0's own sharding.
@@ -304,25 +338,27 @@ def _solution_specs(y0, ts) -> Solution:
     return Solution(y1=y_specs, stats=stats, ok=P(), ts=P(), ys=ys)
 
 
-def _checked_ts(ts, t0, t1) -> jax.Array:
+def _checked_ts(ts, t0, t1, throw: bool) -> tuple[jax.Array, jax.Array]:
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] == 0:
         raise ValueError(f"ts must be a non-empty 1-D array of times; got shape {ts.shape}")
-    ts = _check("ts must be strictly increasing", lambda s: s[1:] <= s[:-1], ts)
-    return _check(
+    ts, unsorted = _check("ts must be strictly increasing", lambda s: s[1:] <= s[:-1], ts, throw=throw)
+    ts, outside = _check(
         f"ts must lie in [t0, t1] = [{_show(t0)}, {_show(t1)}]",
         lambda s, a, b: (s[0] < a) | (s[-1] > b),
-        ts, t0, t1,
+        ts, t0, t1, throw=throw,
     )
+    return ts, unsorted | outside
 
 
-def _finish(sol, ts, info, *, throw: bool) -> Solution:
+def _finish(sol, ts, info, *, throw: bool, invalid: list) -> Solution:
     ys_all = sol.ys
     finite = jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(ys_all)])
     )
     reached = sol.result == diffrax.RESULTS.successful
-    ok = reached & finite
+    # With throw, invalid traced arguments have raised already (their own messages).
+    ok = reached & finite & ~jnp.any(jnp.stack(invalid))
     if throw:
         index = jnp.where(reached, 1, 0)
         ys_all = eqx.branched_error_if(ys_all, ~ok, index, _FAILURES)

@@ -29,3 +29,17 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache_of_this_session(tmp_path_factory):
+    """Command-line runs in subprocesses keep their compiled steps in a folder of this test
+    session (one per xdist worker), never in the user's ~/.cache. This process is unaffected:
+    JAX read the variable when it was imported."""
+    previous = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR")
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = previous

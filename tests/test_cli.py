@@ -1,5 +1,6 @@
 """The command line: overrides of swept keys, refused values, variants and the dry run."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args, workdir=None):
+def _cli(*args, workdir=None, env=None):
     flags = list(args) + ([f"--workdir={workdir}"] if workdir is not None else [])
     return subprocess.run([sys.executable, "-m", "experiments.run", "--quiet", *flags],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.mark.parametrize("override, message", [
@@ -62,3 +64,42 @@ def test_an_override_of_a_swept_key_replaces_the_axis_in_a_real_run(tmp_path):
     assert sorted(table["solver.steps"]) == [2, 4] and set(table["status"]) == {"ok"}
     assert "solver.name" not in table
     assert table["nfe_forward"].tolist() == [4 * s for s in table["solver.steps"]]
+
+
+def _cache_entries(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+def test_a_second_process_reads_the_compiled_steps_back_with_the_same_results(tmp_path):
+    """The first run writes its train and eval steps to the cache folder; a run into a fresh
+    workdir compiles nothing new (every program it needs is read back: with no minimum compile
+    time, a miss would be written) and its results are bit for bit the first run's."""
+    cache = tmp_path / "cache"
+    config = ("--config=configs/quick.py:tiny", "--config.sweep.model.family=('ode',)",
+              "--config.sweep.solver.name=('rk4',)", f"--compilation_cache_dir={cache}")
+    first = _cli(*config, workdir=tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    written = _cache_entries(cache)
+    assert any(name.startswith("jit_train_step-") for name in written)
+    assert any(name.startswith("jit_eval_step-") for name in written)
+    second = _cli(*config, workdir=tmp_path / "b")
+    assert second.returncode == 0, second.stderr
+    assert _cache_entries(cache) == written
+    a, b = (pd.read_csv(tmp_path / w / "results.csv") for w in ("a", "b"))
+    for column in ("run_id", "train_loss", "test_loss", "test_accuracy", "nfe_forward"):
+        pd.testing.assert_series_equal(a[column], b[column])
+
+
+def test_no_compilation_cache_writes_nothing_and_refuses_a_cache_folder(tmp_path):
+    """Not even where JAX_COMPILATION_CACHE_DIR, which JAX reads by itself, names a folder."""
+    cache = tmp_path / "cache"
+    off = _cli("--config=configs/quick.py:tiny", "--config.sweep.model.family=('ode',)",
+               "--config.sweep.solver.name=('euler',)", "--nocompilation_cache", workdir=tmp_path / "a",
+               env={"JAX_COMPILATION_CACHE_DIR": str(cache)})
+    assert off.returncode == 0, off.stderr
+    assert not _cache_entries(cache)
+    both = _cli("--config=configs/quick.py:tiny", "--nocompilation_cache", f"--compilation_cache_dir={cache}",
+                workdir=tmp_path / "b")
+    assert both.returncode == 2
+    assert "--compilation_cache_dir names a cache that --nocompilation_cache turns off" in both.stderr
+    assert not (tmp_path / "b").exists() and not cache.exists()

@@ -319,3 +319,41 @@ def test_traced_bad_tolerance_fails_at_run_time():
     run = jax.jit(lambda r: _call(steps=None, rtol=r, atol=1e-6).y1)
     with pytest.raises(Exception, match=r"rtol=\(a traced value\) must be finite and > 0"):
         jax.block_until_ready(run(jnp.asarray(-1.0)))
+
+
+def _host_callbacks(fn, *args) -> int:
+    return jax.jit(fn).lower(*args).as_text().count("callback")
+
+
+@pytest.mark.parametrize("options", [dict(solver="rk4", steps=4),
+                                     dict(solver="tsit5", steps=None, rtol=1e-4, atol=1e-6),
+                                     dict(solver="euler", steps="traced")],
+                         ids=["fixed", "adaptive", "traced_steps"])
+def test_without_throw_the_program_has_no_host_callback_and_bad_traced_values_give_not_ok(options):
+    """With traced t1, tolerances and step count, ``throw=True`` compiles run-time checks in
+    (host callbacks, which JAX's persistent cache refuses); ``throw=False`` turns every one of
+    them into ``ok=False``, and the program has none."""
+    traced_steps = options.get("steps") == "traced"
+
+    def run(t1, rtol, n, throw):
+        kw = dict(options)
+        if traced_steps:
+            kw.update(steps=n, max_steps=8)
+        elif "rtol" in kw:
+            kw["rtol"] = rtol
+        return _call(t1=t1, throw=throw, **kw)
+
+    args = (jnp.asarray(1.0), jnp.asarray(1e-4), jnp.asarray(3))
+    assert _host_callbacks(lambda *a: run(*a, True).y1, *args) > 0
+    quiet = lambda *a: run(*a, False)  # noqa: E731
+    assert _host_callbacks(lambda *a: quiet(*a).y1, *args) == 0
+    assert _host_callbacks(jax.grad(lambda *a: quiet(*a).y1.sum()), *args) == 0
+    good = jax.jit(quiet)(*args)
+    assert bool(good.ok) and np.isfinite(good.y1).all()
+    bad = [(jnp.asarray(-1.0), args[1], args[2])]  # t1 < t0
+    bad += [(args[0], args[1], jnp.asarray(9)), (args[0], args[1], jnp.asarray(0))] if traced_steps else []
+    bad += [(args[0], jnp.asarray(-1e-4), args[2])] if "rtol" in options else []
+    for values in bad:
+        sol = jax.jit(quiet)(*values)
+        assert not bool(sol.ok), values
+        assert np.isnan(sol.y1).all()

@@ -14,6 +14,7 @@ from odeformer._compile_options import CPU_OPTIONS, compiler_options
 from odeformer.experiment.models import ModelShape, SequenceClassifier, SolverSpec
 from odeformer.experiment.tasks import make_task
 from odeformer.experiment.training import init_state, make_eval_step, make_optimizer, make_train_step
+from odeformer.language.models import LanguageModel
 
 TASK = ml_collections.ConfigDict(dict(name="majority", seed=0, vocab_size=4, seq_len=8,
                                       num_train=512, num_test=64))
@@ -259,3 +260,34 @@ def test_steps_compile_with_the_cpu_options_and_agree_with_the_default_compile()
     np.testing.assert_allclose(metrics["loss"], expected["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(want["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _no_callbacks(compiled_text: str) -> bool:
+    return "callback" not in compiled_text
+
+
+@pytest.mark.parametrize("family", ["ode_fixed", "ode_adaptive", "language_ode", "language_gpt"])
+def test_train_and_eval_steps_carry_no_host_callback(family):
+    """JAX's persistent compilation cache stores only programs without host callbacks: the
+    default train and eval steps have none (their solver checks become ``ok``/``failure``)."""
+    key = jax.random.key(0)
+    if family.startswith("language"):
+        model = LanguageModel(vocab_size=8, block_size=16, family=family.split("_")[1], width=16,
+                              heads=2, layers=2, solver="rk4", steps=2, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model)
+        tx = make_optimizer(ml_collections.ConfigDict(dict(
+            num_steps=10, warmup_steps=1, grad_clip=1.0, learning_rate=1e-3, weight_decay=0.0,
+            decay="all", beta2=0.99, min_lr_ratio=0.1)))
+        state = init_state(params, tx, SOLVER)
+        stream = {"stream": jnp.arange(200, dtype=jnp.int32) % 8}
+        train = make_train_step(graphdef, tx, 4, block_size=16).lower(state, stream, key)
+        window = {"tokens": jnp.zeros((4, 16), jnp.int32), "label": jnp.zeros((4, 16), jnp.int32)}
+        evaluation = make_eval_step(graphdef).lower(state["params"], state["hyper"], window,
+                                                    jnp.ones((4, 16)))
+    else:
+        solver = RK4 if family == "ode_fixed" else SolverSpec("tsit5", None)
+        data, graphdef, tx, state = _setup(solver=solver)
+        train = make_train_step(graphdef, tx, 32).lower(state, data.train, key)
+        chunk = jax.tree.map(lambda a: a[:16], data.test)
+        evaluation = make_eval_step(graphdef).lower(state["params"], state["hyper"], chunk, jnp.ones(16))
+    assert _no_callbacks(train.as_text()) and _no_callbacks(evaluation.as_text())
