@@ -6,6 +6,8 @@ turns it into Diffrax's ``f(t, y, args)`` with the parameters in ``args``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -75,10 +77,61 @@ class MultiHeadAttention(nnx.Module):
         return self.out(t, attend(q, k, v, causal=self.causal).reshape(*batch, n, d))
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False) -> jax.Array:
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+           implementation: str | None = None) -> jax.Array:
     """Scaled dot-product attention of ``q, k, v`` shaped ``(..., n, heads, head_dim)``:
     ``softmax_keys(q k^T / sqrt(head_dim)) v`` per head, same shape as ``q``; with
-    ``causal`` a query sees only keys at or before its position."""
+    ``causal`` a query sees only keys at or before its position. ``q``, ``k`` and ``v`` must
+    share one dtype.
+
+    ``implementation``:
+
+    - ``"einsum"``: two einsums and a softmax, in the inputs' own dtype throughout.
+    - ``"xla"``: ``jax.nn.dot_product_attention``'s XLA implementation (leading batch
+      dimensions, any number or none, flattened to its one and restored). It computes the
+      scores and softmax in float32 also for bfloat16 and float16 inputs, and for float64 ones
+      too, which would cut float64 attention to float32 accuracy: float64 is refused.
+    - ``"cudnn"``: cuDNN's fused (flash) attention on NVIDIA GPUs, bfloat16 or float16 only.
+    - ``None`` (default): float64 (and any dtype but float32, bfloat16 and float16) takes
+      ``"einsum"``. Otherwise on a GPU, ``"cudnn"`` for bfloat16 and float16 and ``"xla"``
+      for float32; on CPU, ``"einsum"``, the faster of the two for a training step there
+      (``python benchmarks/attention.py``: the gradient through ``"xla"`` took 1.2-1.4x).
+    """
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"attend needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if implementation is None:
+        implementation = _default_implementation(q.dtype)
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r} is not one of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (or None: chosen by dtype and platform)")
+    if implementation == "einsum":
+        return _attend_einsum(q, k, v, causal=causal)
+    if q.dtype not in _FUSED_DTYPES:
+        raise ValueError(f"implementation={implementation!r} computes in float32 at most; {q.dtype} "
+                         "inputs need implementation='einsum'")
+    batch = math.prod(q.shape[:-3])
+    q4, k4, v4 = (x.reshape(batch, *x.shape[-3:]) for x in (q, k, v))
+    out = jax.nn.dot_product_attention(q4, k4, v4, is_causal=causal, implementation=implementation)
+    return out.reshape(q.shape)
+
+
+_FUSED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_HALF_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _default_implementation(dtype) -> str:
+    if dtype not in _FUSED_DTYPES or jax.default_backend() == "cpu":
+        return "einsum"
+    if jax.default_backend() == "gpu" and dtype in _HALF_DTYPES:
+        return "cudnn"
+    return "xla"
+
+
+def _attend_einsum(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False) -> jax.Array:
+    """``attend`` written out with einsums, in the inputs' own dtype throughout."""
     n, head_dim = q.shape[-3], q.shape[-1]
     scores = jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
     if causal:
