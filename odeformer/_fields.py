@@ -89,7 +89,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
 
     ``implementation``:
 
-    - ``"einsum"``: two einsums and a softmax, in the inputs' own dtype throughout.
+    - ``"einsum"``: two einsums in the inputs' dtype and a softmax in float32 at least.
     - ``"xla"``: ``jax.nn.dot_product_attention``'s XLA implementation (leading batch
       dimensions, any number or none, flattened to its one and restored). It computes the
       scores and softmax in float32 also for bfloat16 and float16 inputs, and for float64 ones
@@ -131,13 +131,15 @@ def _default_implementation(dtype) -> str:
 
 
 def _attend_einsum(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False) -> jax.Array:
-    """``attend`` written out with einsums, in the inputs' own dtype throughout."""
+    """``attend`` written out with einsums in the inputs' dtype; the softmax in float32 at
+    least (bfloat16 and float16 scores are cast up for it, as ``dot_product_attention`` does)."""
     n, head_dim = q.shape[-3], q.shape[-1]
     scores = jnp.einsum("...qhc,...khc->...hqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+    scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
     if causal:
         mask = jnp.tril(jnp.ones((n, n), bool))
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    weights = jax.nn.softmax(scores, axis=-1)
+    weights = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return jnp.einsum("...hqk,...khc->...qhc", weights, v)
 
 

@@ -109,10 +109,14 @@ class TimeLinear(nnx.Module):
     """``y = x W(t) + b(t)``; in ``concat`` mode ``y = [x, t] W + b``.
 
     ``kernel_init`` draws ``W`` (default: LeCun truncated normal, variance 1/fan-in).
+    ``dtype``: the dtype the product is computed in (``x``, ``W(t)`` and ``b(t)`` are cast to it;
+    the parameters keep theirs, as Flax's ``dtype`` / ``param_dtype``); ``None``: the usual
+    promotion of ``x`` and the parameters.
     """
 
     def __init__(self, in_features: int, out_features: int, time: TimeSpec, *,
-                 use_bias: bool = True, kernel_init=None, rngs: nnx.Rngs):
+                 use_bias: bool = True, kernel_init=None, dtype=None, rngs: nnx.Rngs):
+        self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.concat = time.mode == "concat"
         rows = in_features + 1 if self.concat else in_features
         init = kernel_init or nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -124,12 +128,16 @@ class TimeLinear(nnx.Module):
 
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
         kernel = self.kernel(t)
+        bias = self.bias(t) if self.bias is not None else None
+        if self.dtype is not None:
+            x, kernel, t = x.astype(self.dtype), kernel.astype(self.dtype), jnp.asarray(t, self.dtype)
+            bias = None if bias is None else bias.astype(self.dtype)
         if self.concat:
             y = x @ kernel[:-1] + t * kernel[-1]
         else:
             y = x @ kernel
-        if self.bias is not None:
-            y = y + self.bias(t)
+        if bias is not None:
+            y = y + bias
         return y
 
 

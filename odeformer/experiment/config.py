@@ -40,6 +40,7 @@ from odeformer.experiment.paths import flatten, get_path
 from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.tasks import LANGUAGE_TASKS, TABULAR_TASKS, TASK_KEYS, TASKS
 from odeformer.experiment.training import DECAY, check_microbatch
+from odeformer.language.models import DTYPES as LANGUAGE_DTYPES
 from odeformer.language.models import FAMILIES as LANGUAGE_FAMILIES
 from odeformer.language.models import FORMS
 
@@ -129,6 +130,11 @@ TRAIN: dict[str, Key] = {
     "model.form": Key("parallel", "Language models' ode and smooth families: the block as one field "
                       "('parallel') or split per fixed step ('sequential': attention then MLP; "
                       "'strang': half MLP, attention, half MLP).", "structural", choices=lambda: FORMS),
+    "model.dtype": Key("float32", "Language models: the dtype matmuls compute in; 'bfloat16' keeps "
+                       "float32 parameters, optimiser state, loss and residual stream (the solver's "
+                       "state).", "structural", choices=lambda: LANGUAGE_DTYPES),
+    "model.dropout": _non_negative(0.0, "Language models: dropout rate of the embeddings and of each "
+                                   "sub-field's output, in training (< 1)."),
     "model.readout": Key("last", "Classifier input: the 'last' token or the 'mean' of tokens.",
                          "structural", choices=lambda: READOUTS),
     "model.param_budget": _non_negative(0, "Trainable parameters to match (within 5%) by choosing "
@@ -447,6 +453,9 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     parse_solvers(c.evaluate.solvers)
 
 
+BFLOAT16_EPS = 2.0**-7  # bfloat16's machine epsilon (8 significand bits)
+
+
 def _check_family(c: ml_collections.ConfigDict) -> None:
     """The family suits the task; language models' forms and evaluations."""
     language = c.task.name in LANGUAGE_TASKS
@@ -455,8 +464,20 @@ def _check_family(c: ml_collections.ConfigDict) -> None:
         kind = "a language" if language else "a classification"
         raise ValueError(f"model.family={c.model.family!r} does not apply to task.name={c.task.name!r} "
                          f"({kind} task); use one of {', '.join(allowed)}")
+    if not c.model.dropout < 1:
+        raise ValueError(f"model.dropout={c.model.dropout!r} must lie in [0, 1)")
     if not language:
+        for key, default in (("dtype", "float32"), ("dropout", 0.0)):
+            if c.model[key] != default:
+                raise ValueError(f"model.{key}={c.model[key]!r} applies to language models (task.name="
+                                 f"'text'); classifiers compute in float32 without dropout: leave "
+                                 f"model.{key}={default!r} for task.name={c.task.name!r}")
         return
+    if c.model.dtype == "bfloat16" and c.solver.adaptive and c.solver.rtol < BFLOAT16_EPS:
+        raise ValueError(f"solver.rtol={c.solver.rtol!r} is below bfloat16's epsilon (2^-7 = {BFLOAT16_EPS}):"
+                         " with model.dtype='bfloat16' each field evaluation is rounded at about that "
+                         "relative size, so no step size meets the tolerance; use solver.rtol >= "
+                         f"{BFLOAT16_EPS}, fixed steps, or model.dtype='float32'")
     if c.model.family in ("ode", "smooth") and c.model.form != "parallel" and c.solver.adaptive:
         raise ValueError(f"model.form={c.model.form!r} splits each fixed step: solver.adaptive=True "
                          "needs model.form='parallel'")

@@ -44,6 +44,8 @@ class ModelShape:
       embedding, embed_dim, compression: the tabular tokenizer's
         :class:`odeformer.categorical.embeddings.EmbeddingSpec` (``kind``, ``dim``, ``compression``).
       form: language models' ODE families: ``parallel``, ``sequential`` or ``strang``.
+      dtype, dropout: language models' compute dtype and dropout rate
+        (:class:`odeformer.language.models.LanguageModel`).
     """
 
     family: str = "ode"
@@ -59,6 +61,8 @@ class ModelShape:
     embed_dim: int = 0
     compression: int = 8
     form: str = "parallel"
+    dtype: str = "float32"
+    dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +207,8 @@ def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularD
                              layers=shape.layers, mlp_ratio=shape.mlp_ratio, form=shape.form,
                              time=shape.time, pieces=shape.pieces, basis=shape.basis,
                              solver=solver.name, steps=solver.steps, adjoint=solver.adjoint,
-                             max_steps=solver.max_steps, rngs=rngs)
+                             max_steps=solver.max_steps, dtype=shape.dtype, dropout=shape.dropout,
+                             rngs=rngs)
     if isinstance(data, TabularData):
         return TabularClassifier(shape, solver, data=data, shards=shards, rngs=rngs)
     return SequenceClassifier(shape, solver, vocab_size=data.vocab_size, seq_len=data.seq_len,

@@ -102,13 +102,16 @@ def _inputs(split: dict) -> dict:
     return {k: v for k, v in split.items() if k != "label"}
 
 
-def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key=None):
+def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key=None,
+                      dropout_key=None):
     """Mean cross-entropy, plus ``weight * integral`` of each regulariser in ``penalty``
     (``{name: weight}``; ``key`` draws the Jacobian term's noise); the integrals and the
-    cross-entropy alone are then in the metrics too."""
+    cross-entropy alone are then in the metrics too. ``dropout_key`` turns on the dropout of a
+    model that has some (language models with ``dropout > 0``)."""
     model = nnx.merge(graphdef, params)
-    logits, stats = model.classify(model.embed(**inputs), **hyper, penalties=tuple(penalty or ()),
-                                   key=key)
+    drop = {"dropout_key": dropout_key} if dropout_key is not None and getattr(model, "dropout", 0) else {}
+    logits, stats = model.classify(model.embed(**inputs, **drop), **hyper, penalties=tuple(penalty or ()),
+                                   key=key, **drop)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     loss = losses.mean()
@@ -154,7 +157,7 @@ def _combine_chunks(metrics: dict) -> dict:
 
 
 def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key=None,
-                   chunks: int = 1) -> tuple[Any, dict]:
+                   chunks: int = 1, dropout_key=None) -> tuple[Any, dict]:
     """``(gradient, metrics)`` of the training objective on ``batch``.
 
     ``chunks == 1``: one pass over ``batch`` (arrays with a leading batch axis).
@@ -163,12 +166,13 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
     their gradients and
     metrics averaged (equal sizes, so the means are the whole batch's; ``nfe`` and
     ``solver_steps`` are the largest chunk's, ``ok`` holds if it holds for every chunk).
-    Chunk ``i`` draws its Jacobian noise from ``fold_in(noise_key, i)``.
+    Chunk ``i`` draws its Jacobian noise from ``fold_in(noise_key, i)`` and its dropout masks
+    from ``fold_in(dropout_key, i)``.
     """
-    def one(params, batch, noise_key):
+    def one(params, batch, noise_key, dropout_key):
         def loss_fn(params):
             return _loss_and_metrics(graphdef, params, hyper, _inputs(batch), batch["label"],
-                                     penalty, noise_key)
+                                     penalty, noise_key, dropout_key)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
@@ -178,10 +182,13 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
         return grads, metrics
 
     if chunks == 1:
-        return one(params, batch, noise_key)
+        return one(params, batch, noise_key, dropout_key)
+
+    def fold(key, i):
+        return None if key is None else jax.random.fold_in(key, i)
+
     grads, per_chunk = accumulate(
-        lambda params, chunk, i: one(params, chunk, None if noise_key is None
-                                     else jax.random.fold_in(noise_key, i)),
+        lambda params, chunk, i: one(params, chunk, fold(noise_key, i), fold(dropout_key, i)),
         params, batch)
     return grads, _combine_chunks(per_chunk)
 
@@ -214,7 +221,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     With ``state["penalty"]`` (see :func:`init_state`) the objective adds the regularisers,
     whose Jacobian noise comes from a key derived from the step's (the batch is the same as
     without regularisers); the metrics
-    then carry ``cross_entropy`` and each regulariser's integral.
+    then carry ``cross_entropy`` and each regulariser's integral. A model with dropout draws
+    its masks from another key derived from the step's (the batch is again the same).
 
     ``microbatch > 0`` computes the loss and gradient in ``batch_size / microbatch`` chunks
     of that many examples, one after another, and averages them (gradient accumulation,
@@ -242,7 +250,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
         batch = draw_batch(data, key, batch_size, block_size)
         batch = place(jax.tree.map(lambda a: a.reshape(*shape, *a.shape[1:]), batch))
         grads, metrics = batch_gradient(graphdef, state["params"], state["hyper"], batch, penalty,
-                                        noise_key, chunks)
+                                        noise_key, chunks, jax.random.fold_in(key, 2))
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         loss = metrics["loss"]

@@ -32,6 +32,22 @@ The ODE families' ``form`` (fixed steps of size ``h`` for the split forms):
 The ODE families' residual projections are drawn with std ``0.02 / sqrt(2)``: the flow over
 unit depth adds one block's worth of update, as one layer does.
 
+Precision (``dtype``): ``"float32"`` computes in the parameters' dtype. ``"bfloat16"`` keeps the
+parameters, the optimiser state, the loss and the residual stream (the solver's state, its time
+and its error control) in float32 and casts each sub-field's input and weights to bfloat16 for
+its matmuls and its GELU; LayerNorm statistics and the attention softmax are float32, and each
+sub-field's output is cast back to the stream's float32. An adaptive solve then controls an
+error estimate built from bfloat16 evaluations, whose relative rounding is about 2^-8:
+tolerances below bfloat16's epsilon (2^-7) cannot be met by smaller steps, so configs refuse
+them (``odeformer.experiment.config``).
+
+Dropout (``dropout``, training only, given a ``dropout_key``): on the embeddings and on each
+sub-field's output (nanoGPT's residual dropout); not on the attention probabilities, so that
+attention can stay a fused kernel. The masks are drawn once per forward pass: one per layer and
+sub-field for ``gpt`` and ``rk2_gated`` (both RK2 stages of a layer share its masks), one per
+sub-field for the ODE families, so their field stays one deterministic function of ``(t, x)``
+that the solver can integrate.
+
 NFE counts evaluations of the attention sub-field (each is paired with one evaluation of
 ``F_M``, two for ``strang``): ``layers`` for ``gpt``, ``2 layers`` for ``rk2_gated``.
 """
@@ -53,6 +69,7 @@ from odeformer.categorical.sharded_lookup import lookup
 
 FAMILIES = ("gpt", "ode", "smooth", "rk2_gated")
 FORMS = ("parallel", "sequential", "strang")
+DTYPES = ("float32", "bfloat16")
 INIT_STD = 0.02
 LN_EPSILON = 1e-5  # PyTorch's LayerNorm default, as nanoGPT
 
@@ -68,17 +85,49 @@ def layer_norm(x: jax.Array, scale: jax.Array) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + LN_EPSILON) * scale
 
 
-class Attention(nnx.Module):
+def compute_dtype(dtype: str):
+    """``model.dtype`` -> the dtype sub-fields compute in (``None``: the parameters')."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    return None if dtype == "float32" else jnp.dtype(dtype)
+
+
+class DropoutMask(nnx.Variable):
+    """A sub-field's residual-dropout mask for one forward pass (set by
+    :meth:`LanguageModel.body`, never a parameter)."""
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout: each entry kept with probability ``1 - rate`` and scaled by its inverse."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class _SubField(nnx.Module):
+    """What both sub-fields share: an optional dropout mask on the output, and the output cast
+    back to the residual stream's dtype."""
+
+    rate: float = 0.0
+    mask: DropoutMask | None = None
+
+    def finish(self, out: jax.Array, x: jax.Array) -> jax.Array:
+        if self.mask is not None:
+            out = jnp.where(self.mask[...], out / (1.0 - self.rate), 0)
+        return out.astype(x.dtype)
+
+
+class Attention(_SubField):
     """``F_A(t, x) = Attn_t(LN_t(x))``: causal multi-head self-attention, no biases."""
 
-    def __init__(self, width: int, heads: int, time: TimeSpec, out_std: float, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, time: TimeSpec, out_std: float, *, dtype=None,
+                 rngs: nnx.Rngs):
         if width % heads:
             raise ValueError(f"model.width={width} must be divisible by model.heads={heads}")
         self.heads = heads
         self.scale = TimeParam((width,), nnx.initializers.ones, time, rngs=rngs)
-        self.qkv = TimeLinear(width, 3 * width, time, use_bias=False,
+        self.qkv = TimeLinear(width, 3 * width, time, use_bias=False, dtype=dtype,
                               kernel_init=nnx.initializers.normal(INIT_STD), rngs=rngs)
-        self.out = TimeLinear(width, width, time, use_bias=False,
+        self.out = TimeLinear(width, width, time, use_bias=False, dtype=dtype,
                               kernel_init=nnx.initializers.normal(out_std), rngs=rngs)
 
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
@@ -86,30 +135,38 @@ class Attention(nnx.Module):
         h = layer_norm(x, self.scale(t))
         qkv = self.qkv(t, h).reshape(*batch, n, 3, self.heads, d // self.heads)
         q, k, v = (qkv[..., i, :, :] for i in range(3))
-        return self.out(t, attend(q, k, v, causal=True).reshape(*batch, n, d))
+        return self.finish(self.out(t, attend(q, k, v, causal=True).reshape(*batch, n, d)), x)
 
 
-class FeedForward(nnx.Module):
+class FeedForward(_SubField):
     """``F_M(t, x) = W2_t gelu(W1_t LN_t(x))`` (exact GELU, no biases)."""
 
-    def __init__(self, width: int, hidden: int, time: TimeSpec, out_std: float, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, hidden: int, time: TimeSpec, out_std: float, *, dtype=None,
+                 rngs: nnx.Rngs):
         self.scale = TimeParam((width,), nnx.initializers.ones, time, rngs=rngs)
-        self.up = TimeLinear(width, hidden, time, use_bias=False,
+        self.up = TimeLinear(width, hidden, time, use_bias=False, dtype=dtype,
                              kernel_init=nnx.initializers.normal(INIT_STD), rngs=rngs)
-        self.down = TimeLinear(hidden, width, time, use_bias=False,
+        self.down = TimeLinear(hidden, width, time, use_bias=False, dtype=dtype,
                                kernel_init=nnx.initializers.normal(out_std), rngs=rngs)
 
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
-        return self.down(t, jax.nn.gelu(self.up(t, layer_norm(x, self.scale(t))), approximate=False))
+        hidden = jax.nn.gelu(self.up(t, layer_norm(x, self.scale(t))), approximate=False)
+        return self.finish(self.down(t, hidden), x)
 
 
 class Block(nnx.Module):
     """The two sub-fields of every family; called as a field it is the parallel form."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: int, time: TimeSpec, out_std: float, *,
-                 rngs: nnx.Rngs):
-        self.attention = Attention(width, heads, time, out_std, rngs=rngs)
-        self.mlp = FeedForward(width, mlp_ratio * width, time, out_std, rngs=rngs)
+                 dtype=None, rngs: nnx.Rngs):
+        self.attention = Attention(width, heads, time, out_std, dtype=dtype, rngs=rngs)
+        self.mlp = FeedForward(width, mlp_ratio * width, time, out_std, dtype=dtype, rngs=rngs)
+
+    def drop(self, rate: float, key: jax.Array, shape: tuple[int, ...]) -> None:
+        """Draws this forward pass's residual-dropout masks of both sub-fields."""
+        for i, sub in enumerate((self.attention, self.mlp)):
+            sub.rate = rate
+            sub.mask = DropoutMask(jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - rate, shape))
 
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
         return self.attention(t, x) + self.mlp(t, x)
@@ -139,6 +196,9 @@ class LanguageModel(nnx.Module):
       steps: fixed steps over ``[0, t1]``; ``None``: adaptive (``parallel`` form only).
       adjoint: as in :func:`odeformer.solve`.
       max_steps: most steps of an adaptive solve.
+      dtype: ``"float32"`` or ``"bfloat16"`` compute (the module docstring's precision).
+      dropout: residual and embedding dropout rate in ``[0, 1)``, applied when a call passes a
+        ``dropout_key``.
       rngs: initialisation keys.
     """
 
@@ -146,7 +206,7 @@ class LanguageModel(nnx.Module):
                  heads: int = 4, layers: int = 4, mlp_ratio: int = 4, form: str = "parallel",
                  time: str = "tied", pieces: int = 4, basis: int = 4, solver: str = "rk4",
                  steps: int | None = 4, adjoint: str = "checkpoint", max_steps: int = 4096,
-                 rngs: nnx.Rngs):
+                 dtype: str = "float32", dropout: float = 0.0, rngs: nnx.Rngs):
         if family not in FAMILIES:
             raise ValueError(f"model.family={family!r} is not one of {', '.join(FAMILIES)} "
                              "(language models)")
@@ -155,6 +215,10 @@ class LanguageModel(nnx.Module):
         if form != "parallel" and steps is None:
             raise ValueError(f"model.form={form!r} splits each fixed step; an adaptive solve needs "
                              "model.form='parallel'")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout={dropout!r} must lie in [0, 1)")
+        compute = compute_dtype(dtype)
+        self.dtype, self.dropout = compute, float(dropout)
         self.family, self.form, self.layers = family, form, layers
         self.vocab_size, self.block_size, self.width = vocab_size, block_size, width
         self.mlp_ratio = mlp_ratio
@@ -163,32 +227,46 @@ class LanguageModel(nnx.Module):
         self.positions = nnx.Param(normal(rngs.params(), (block_size, width)))
         if family in ("gpt", "rk2_gated"):
             out_std = INIT_STD / math.sqrt(2 * layers)
-            self.blocks = nnx.List([Block(width, heads, mlp_ratio, TIED, out_std, rngs=rngs)
+            self.blocks = nnx.List([Block(width, heads, mlp_ratio, TIED, out_std, dtype=compute, rngs=rngs)
                                     for _ in range(layers)])
-            self.gates = nnx.List([TimeLinear(2 * width, 1, TIED, kernel_init=normal, rngs=rngs)
+            self.gates = nnx.List([TimeLinear(2 * width, 1, TIED, kernel_init=normal, dtype=compute,
+                                              rngs=rngs)
                                    for _ in range(layers)]) if family == "rk2_gated" else None
         else:
             spec = (TimeSpec("smooth", basis=basis) if family == "smooth"
                     else TimeSpec(time, pieces=pieces, basis=basis))
-            field = Block(width, heads, mlp_ratio, spec, INIT_STD / math.sqrt(2), rngs=rngs)
+            field = Block(width, heads, mlp_ratio, spec, INIT_STD / math.sqrt(2), dtype=compute, rngs=rngs)
             self.flow = ODEBlock(field, solver=solver, steps=steps, adjoint=adjoint,
                                  max_steps=max_steps, throw=False)
         self.norm_scale = nnx.Param(jnp.ones((width,)))
 
-    def embed(self, tokens: jax.Array) -> jax.Array:
-        """int ids ``[..., n]`` -> the body's initial state ``[..., n, width]``."""
+    def embed(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """int ids ``[..., n]`` -> the body's initial state ``[..., n, width]`` (in the parameters'
+        dtype; with ``dropout_key``, dropped out at ``self.dropout``)."""
         n = tokens.shape[-1]
         if n > self.block_size:
             raise ValueError(f"{n} tokens exceed the model's block_size={self.block_size}")
-        return lookup(self.tokens[...], tokens) + self.positions[:n]
+        x = lookup(self.tokens[...], tokens) + self.positions[:n]
+        if dropout_key is not None and self.dropout > 0:
+            x = dropout(x, self.dropout, jax.random.fold_in(dropout_key, 0))
+        return x
 
-    def body(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None):
+    def _draw_masks(self, key: jax.Array, shape: tuple[int, ...]) -> None:
+        blocks = self.blocks if self.family in ("gpt", "rk2_gated") else [self.flow.field]
+        for i, block in enumerate(blocks):
+            block.drop(self.dropout, jax.random.fold_in(key, 1 + i), shape)
+
+    def body(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None,
+             dropout_key=None):
         """The depth map ``x -> x(T)`` and its stats (``nfe``, ``num_steps``, ``ok`` and each
         regulariser's integral). Solver values (ODE families; ``steps`` at most the model's
-        own) may be traced; the other families ignore them."""
+        own) may be traced; the other families ignore them. ``dropout_key`` draws the residual
+        dropout masks of this pass (none without it, or at ``dropout=0``)."""
         if penalties and (self.family in ("gpt", "rk2_gated") or self.form != "parallel"):
             raise ValueError(f"penalties {tuple(penalties)} apply to the ode and smooth families in "
                              "the parallel form only")
+        if dropout_key is not None and self.dropout > 0:
+            self._draw_masks(dropout_key, x.shape)
         zero = jnp.zeros((), jnp.float32)
         if self.family == "gpt":
             for block in self.blocks:
@@ -253,15 +331,21 @@ class LanguageModel(nnx.Module):
         (x, nfe, ok), _ = jax.lax.scan(cell, start, jnp.arange(bound))
         return x, {"nfe": nfe, "num_steps": steps, "ok": ok}
 
-    def classify(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None):
-        """Embedded tokens -> ``(logits, stats)``: body, final LayerNorm, tied output head."""
+    def classify(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None,
+                 dropout_key=None):
+        """Embedded tokens -> ``(logits, stats)``: body, final LayerNorm, tied output head (its
+        matmul in the compute dtype; the logits in the stream's dtype, for a float32 loss)."""
         h, stats = self.body(x, rtol=rtol, atol=atol, t1=t1, steps=steps, penalties=penalties,
-                             key=key)
-        return layer_norm(h, self.norm_scale[...]) @ self.tokens[...].T, stats
+                             key=key, dropout_key=dropout_key)
+        h, table = layer_norm(h, self.norm_scale[...]), self.tokens[...]
+        if self.dtype is not None:
+            return (h.astype(self.dtype) @ table.astype(self.dtype).T).astype(x.dtype), stats
+        return h @ table.T, stats
 
-    def __call__(self, tokens: jax.Array, **solver_values):
-        """``(logits, stats)`` of token ids; solver values as in :meth:`body`."""
-        return self.classify(self.embed(tokens), **solver_values)
+    def __call__(self, tokens: jax.Array, dropout_key: jax.Array | None = None, **solver_values):
+        """``(logits, stats)`` of token ids; solver values as in :meth:`body`; ``dropout_key``
+        (training) turns dropout on."""
+        return self.classify(self.embed(tokens, dropout_key), dropout_key=dropout_key, **solver_values)
 
     def embedding_params(self) -> int:
         """Entries of the token and position tables."""
