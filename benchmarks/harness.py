@@ -1,6 +1,8 @@
-"""What every benchmark script shares: process setup with the run header, and interleaved timing."""
+"""What every benchmark script shares: process setup with the run header, interleaved timing, and
+model FLOPs utilisation against a GPU's peak."""
 
 import importlib.util
+import math
 import os
 import platform
 import shlex
@@ -44,6 +46,32 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# Dense (no sparsity) bfloat16 tensor-core peak in FLOP/s, from NVIDIA's datasheets, keyed by a
+# fragment of the device name as CUDA reports it (torch.cuda.get_device_name(), JAX's device_kind:
+# "NVIDIA H100 80GB HBM3" is the SXM part). The first fragment found in the name wins, so more
+# specific ones come first. Devices not listed (CPUs, H100 NVL, consumer cards) have no entry.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100 SXM", 989e12),
+    ("H100 80GB HBM3", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
+
+
+def peak_flops(device: str) -> float:
+    """The dense bfloat16 peak FLOP/s of the device named ``device`` (``PEAK_BF16_FLOPS``,
+    matched case-insensitively); NaN for a device not in the table (``"cpu"`` included)."""
+    name = device.lower()
+    return next((peak for fragment, peak in PEAK_BF16_FLOPS if fragment.lower() in name), math.nan)
+
+
+def mfu(flops_per_s: float, device: str) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over the device's dense bfloat16 peak
+    (:func:`peak_flops`); NaN where the peak is unknown."""
+    return flops_per_s / peak_flops(device)
 
 
 def start_benchmark(*, reuse_host_memory: bool = True, **versions: str) -> None:

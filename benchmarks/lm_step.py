@@ -9,11 +9,17 @@ Times, interleaved and as ratios to the forward pass of odeformer's ``gpt``:
   ``odeformer.language.LanguageModel(family="gpt")``;
 - ``plain-JAX gradient``: the same network written directly in ``jax.numpy`` (no Flax, no
   odeformer), to tell the library's overhead from the compiler's;
+- ``gpt gradient, bfloat16``: the same with ``dtype="bfloat16"`` (bfloat16 matmuls, float32
+  parameters and residual stream), what the precision setting does on a CPU;
+- ``gpt gradient, attention "xla"``: with ``jax.nn.dot_product_attention``'s XLA implementation
+  in place of the einsums ``attend`` uses on CPU;
 - ``MLP gradient``, for the four MLPs of the stack alone (input to loss ``mean(x^2)``) with the
   exact GELU, the tanh GELU and no activation: what the activation's derivative costs.
 """
 
 import argparse
+import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +28,8 @@ import optax
 from flax import nnx
 from harness import interleaved_ms, start_benchmark
 
-from odeformer.language import LanguageModel
+from odeformer import attend
+from odeformer.language import LanguageModel, models
 
 B, T, D, L, V, HEADS = 12, 64, 128, 4, 75, 4
 
@@ -56,14 +63,21 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     start_benchmark()
-    model = LanguageModel(vocab_size=V, block_size=T, family="gpt", width=D, heads=HEADS, layers=L,
-                          rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model)
+    def gpt(dtype="float32"):
+        return nnx.split(LanguageModel(vocab_size=V, block_size=T, family="gpt", width=D, heads=HEADS,
+                                       layers=L, dtype=dtype, rngs=nnx.Rngs(0)))
+
+    graphdef, params = gpt()
+    half_graphdef, _ = gpt("bfloat16")
     ids = jnp.asarray(np.random.default_rng(0).integers(0, V, (B, T)), jnp.int32)
 
-    def loss(p, ids):
+    def loss(p, ids, graphdef=graphdef):
         logits, _ = nnx.merge(graphdef, p)(ids)
         return optax.softmax_cross_entropy_with_integer_labels(logits, ids).mean()
+
+    def xla_attention_loss(p, ids):
+        with mock.patch.object(models, "attend", functools.partial(attend, implementation="xla")):
+            return loss(p, ids)
 
     keys = iter(jax.random.split(jax.random.key(1), 32))
 
@@ -78,6 +92,9 @@ def main():
     steps = {
         "gpt forward": (jax.jit(loss), params, ids),
         "gpt gradient": (jax.jit(jax.value_and_grad(loss)), params, ids),
+        "gpt gradient, bfloat16": (jax.jit(jax.value_and_grad(functools.partial(
+            loss, graphdef=half_graphdef))), params, ids),
+        'gpt gradient, attention "xla"': (jax.jit(jax.value_and_grad(xla_attention_loss)), params, ids),
         "plain-JAX gradient": (jax.jit(jax.value_and_grad(_plain_loss)), plain, ids),
         "MLP gradient, exact GELU": (jax.jit(jax.grad(_mlp_loss(
             lambda u: jax.nn.gelu(u, approximate=False)))), weights, x),

@@ -81,6 +81,19 @@ def parse_flags(argv):
         sys.exit(2)
 
 
+def _compilation_cache() -> list[str]:
+    """Turns JAX's persistent compilation cache on or off as the flags say; notes for the user."""
+    if not _CACHE.value:  # also when JAX_COMPILATION_CACHE_DIR would turn JAX's cache on by itself
+        jax.config.update("jax_enable_compilation_cache", False)
+        return []
+    try:
+        use_compilation_cache(_CACHE_DIR.value or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+    except OSError as error:  # e.g. a read-only home: the run goes on, compiling everything
+        jax.config.update("jax_enable_compilation_cache", False)
+        return [f"the compilation cache is off: {error}"]
+    return []
+
+
 def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
@@ -93,10 +106,6 @@ def main(argv) -> int:
         print("error: --compilation_cache_dir names a cache that --nocompilation_cache turns off",
               file=sys.stderr)
         return 2
-    if _CACHE.value:
-        use_compilation_cache(_CACHE_DIR.value or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
-    else:  # also when JAX_COMPILATION_CACHE_DIR would turn JAX's cache on by itself
-        jax.config.update("jax_enable_compilation_cache", False)
     try:
         if _COORDINATOR.value is not None or _NUM_PROCESSES.value != 1:
             join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -111,6 +120,9 @@ def main(argv) -> int:
         if _DRY_RUN.value:
             print(format_grid(config, index, count))
             return 0
+        if primary:
+            for note in _compilation_cache():
+                print(f"note: {note}")
         summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
                             shard_count=count, quiet=_QUIET.value, workers=_WORKERS.value)
     except ValueError as error:  # invalid config: raised before anything is written

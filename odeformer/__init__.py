@@ -16,20 +16,23 @@ Importing ``odeformer`` registers nothing and needs neither pandas nor ml_collec
 from odeformer._block import ODEBlock, count_params, vector_field
 from odeformer._compile_options import compiler_options, default_cache_dir, use_compilation_cache
 from odeformer._fields import (
+    ATTENTION_IMPLEMENTATIONS,
     MLP,
     SIGMAS,
     AttentionField,
     MultiHeadAttention,
     SeedAttentionField,
     TransformerBlockField,
+    attend,
 )
 from odeformer._integrate import ADJOINTS, Solution, solve
 from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
 from odeformer._time_dependence import TIME_MODES, TimeLayerNorm, TimeLinear, TimeParam, TimeSpec
 
 __all__ = [
-    "ADAPTIVE_SOLVERS", "ADJOINTS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES", "AttentionField",
+    "ADAPTIVE_SOLVERS", "ADJOINTS", "ATTENTION_IMPLEMENTATIONS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES",
+    "AttentionField",
     "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
-    "TimeParam", "TimeSpec", "TransformerBlockField", "compiler_options", "count_params",
+    "TimeParam", "TimeSpec", "TransformerBlockField", "attend", "compiler_options", "count_params",
     "default_cache_dir", "solve", "solver_order", "use_compilation_cache", "vector_field",
 ]

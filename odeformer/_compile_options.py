@@ -51,9 +51,13 @@ def use_compilation_cache(path: str | os.PathLike | None = None, *,
     odeformer's train and eval steps qualify because they carry no host callback
     (``odeformer.solve`` with ``throw=False``); JAX skips programs that do. Programs that
     compile faster than ``min_compile_time_s`` are not written (JAX's own default is 1 s;
-    0 also keeps the small eval steps)."""
+    0 also keeps the small eval steps).
+
+    Raises:
+      OSError: if the folder cannot be created."""
     folder = Path(default_cache_dir() if path is None else path).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # OSError where it cannot be made
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

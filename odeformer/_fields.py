@@ -96,14 +96,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
       too, which would cut float64 attention to float32 accuracy: float64 is refused.
     - ``"cudnn"``: cuDNN's fused (flash) attention on NVIDIA GPUs, bfloat16 or float16 only.
     - ``None`` (default): float64 (and any dtype but float32, bfloat16 and float16) takes
-      ``"einsum"``. Otherwise on a GPU, ``"cudnn"`` for bfloat16 and float16 and ``"xla"``
-      for float32; on CPU, ``"einsum"``, the faster of the two for a training step there
-      (``python benchmarks/attention.py``: the gradient through ``"xla"`` took 1.2-1.4x).
+      ``"einsum"``. Otherwise on a GPU, ``"cudnn"`` for bfloat16 and float16 (head dimension
+      a multiple of 8, at most 128, as cuDNN's kernel needs) and ``"xla"`` for the rest; on
+      CPU, ``"einsum"``, the faster of the two for a training step there (``python
+      benchmarks/attention.py``: the gradient through ``"xla"`` took 1.2-1.4x).
     """
     if not q.dtype == k.dtype == v.dtype:
         raise ValueError(f"attend needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if implementation is None:
-        implementation = _default_implementation(q.dtype)
+        implementation = _default_implementation(q.dtype, q.shape[-1])
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r} is not one of "
                          f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (or None: chosen by dtype and platform)")
@@ -122,12 +123,20 @@ _FUSED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.
 _HALF_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def _default_implementation(dtype) -> str:
+def _default_implementation(dtype, head_dim: int) -> str:
     if dtype not in _FUSED_DTYPES or jax.default_backend() == "cpu":
         return "einsum"
-    if jax.default_backend() == "gpu" and dtype in _HALF_DTYPES:
+    # cuDNN's kernel takes head dimensions that are multiples of 8, up to 128; NVIDIA GPUs only.
+    if (jax.default_backend() == "gpu" and dtype in _HALF_DTYPES and head_dim % 8 == 0 and head_dim <= 128
+            and _nvidia()):
         return "cudnn"
     return "xla"
+
+
+def _nvidia() -> bool:
+    """Whether JAX's GPU backend is CUDA's (not ROCm's, where cuDNN does not exist)."""
+    version = getattr(jax.devices()[0].client, "platform_version", "")
+    return "rocm" not in version.lower()
 
 
 def _attend_einsum(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False) -> jax.Array:

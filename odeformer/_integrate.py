@@ -55,8 +55,10 @@ class _FirstStep(diffrax.AbstractStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         del dt0
-        return self.inner.init(terms, t0, t1, y0, jnp.asarray(self.dt0, jnp.result_type(t0)), args,
-                               func, error_order)
+        # abs: with t1 < t0 (an invalid traced value, reported as ok=False) no adaptive solve runs on
+        # to max_steps backwards.
+        first = jnp.abs(jnp.asarray(self.dt0, jnp.result_type(t0)))
+        return self.inner.init(terms, t0, t1, y0, first, args, func, error_order)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
         return self.inner.adapt_step_size(t0, t1, y0, y1_candidate, args, y_error, error_order,
@@ -239,8 +241,10 @@ def solve(
         ``steps``. Fixed-step solves take exactly ``steps``. Structural.
       throw: if True, a solve that stops before ``t1`` or produces non-finite
         values raises at run time, as do invalid traced arguments (below). If False all of
-        these return ``ok=False`` and NaN states instead, and the compiled program has no
-        host callback, so JAX's persistent compilation cache can store it.
+        these return ``ok=False`` and NaN states instead, and without ``ts`` the compiled
+        program has no host callback, so JAX's persistent compilation cache can store it.
+        Traced ``ts`` are also checked by Diffrax itself, which raises at run time whatever
+        ``throw`` says (a host callback too).
 
     Returns:
       A :class:`Solution`.

@@ -129,13 +129,14 @@ class TimeLinear(nnx.Module):
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
         kernel = self.kernel(t)
         bias = self.bias(t) if self.bias is not None else None
+        # concat: the time column's term in the parameters' dtype (t is never rounded to dtype).
+        weight, time_term = (kernel[:-1], t * kernel[-1]) if self.concat else (kernel, None)
         if self.dtype is not None:
-            x, kernel, t = x.astype(self.dtype), kernel.astype(self.dtype), jnp.asarray(t, self.dtype)
-            bias = None if bias is None else bias.astype(self.dtype)
-        if self.concat:
-            y = x @ kernel[:-1] + t * kernel[-1]
-        else:
-            y = x @ kernel
+            x, weight = x.astype(self.dtype), weight.astype(self.dtype)
+            time_term, bias = (None if a is None else a.astype(self.dtype) for a in (time_term, bias))
+        y = x @ weight
+        if time_term is not None:
+            y = y + time_term
         if bias is not None:
             y = y + bias
         return y

@@ -66,14 +66,17 @@ def test_an_override_of_a_swept_key_replaces_the_axis_in_a_real_run(tmp_path):
     assert table["nfe_forward"].tolist() == [4 * s for s in table["solver.steps"]]
 
 
-def _cache_entries(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+def _cache_entries(folder: Path) -> dict[str, int]:
+    """Each entry's name and modification time (an entry read back and rejected would be
+    compiled and written again under its name)."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.exists() else {}
 
 
 def test_a_second_process_reads_the_compiled_steps_back_with_the_same_results(tmp_path):
     """The first run writes its train and eval steps to the cache folder; a run into a fresh
-    workdir compiles nothing new (every program it needs is read back: with no minimum compile
-    time, a miss would be written) and its results are bit for bit the first run's."""
+    workdir writes nothing (every program it needs is read back: with no minimum compile time,
+    a miss would be written) and its results are bit for bit the first run's. A dry run does
+    not touch the cache."""
     cache = tmp_path / "cache"
     config = ("--config=configs/quick.py:tiny", "--config.sweep.model.family=('ode',)",
               "--config.sweep.solver.name=('rk4',)", f"--compilation_cache_dir={cache}")
@@ -85,6 +88,9 @@ def test_a_second_process_reads_the_compiled_steps_back_with_the_same_results(tm
     second = _cli(*config, workdir=tmp_path / "b")
     assert second.returncode == 0, second.stderr
     assert _cache_entries(cache) == written
+    fresh = tmp_path / "untouched"
+    assert _cli(*config[:-1], f"--compilation_cache_dir={fresh}", "--dry_run").returncode == 0
+    assert not fresh.exists()
     a, b = (pd.read_csv(tmp_path / w / "results.csv") for w in ("a", "b"))
     for column in ("run_id", "train_loss", "test_loss", "test_accuracy", "nfe_forward"):
         pd.testing.assert_series_equal(a[column], b[column])

@@ -240,6 +240,20 @@ def test_readme_is_a_front_door():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
 
 
+def test_the_extras_the_install_docs_name_exist_and_pin_the_same_jax():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    named = {extra for path in (REPO / "docs" / "install.md", REPO / "README.md")
+             for group in re.findall(r"\.\[([\w,-]+)\]", path.read_text()) for extra in group.split(",")}
+    assert {"cuda12", "cuda13", "tpu", "dev", "text"} <= named
+    assert named <= set(extras), f"extras named in the docs, not in pyproject.toml: {named - set(extras)}"
+    (jax,) = [d for d in project["dependencies"] if re.match(r"jax\b", d)]  # not jaxlib
+    for accelerator in ("cuda12", "cuda13", "tpu"):  # JAX's extra at the core's jax range
+        assert extras[accelerator] == [jax.replace("jax", f"jax[{accelerator}]", 1)]
+
+
 # Outside URLs, inline code and code blocks: 7-40 hex digits with at least one digit and one letter.
 HASH = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
 DATE = re.compile(r"\b(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])\b")

@@ -207,13 +207,28 @@ def test_attend_float64_takes_the_einsum_path_and_refuses_the_float32_ones(x64, 
     ("gpu", jnp.float64, "einsum"), ("tpu", jnp.bfloat16, "xla")])
 def test_attend_chooses_its_implementation_by_platform_and_dtype(x64, monkeypatch, backend, dtype, chosen):
     """The platform branch with a faked backend: what reaches dot_product_attention is recorded,
-    not run (cuDNN needs a GPU)."""
+    not run (cuDNN needs a GPU). A head dimension cuDNN does not take (12, 192) gets XLA's."""
     calls = []
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     monkeypatch.setattr(jax.nn, "dot_product_attention",
                         lambda q, *a, implementation=None, **kw: calls.append(implementation) or q)
     attend(*qkv_inputs((), dtype))
     assert calls == ([] if chosen == "einsum" else [chosen])
+    calls.clear()
+    for head_dim in (12, 192):
+        attend(*qkv_inputs((), dtype, head_dim=head_dim))
+    assert calls == ([] if chosen == "einsum" else 2 * ["xla" if chosen == "cudnn" else chosen])
+
+
+def test_attend_takes_xla_on_a_gpu_without_cudnn(monkeypatch):
+    """ROCm's GPUs have no cuDNN: bfloat16 gets XLA's implementation there."""
+    calls = []
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(odeformer._fields, "_nvidia", lambda: False)
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda q, *a, implementation=None, **kw: calls.append(implementation) or q)
+    attend(*qkv_inputs((), jnp.bfloat16))
+    assert calls == ["xla"]
 
 
 def test_attend_refuses_an_unknown_implementation_and_mixed_dtypes():

@@ -11,7 +11,7 @@ from flax import nnx
 
 from odeformer.experiment.config import BFLOAT16_EPS, defaults, task_section, validate_run
 from odeformer.experiment.training import init_state, make_optimizer, make_train_step
-from odeformer.language.models import LanguageModel, layer_norm
+from odeformer.language.models import DropoutMask, LanguageModel, layer_norm
 
 SOLVER = ml_collections.ConfigDict(dict(rtol=1e-3, atol=1e-6, t1=1.0))
 TRAIN = ml_collections.ConfigDict(dict(num_steps=40, warmup_steps=4, grad_clip=1.0, learning_rate=3e-3,
@@ -92,6 +92,17 @@ def test_dropout_acts_only_with_a_key_and_draws_new_masks_per_key(family, form):
     assert np.abs(np.asarray(one - plain)).max() > 1e-2 and np.abs(np.asarray(one - other)).max() > 1e-2
 
 
+def test_the_masks_of_a_keyed_call_are_gone_after_it():
+    """A call with a key leaves nothing behind: a plain call after it drops nothing, takes another
+    batch size, and the model's state holds no mask."""
+    model = _model("ode", dropout=0.3)
+    plain, _ = model(TOKENS)
+    model(TOKENS, dropout_key=jax.random.key(0))
+    np.testing.assert_array_equal(model(TOKENS)[0], plain)
+    assert model(TOKENS[:1])[0].shape == (1, 16, 11)
+    assert not jax.tree.leaves(nnx.state(model, DropoutMask))
+
+
 def test_embedding_dropout_zeroes_that_fraction_and_rescales_the_rest():
     model = _model("gpt", dropout=0.25, block_size=512)
     tokens = jnp.arange(512) % 11
@@ -151,9 +162,12 @@ def test_bad_precision_and_dropout_settings_are_refused(change, message):
         validate_run(c)
 
 
-def test_a_coarse_adaptive_tolerance_is_allowed_in_bfloat16():
+def test_a_coarse_adaptive_tolerance_is_allowed_in_bfloat16_and_a_gpt_has_no_tolerance():
     c = _language_config(family="ode", dtype="bfloat16")
     c.solver.update(adaptive=True, name="tsit5", rtol=BFLOAT16_EPS)
+    validate_run(c)
+    c = _language_config(family="gpt", dtype="bfloat16")  # no solver: its solver keys are not read
+    c.solver.update(adaptive=True, name="tsit5", rtol=1e-3)
     validate_run(c)
 
 

@@ -228,7 +228,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     of that many examples, one after another, and averages them (gradient accumulation,
     one optimiser update per step; see :func:`batch_gradient`). The examples are the same
     (chunk ``i`` is rows ``i * microbatch ...`` of the batch drawn without chunks); with a
-    fixed-step solver the loss and gradient equal the whole batch's up to float rounding.
+    fixed-step solver and no dropout the loss and gradient equal the whole batch's up to float
+    rounding (each chunk draws its own dropout masks).
     Each chunk is its own solve, so an adaptive solver picks each chunk's steps, and the
     Jacobian regulariser's noise is drawn per chunk. Smaller chunks need less memory and,
     on CPU, can be faster when one pass's activations outgrow the cache (``python

@@ -251,9 +251,11 @@ class LanguageModel(nnx.Module):
             x = dropout(x, self.dropout, jax.random.fold_in(dropout_key, 0))
         return x
 
+    def _blocks(self) -> list[Block]:
+        return list(self.blocks) if self.family in ("gpt", "rk2_gated") else [self.flow.field]
+
     def _draw_masks(self, key: jax.Array, shape: tuple[int, ...]) -> None:
-        blocks = self.blocks if self.family in ("gpt", "rk2_gated") else [self.flow.field]
-        for i, block in enumerate(blocks):
+        for i, block in enumerate(self._blocks()):
             block.drop(self.dropout, jax.random.fold_in(key, 1 + i), shape)
 
     def body(self, x, *, rtol=None, atol=None, t1=None, steps=None, penalties=(), key=None,
@@ -261,12 +263,20 @@ class LanguageModel(nnx.Module):
         """The depth map ``x -> x(T)`` and its stats (``nfe``, ``num_steps``, ``ok`` and each
         regulariser's integral). Solver values (ODE families; ``steps`` at most the model's
         own) may be traced; the other families ignore them. ``dropout_key`` draws the residual
-        dropout masks of this pass (none without it, or at ``dropout=0``)."""
+        dropout masks of this pass (none without it, or at ``dropout=0``); they are gone after it."""
         if penalties and (self.family in ("gpt", "rk2_gated") or self.form != "parallel"):
             raise ValueError(f"penalties {tuple(penalties)} apply to the ode and smooth families in "
                              "the parallel form only")
-        if dropout_key is not None and self.dropout > 0:
-            self._draw_masks(dropout_key, x.shape)
+        if dropout_key is None or self.dropout == 0:
+            return self._body(x, rtol, atol, t1, steps, penalties, key)
+        self._draw_masks(dropout_key, x.shape)
+        try:
+            return self._body(x, rtol, atol, t1, steps, penalties, key)
+        finally:  # the masks belong to this pass only
+            for block in self._blocks():
+                block.attention.mask = block.mlp.mask = None
+
+    def _body(self, x, rtol, atol, t1, steps, penalties, key):
         zero = jnp.zeros((), jnp.float32)
         if self.family == "gpt":
             for block in self.blocks:
@@ -276,7 +286,7 @@ class LanguageModel(nnx.Module):
             for block, gate in zip(self.blocks, self.gates, strict=True):
                 f1 = block.step(zero, x) - x
                 f2 = block.step(zero, x + f1) - (x + f1)
-                g = jax.nn.sigmoid(gate(zero, jnp.concatenate([f1, f2], -1)))
+                g = jax.nn.sigmoid(gate(zero, jnp.concatenate([f1, f2], -1)).astype(x.dtype))
                 x = x + g * f1 + (1 - g) * f2
             return x, self._discrete_stats(2 * self.layers)
         adaptive = self.flow.steps is None
