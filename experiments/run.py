@@ -120,9 +120,10 @@ def main(argv) -> int:
         if _DRY_RUN.value:
             print(format_grid(config, index, count))
             return 0
-        if primary:
-            for note in _compilation_cache():
-                print(f"note: {note}")
+        cache_notes = _compilation_cache()  # every process reads the cache; JAX writes from process 0
+        for note in cache_notes if primary else ():
+            print(f"note: {note}")
+        notes += cache_notes
         summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
                             shard_count=count, quiet=_QUIET.value, workers=_WORKERS.value)
     except ValueError as error:  # invalid config: raised before anything is written

@@ -109,3 +109,14 @@ def test_no_compilation_cache_writes_nothing_and_refuses_a_cache_folder(tmp_path
     assert both.returncode == 2
     assert "--compilation_cache_dir names a cache that --nocompilation_cache turns off" in both.stderr
     assert not (tmp_path / "b").exists() and not cache.exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_note_and_the_sweep_runs(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _cli("--config=configs/quick.py:tiny", "--config.sweep.model.family=('ode',)",
+                  "--config.sweep.solver.name=('euler',)", f"--compilation_cache_dir={blocker / 'cache'}",
+                  workdir=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    assert "note: the compilation cache is off: " in result.stdout
+    assert (tmp_path / "runs" / "results.csv").exists()
