@@ -29,12 +29,15 @@ code), picked by ``--recipe``:
 - ``gpu``: block_size 256, batch 64, 6 layers, 6 heads, width 384, dropout 0.2, 5000 iterations.
   Dropout 0.2 where nanoGPT applies it: on the sum of the embeddings, on the attention
   probabilities (``scaled_dot_product_attention``'s ``dropout_p``) and on the output of each
-  residual branch (attention and MLP), in training only. On CUDA the forward pass and the loss run
-  under bfloat16 autocast (float32 parameters and optimizer state), AdamW is torch's fused one and
-  TF32 is allowed, as in nanoGPT; on a CPU everything is float32. ``--precision`` overrides the
-  choice for both sides (``bfloat16``: torch's autocast on the peer's device, ``model.dtype =
-  "bfloat16"`` for odeformer; ``float32``: neither), and the rows record it. nanoGPT also compiles its model
-  with ``torch.compile``; the peer runs eager, so its GPU throughput is a lower bound of torch's.
+  residual branch (attention and MLP), in training only. The forward pass and the loss run under
+  bfloat16 autocast (float32 parameters and optimizer state), and odeformer computes in bfloat16
+  (``model.dtype``), as nanoGPT does on a GPU; on CUDA AdamW is torch's fused one and TF32 is
+  allowed, as in nanoGPT. nanoGPT also compiles its model with ``torch.compile``; the peer runs
+  eager, so its GPU throughput is a lower bound of torch's.
+
+``--precision`` sets both sides' precision (``bfloat16``: torch's autocast on the peer's device and
+``model.dtype = "bfloat16"`` for odeformer; ``float32``: neither); ``auto`` is the recipe's
+(``RECIPE_PRECISION``). The rows record it.
 
 Both: no biases in Linear or LayerNorm, GELU MLP of 4x width, learned position embeddings, token
 embedding tied to the output head, pre-LayerNorm blocks and a final LayerNorm, causal attention by
@@ -116,6 +119,7 @@ RECIPES = {
                   dropout=0.2),
 }
 # --quick: a recipe's settings at this shape (seconds per model on a CPU; figures not to record).
+RECIPE_PRECISION = {"cpu": "float32", "gpu": "bfloat16"}  # what --precision auto means
 QUICK_SHAPE = {"block_size": 32, "batch_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 64}
 QUICK_ITERATIONS = 4
 # The odeformer config of each recipe: configs/<name>.py.
@@ -470,7 +474,8 @@ def parse_args(argv=None):
     parser.add_argument("--families", nargs="+", default=["gpt"],
                         help="odeformer families trained beside the peer, from the recipe's config")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="both sides' compute precision (auto: bfloat16 on CUDA, float32 elsewhere)")
+                        help="both sides' compute precision (auto: the recipe's, bfloat16 for gpu and "
+                             "float32 for cpu)")
     parser.add_argument("--iters", type=int, help="iterations (default: the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -509,10 +514,12 @@ def main():
           f"train/validation {len(corpus.train)}/{len(corpus.validation)} characters, "
           f"vocabulary {len(corpus.vocabulary)}")
     print(f"recipe {args.recipe}{' (--quick: a tiny shape)' if args.quick else ''}: {recipe}")
+    # One precision for both sides: the recipe's (nanoGPT's GPU recipe is bfloat16) unless given.
+    dtype = args.precision if args.precision != "auto" else RECIPE_PRECISION[args.recipe]
     rows, skipped, failed = [], set(), []
     for seed in args.seeds:
         rows.append({"model": "peer (torch)", "seed": seed,
-                     **train_peer(corpus, recipe, seed, args.threads, device, args.precision)})
+                     **train_peer(corpus, recipe, seed, args.threads, device, dtype)})
         if args.out:  # after every run, so a cut-short run keeps what it finished
             write_csv(rows, args.out)
         for family in args.families:
@@ -521,7 +528,7 @@ def main():
             try:
                 result = train_odeformer(recipe, seed, corpus=corpus, threads=args.threads,
                                          max_chars=args.max_chars or 0, recipe_name=args.recipe,
-                                         family=family, checked=full, dtype=args.precision)
+                                         family=family, checked=full, dtype=dtype)
             except (OdeformerUnavailable, NotImplementedError) as error:
                 skipped.add(family)
                 print(f"SKIPPED odeformer-{family}: {error}", flush=True)
