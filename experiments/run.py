@@ -21,14 +21,13 @@ a new seed or another workdir reads them back instead of compiling; ``--nocompil
 compiles everything afresh. Results are bit for bit the same either way.
 """
 
-import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odeformer import use_compilation_cache
+from odeformer import configure_compilation_cache
 from odeformer.experiment.grid import format_grid
 from odeformer.experiment.paths import flatten
 from odeformer.experiment.runner import SweepInterrupted, format_summary, run_sweep
@@ -81,19 +80,6 @@ def parse_flags(argv):
         sys.exit(2)
 
 
-def _compilation_cache() -> list[str]:
-    """Turns JAX's persistent compilation cache on or off as the flags say; notes for the user."""
-    if not _CACHE.value:  # also when JAX_COMPILATION_CACHE_DIR would turn JAX's cache on by itself
-        jax.config.update("jax_enable_compilation_cache", False)
-        return []
-    try:
-        use_compilation_cache(_CACHE_DIR.value or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
-    except OSError as error:  # e.g. a read-only home: the run goes on, compiling everything
-        jax.config.update("jax_enable_compilation_cache", False)
-        return [f"the compilation cache is off: {error}"]
-    return []
-
-
 def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
@@ -120,7 +106,8 @@ def main(argv) -> int:
         if _DRY_RUN.value:
             print(format_grid(config, index, count))
             return 0
-        cache_notes = _compilation_cache()  # every process reads the cache; JAX writes from process 0
+        # Every process reads the cache; JAX writes from process 0.
+        cache_notes = configure_compilation_cache(_CACHE.value, _CACHE_DIR.value)
         for note in cache_notes if primary else ():
             print(f"note: {note}")
         notes += cache_notes

@@ -14,7 +14,12 @@ Importing ``odeformer`` registers nothing and needs neither pandas nor ml_collec
 """
 
 from odeformer._block import ODEBlock, count_params, vector_field
-from odeformer._compile_options import compiler_options, default_cache_dir, use_compilation_cache
+from odeformer._compile_options import (
+    compiler_options,
+    configure_compilation_cache,
+    default_cache_dir,
+    use_compilation_cache,
+)
 from odeformer._fields import (
     ATTENTION_IMPLEMENTATIONS,
     MLP,
@@ -33,6 +38,7 @@ __all__ = [
     "ADAPTIVE_SOLVERS", "ADJOINTS", "ATTENTION_IMPLEMENTATIONS", "MLP", "SIGMAS", "SOLVERS", "TIME_MODES",
     "AttentionField",
     "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
-    "TimeParam", "TimeSpec", "TransformerBlockField", "attend", "compiler_options", "count_params",
-    "default_cache_dir", "solve", "solver_order", "use_compilation_cache", "vector_field",
+    "TimeParam", "TimeSpec", "TransformerBlockField", "attend", "compiler_options",
+    "configure_compilation_cache", "count_params", "default_cache_dir", "solve", "solver_order",
+    "use_compilation_cache", "vector_field",
 ]

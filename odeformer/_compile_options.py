@@ -65,3 +65,19 @@ def use_compilation_cache(path: str | os.PathLike | None = None, *,
     # decide again, so that a call after some compiles is not silently ignored.
     compilation_cache.reset_cache()
     return folder
+
+
+def configure_compilation_cache(enabled: bool, path: str | os.PathLike | None = None) -> list[str]:
+    """The command line's cache setting: on in ``path`` (default ``$JAX_COMPILATION_CACHE_DIR``,
+    else :func:`default_cache_dir`), or off, also where ``JAX_COMPILATION_CACHE_DIR`` would turn
+    JAX's own cache on. A folder that cannot be made turns the cache off; the returned notes say so."""
+    if enabled:
+        try:
+            use_compilation_cache(path or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+            return []
+        except OSError as error:  # e.g. a read-only home: the run goes on, compiling everything
+            notes = [f"the compilation cache is off: {error}"]
+    else:
+        notes = []
+    jax.config.update("jax_enable_compilation_cache", False)
+    return notes

@@ -97,10 +97,19 @@ class DropoutMask(nnx.Variable):
     :meth:`LanguageModel.body`, never a parameter)."""
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
-    """Inverted dropout: each entry kept with probability ``1 - rate`` and scaled by its inverse."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """Which entries inverted dropout at ``rate`` keeps (each with probability ``1 - rate``)."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def apply_mask(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout with a drawn mask: kept entries scaled by ``1 / (1 - rate)``, the rest 0."""
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout of ``x`` at ``rate`` with a mask drawn from ``key``."""
+    return apply_mask(x, keep_mask(key, rate, x.shape), rate)
 
 
 class _SubField(nnx.Module):
@@ -112,7 +121,7 @@ class _SubField(nnx.Module):
 
     def finish(self, out: jax.Array, x: jax.Array) -> jax.Array:
         if self.mask is not None:
-            out = jnp.where(self.mask[...], out / (1.0 - self.rate), 0)
+            out = apply_mask(out, self.mask[...], self.rate)
         return out.astype(x.dtype)
 
 
@@ -166,7 +175,7 @@ class Block(nnx.Module):
         """Draws this forward pass's residual-dropout masks of both sub-fields."""
         for i, sub in enumerate((self.attention, self.mlp)):
             sub.rate = rate
-            sub.mask = DropoutMask(jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - rate, shape))
+            sub.mask = DropoutMask(keep_mask(jax.random.fold_in(key, i), rate, shape))
 
     def __call__(self, t: jax.Array, x: jax.Array) -> jax.Array:
         return self.attention(t, x) + self.mlp(t, x)
