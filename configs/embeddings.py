@@ -9,7 +9,9 @@ cardinality 1e3, 1e4, 1e5 and 1e6 (two features, 16 hidden clusters per feature,
 frequencies; the table holds the values seen in training). Each task under the four
 embedding kinds, so 20 runs. The model is an FT-Transformer-style token set integrated by
 the midpoint rule in 2 steps (4 field evaluations) with tied weights; 600 AdamW steps of 256
-rows. About 8 minutes on 2 cores.
+rows. About 8 minutes on 2 cores. Here ``table`` and ``onehot`` are the same function at two
+initial scales; Guo & Berkhahn's one-hot vs entity-embedding comparison is
+configs/entity_embeddings.py.
 ``:tiny``: synthetic data only (cardinality 300, 2,000 training rows), width 8, 6 steps, the
 four embedding kinds. The synthetic task's ``cardinality`` etc. are ignored by
 the flights task. Columns: test_accuracy, test_auc, embedding_bytes (per feature in

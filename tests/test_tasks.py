@@ -62,3 +62,49 @@ def test_a_registered_task_with_out_of_range_ids_is_refused():
             make_task(_config(name="broken_for_test"))
     finally:
         TASKS.pop("broken_for_test")
+
+
+def _bag_split(**arrays):
+    split = {"categorical": np.zeros((2, 0), np.int32), "numeric": np.zeros((2, 0), np.float32),
+             "label": np.zeros(2, np.int32), "bag_ids": np.array([[[2, 6, 0]], [[1, 0, 0]]], np.int32),
+             "bag_weights": np.array([[[1.0, 0.5, 0.0]], [[2.0, 0.0, 0.0]]], np.float32)}
+    return {k: v for k, v in {**split, **arrays}.items() if v is not None}
+
+
+@pytest.mark.parametrize("arrays, bags, message", [
+    ({}, 1, None),  # valid: padding, weights 0.5 and 2
+    ({"bag_ids": np.array([[[2, 7, 0]], [[1, 0, 0]]], np.int32)}, 1,
+     r"train genres: id 7 is outside \[0, 7\)"),
+    ({"bag_ids": np.array([[[2, 6, -1]], [[1, 0, 0]]], np.int32)}, 1,
+     r"train genres: id -1 is outside \[0, 7\)"),
+    ({"bag_weights": np.array([[[1.0, -0.5, 0.0]], [[2.0, 0.0, 0.0]]], np.float32)}, 1,
+     r"train genres: weight -0.5 is not a finite number >= 0 \(0 marks padding\)"),
+    ({"bag_weights": np.array([[[1.0, np.nan, 0.0]], [[2.0, 0.0, 0.0]]], np.float32)}, 1,
+     "train genres: weight nan is not a finite number >= 0"),
+    ({"bag_weights": np.ones((2, 1, 2), np.float32)}, 1,
+     r"train: bag_ids \(2, 1, 3\) and bag_weights \(2, 1, 2\) must both be \[2 labels, 1 multi-valued "
+     r"features, L values\]"),
+    ({}, 2, r"train: bag_ids \(2, 1, 3\) and bag_weights \(2, 1, 3\) must both be \[2 labels, 2 multi"),
+    ({"bag_ids": np.zeros((2, 3), np.int32)}, 1, r"train: bag_ids \(2, 3\) and bag_weights \(2, 1, 3\)"),
+    ({"bag_weights": np.ones((2, 1, 3), np.int32)}, 1, "train: bag_weights must be floats, got int32"),
+    ({"bag_weights": None}, 1, "train: bag_weights missing for the multi-valued features genres"),
+    ({}, 0, "train: bag_ids and bag_weights given but the task declares no multi-valued features"),
+])
+def test_multi_valued_features_are_checked_where_data_enters(arrays, bags, message):
+    from odeformer.categorical.features import CategoricalFeature, TabularData
+    from odeformer.experiment.tasks import TASK_KEYS, register_task
+
+    @register_task("bags_for_test", keys={})
+    def with_bags(config, key):
+        features = (CategoricalFeature("genres", 7), CategoricalFeature("tags", 3))[:bags]
+        return TabularData(_bag_split(**arrays), _bag_split(), (), (), num_classes=2, bags=features)
+
+    try:
+        if message is None:
+            assert make_task(_config(name="bags_for_test")).bags[0].name == "genres"
+        else:
+            with pytest.raises(ValueError, match=f"task 'bags_for_test': {message}"):
+                make_task(_config(name="bags_for_test"))
+    finally:
+        TASKS.pop("bags_for_test")
+        TASK_KEYS.pop("bags_for_test")

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from odeformer.categorical.bags import check_combiner, pool
 from odeformer.categorical.features import CategoricalFeature, TabularData
 from odeformer.categorical.sharded_lookup import lookup, onehot_lookup, padded_rows
 from odeformer.parallel.mesh import MODEL, EmbeddingRows, replicated
@@ -51,11 +52,21 @@ class EmbeddingSpec:
       kind: one of :data:`EMBEDDINGS`.
       dim: vector size of every feature; ``0`` applies :func:`embedding_dim`'s rule.
       compression: ``c`` of the ``hashed`` and ``qr`` kinds (about ``V / c`` rows).
+      init: one of :data:`INITS`: ``"kind"``, each kind's own scale (the module docstring);
+        ``"onehot"``, the one-hot kernel's std ``1/sqrt(V)`` for a ``table`` too (kinds
+        ``table`` and ``onehot`` only).
+      combiner: how a multi-valued feature's vectors are pooled
+        (:data:`odeformer.categorical.bags.COMBINERS`).
     """
 
     kind: str = "table"
     dim: int = 0
     compression: int = 8
+    init: str = "kind"
+    combiner: str = "sum"
+
+
+INITS = ("kind", "onehot")
 
 
 def embedding_dim(cardinality: int, width: int, dim: int = 0) -> int:
@@ -87,26 +98,33 @@ def _rows(rngs, rows: int, dim: int, std: float, shards: int, dtype) -> Embeddin
 class FeatureEmbedding(nnx.Module):
     """Vectors of one categorical feature's ids (see the module docstring for the kinds).
 
+    A lookup is two halves, so that a training step can differentiate the looked-up rows
+    instead of whole tables (``odeformer.categorical.sparse``): :meth:`row_ids` maps ids to
+    the rows of each stored table, :meth:`combine` makes the vectors from those rows.
+
     Args:
       cardinality: ids lie in ``[0, cardinality)``.
       dim: vector size.
       kind: as in :class:`EmbeddingSpec`.
       compression: as in :class:`EmbeddingSpec`.
+      init: as in :class:`EmbeddingSpec`.
       shards: the mesh's ``model`` size; rows are padded to a multiple of it.
     """
 
     def __init__(self, cardinality: int, dim: int, *, kind: str = "table", compression: int = 8,
-                 shards: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+                 init: str = "kind", shards: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
         if kind not in EMBEDDINGS:
             raise ValueError(f"embedding kind={kind!r} is not one of {', '.join(EMBEDDINGS)}")
+        if init not in INITS or (init == "onehot" and kind not in ("table", "onehot")):
+            raise ValueError(f"embedding init={init!r} is not one of {', '.join(INITS)} ('onehot' "
+                             f"applies to kinds table and onehot, not {kind!r})")
         if cardinality < 1 or dim < 1 or compression < 1 or shards < 1:
             raise ValueError(f"cardinality={cardinality}, dim={dim}, compression={compression} and "
                              f"shards={shards} must all be >= 1")
         self.kind, self.cardinality, self.dim = kind, cardinality, dim
-        if kind == "table":
-            self.rows = _rows(rngs, cardinality, dim, dim ** -0.5, shards, dtype)
-        elif kind == "onehot":
-            self.rows = _rows(rngs, cardinality, dim, cardinality ** -0.5, shards, dtype)
+        if kind in ("table", "onehot"):
+            std = cardinality ** -0.5 if kind == "onehot" or init == "onehot" else dim ** -0.5
+            self.rows = _rows(rngs, cardinality, dim, std, shards, dtype)
         elif kind == "hashed":
             self.buckets = math.ceil(cardinality / compression) + compression
             self.rows = _rows(rngs, self.buckets, dim, dim ** -0.5, shards, dtype)
@@ -133,40 +151,59 @@ class FeatureEmbedding(nnx.Module):
         """Bytes of the rows the kind needs (padding for sharding excluded)."""
         return self.stored_rows * self.dim * self.rows.dtype.itemsize
 
+    def row_ids(self, ids: jax.Array) -> tuple[jax.Array, ...]:
+        """The row of each of :meth:`tables` that each id reads (each shaped like ``ids``)."""
+        if self.kind == "hashed":
+            return ((_hash(ids) % jnp.uint32(self.buckets)).astype(jnp.int32),)
+        if self.kind == "qr":
+            return ids // self.remainders, ids % self.remainders
+        return (ids,)
+
+    def gather(self, row_ids: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        """The rows :meth:`row_ids` named, one array ``ids.shape + (dim,)`` per table (a
+        ``[batch, V]`` one-hot product for the ``onehot`` kind)."""
+        take = onehot_lookup if self.kind == "onehot" else lookup
+        return tuple(take(rows[...], ids) for rows, ids in zip(self.tables(), row_ids, strict=True))
+
+    def combine(self, rows: tuple[jax.Array, ...]) -> jax.Array:
+        """The vectors from the rows of :meth:`gather` (the product of the two for ``qr``)."""
+        return rows[0] * rows[1] if self.kind == "qr" else rows[0]
+
     def __call__(self, ids: jax.Array) -> jax.Array:
         """``ids`` (int, any shape) -> vectors of shape ``ids.shape + (dim,)``."""
-        if self.kind == "table":
-            return lookup(self.rows[...], ids)
-        if self.kind == "onehot":
-            return onehot_lookup(self.rows[...], ids)
-        if self.kind == "hashed":
-            bucket = (_hash(ids) % jnp.uint32(self.buckets)).astype(jnp.int32)
-            return lookup(self.rows[...], bucket)
-        return (lookup(self.rows[...], ids // self.remainders)
-                * lookup(self.remainder_rows[...], ids % self.remainders))
+        return self.combine(self.gather(self.row_ids(ids)))
 
 
 class FeatureTokenizer(nnx.Module):
-    """A tabular row -> tokens ``[CLS, one per categorical, one per numeric feature]``.
+    """A tabular row -> tokens ``[CLS, one per categorical, one per bag, one per numeric feature]``.
 
     Categorical feature ``f``: ``P_f e_f(id) + b_f`` (``P_f`` projects to ``width`` when
-    ``e_f``'s dimension is smaller); numeric feature ``j``: ``x_j w_j + b_j``; ``[CLS]`` is a
-    learned vector (Gorishniy et al. 2021, FT-Transformer).
+    ``e_f``'s dimension is smaller); multi-valued feature (bag) ``m``: ``P_m pool(e_m(ids),
+    weights) + b_m`` with ``spec.combiner`` (``odeformer.categorical.bags``); numeric feature
+    ``j``: ``x_j w_j + b_j``; ``[CLS]`` is a learned vector (Gorishniy et al. 2021,
+    FT-Transformer).
+
+    The embedding tables (:meth:`tables`) are read only through :meth:`row_ids` and
+    :meth:`from_rows`, so a train step may look the rows up itself and differentiate them
+    instead of the tables (``odeformer.categorical.sparse``).
     """
 
     def __init__(self, categorical: tuple[CategoricalFeature, ...], num_numeric: int, width: int,
-                 spec: EmbeddingSpec = EmbeddingSpec(), *, shards: int = 1, rngs: nnx.Rngs):
-        self.names = tuple(f.name for f in categorical)
+                 spec: EmbeddingSpec = EmbeddingSpec(), *, bags: tuple[CategoricalFeature, ...] = (),
+                 shards: int = 1, rngs: nnx.Rngs):
+        check_combiner(spec.combiner)
+        self.names = tuple(f.name for f in (*categorical, *bags))
+        self.num_categorical, self.num_bags, self.combiner = len(categorical), len(bags), spec.combiner
         self.embeddings = nnx.List()
         self.projections = nnx.List()
-        for feature in categorical:
+        for feature in (*categorical, *bags):
             dim = embedding_dim(feature.cardinality, width, spec.dim)
             self.embeddings.append(FeatureEmbedding(
-                feature.cardinality, dim, kind=spec.kind, compression=spec.compression,
+                feature.cardinality, dim, kind=spec.kind, compression=spec.compression, init=spec.init,
                 shards=shards, rngs=rngs))
             self.projections.append(
                 nnx.Linear(dim, width, use_bias=False, rngs=rngs) if dim != width else None)
-        self.categorical_bias = nnx.Param(jnp.zeros((len(categorical), width)))
+        self.categorical_bias = nnx.Param(jnp.zeros((len(categorical) + len(bags), width)))
         scale = width ** -0.5
         self.num_numeric = num_numeric
         if num_numeric:  # no zero-size parameters: checkpointing refuses them
@@ -183,11 +220,57 @@ class FeatureTokenizer(nnx.Module):
             out[name] = embed.param_bytes() + extra
         return out
 
-    def __call__(self, categorical: jax.Array, numeric: jax.Array) -> jax.Array:
-        """``categorical`` int [B, F], ``numeric`` float [B, G] -> tokens [B, 1 + F + G, width]."""
-        columns = []
-        for f, (embed, proj) in enumerate(zip(self.embeddings, self.projections, strict=True)):
-            vectors = embed(categorical[:, f])
+    def tables(self) -> tuple[EmbeddingRows, ...]:
+        """Every embedding table, features in order (two tables for a ``qr`` feature)."""
+        return tuple(rows for embed in self.embeddings for rows in embed.tables())
+
+    def _id_columns(self, categorical: jax.Array, bag_ids: jax.Array | None) -> list[jax.Array]:
+        if self.num_bags and bag_ids is None:
+            raise ValueError(f"the tokenizer has {self.num_bags} multi-valued features: pass bag_ids "
+                             "and bag_weights")
+        return ([categorical[:, f] for f in range(self.num_categorical)]
+                + [bag_ids[:, m] for m in range(self.num_bags)])
+
+    def row_ids(self, categorical: jax.Array, bag_ids: jax.Array | None = None) -> tuple[jax.Array, ...]:
+        """The rows each table of :meth:`tables` reads: ``categorical`` int [B, F] and
+        ``bag_ids`` int [B, M, L] -> per table ``[B]`` (a feature) or ``[B, L]`` (a bag)."""
+        columns = self._id_columns(categorical, bag_ids)
+        pairs = zip(self.embeddings, columns, strict=True)
+        return tuple(r for embed, ids in pairs for r in embed.row_ids(ids))
+
+    def read(self, row_ids: tuple[jax.Array, ...], bag_weights: jax.Array | None = None
+             ) -> tuple[jax.Array, ...]:
+        """Whether each entry of :meth:`row_ids` affects the tokens: always for a single-valued
+        feature, where the weight is not 0 for a bag (padding is looked up, never used)."""
+        out, start = [], 0
+        for i, embed in enumerate(self.embeddings):
+            count = len(embed.tables())
+            for ids in row_ids[start:start + count]:
+                out.append(jnp.ones(ids.shape, bool) if i < self.num_categorical
+                           else bag_weights[:, i - self.num_categorical] != 0)
+            start += count
+        return tuple(out)
+
+    def gather(self, row_ids: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        """The rows :meth:`row_ids` named, one array ``ids.shape + (dim,)`` per table."""
+        out, start = [], 0
+        for embed in self.embeddings:
+            count = len(embed.tables())
+            out.extend(embed.gather(row_ids[start:start + count]))
+            start += count
+        return tuple(out)
+
+    def from_rows(self, rows: tuple[jax.Array, ...], numeric: jax.Array,
+                  bag_weights: jax.Array | None = None) -> jax.Array:
+        """Tokens [B, 1 + F + M + G, width] from the looked-up rows of every table (as
+        :meth:`gather` returns them), the numeric features [B, G] and the bags' weights [B, M, L]."""
+        columns, start = [], 0
+        for i, (embed, proj) in enumerate(zip(self.embeddings, self.projections, strict=True)):
+            count = len(embed.tables())
+            vectors = embed.combine(rows[start:start + count])
+            start += count
+            if i >= self.num_categorical:
+                vectors = pool(vectors, bag_weights[:, i - self.num_categorical], self.combiner)
             columns.append(vectors if proj is None else proj(vectors))
         cat = jnp.stack(columns, axis=1) + self.categorical_bias[...]
         # Broadcast against a batch-shaped operand so [CLS] takes the batch's sharding.
@@ -196,6 +279,12 @@ class FeatureTokenizer(nnx.Module):
             return jnp.concatenate([cls, cat], axis=1)
         num = numeric[..., None] * self.numeric_weight[...] + self.numeric_bias[...]
         return jnp.concatenate([cls.astype(num.dtype), cat.astype(num.dtype), num], axis=1)
+
+    def __call__(self, categorical: jax.Array, numeric: jax.Array, bag_ids: jax.Array | None = None,
+                 bag_weights: jax.Array | None = None) -> jax.Array:
+        """``categorical`` int [B, F], ``numeric`` float [B, G] (and a bag's ``bag_ids`` int
+        [B, M, L] with ``bag_weights`` [B, M, L]) -> tokens [B, 1 + F + M + G, width]."""
+        return self.from_rows(self.gather(self.row_ids(categorical, bag_ids)), numeric, bag_weights)
 
 
 NEIGHBOURS_K = 10  # precision@k of learned vectors

@@ -27,10 +27,14 @@ class TabularData:
     Attributes:
       train, test: dicts with ``categorical`` (int32, [N, F], column f in
         ``[0, categorical[f].cardinality)``), ``numeric`` (float32, [N, G], finite) and
-        ``label`` (int32, [N]).
+        ``label`` (int32, [N]); with multi-valued features also ``bag_ids`` (int32,
+        [N, M, L], feature m's ids in ``[0, bags[m].cardinality)``, padding ``PAD_ID``) and
+        ``bag_weights`` (float32, [N, M, L], 0 marks padding; see ``odeformer.categorical.bags``).
       categorical: the F categorical features, in column order.
       numeric: names of the G numeric columns, in order (may be empty: shape [N, 0]).
       num_classes: labels lie in ``[0, num_classes)``.
+      bags: the M multi-valued features, in the order of ``bag_ids``' axis 1 (may be empty:
+        then the splits have no ``bag_ids``/``bag_weights``).
       artifacts: file name -> text written into every run's directory (the fitted
         vocabularies, so a run's ids can be decoded and new data encoded the same way).
       clusters: feature name -> int array [cardinality], the hidden cluster of each id
@@ -44,6 +48,7 @@ class TabularData:
     categorical: tuple[CategoricalFeature, ...]
     numeric: tuple[str, ...]
     num_classes: int
+    bags: tuple[CategoricalFeature, ...] = ()
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
     clusters: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     train_counts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)

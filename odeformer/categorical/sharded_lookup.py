@@ -24,7 +24,7 @@ def padded_rows(rows: int, shards: int) -> int:
     return shards * math.ceil(rows / shards)
 
 
-def _spec_of(x) -> P:
+def spec_of(x) -> P:
     """The array's own PartitionSpec under an Explicit mesh (all None under Auto axes)."""
     spec = jax.typeof(x).sharding.spec
     return P(*spec, *([None] * (x.ndim - len(spec))))
@@ -50,7 +50,7 @@ def _row_sharded(local_fn, rows, ids):
         return local_fn(rows, ids, 0)
     # Under Explicit axes even a one-shard or replicated table's type carries its sharding,
     # so every lookup under a mesh goes through shard_map with the arrays' own specs.
-    rows_spec, ids_spec = _spec_of(rows), _spec_of(ids)
+    rows_spec, ids_spec = spec_of(rows), spec_of(ids)
     split = rows_spec[0] == MODEL
 
     def body(rows, ids):

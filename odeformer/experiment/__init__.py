@@ -8,8 +8,9 @@ the command line on top. Importing this package registers the tabular tasks
 
 from odeformer.experiment import datasets  # noqa: F401  (registers the tabular tasks)
 from odeformer.experiment.results import load
-from odeformer.experiment.runner import SweepInterrupted, SweepSummary, format_summary, plan, run_sweep
+from odeformer.experiment.runner import plan, run_sweep
 from odeformer.experiment.studies import STUDIES, clustering, convergence, register_study  # noqa: F401  (registers the studies)
+from odeformer.experiment.summary import SweepInterrupted, SweepSummary, format_summary
 from odeformer.experiment.sweeps import Run, expand
 from odeformer.experiment.tasks import TASKS, TaskData, make_task, register_task
 

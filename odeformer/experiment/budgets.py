@@ -32,7 +32,7 @@ def _sizes(data: TaskData | TabularData | LanguageData) -> tuple:
     if isinstance(data, LanguageData):
         return ("language", data.vocab_size, data.block_size)
     if isinstance(data, TabularData):
-        return ("tabular", tuple(data.categorical), len(data.numeric), data.num_classes)
+        return ("tabular", tuple(data.categorical), tuple(data.bags), len(data.numeric), data.num_classes)
     return ("sequence", data.vocab_size, data.seq_len, data.num_classes)
 
 

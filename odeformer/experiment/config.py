@@ -40,10 +40,10 @@ from odeformer.experiment.keys import (  # noqa: F401  (KINDS, TOP, Key: re-expo
     _tasks,
     experiments,
 )
-from odeformer.experiment.models import FAMILIES
+from odeformer.experiment.models import FAMILIES, TABULAR_FAMILIES
 from odeformer.experiment.paths import flatten, get_path
 from odeformer.experiment.studies import STUDIES
-from odeformer.experiment.tasks import LANGUAGE_TASKS, TABULAR_TASKS, TASK_KEYS, TASKS
+from odeformer.experiment.tasks import BAG_KEYS, LANGUAGE_TASKS, TABULAR_TASKS, TASK_KEYS, TASKS, has_bags
 from odeformer.experiment.training import check_microbatch
 from odeformer.language.models import FAMILIES as LANGUAGE_FAMILIES
 
@@ -208,9 +208,11 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
     does not read, resets keys that cannot affect the run to their base values (tolerances
     of a fixed-step solve, the step count of an adaptive one, ``model.layers`` of the ode
     family, ``pieces``/``basis`` of time modes that do not use them, ``model.width`` when a
-    budget sets it, embedding keys of sequence tasks, stability settings when stability is
-    off), and writes what the discrete family does (Euler, ``steps = t1 = model.layers``)
-    into its solver keys.
+    budget sets it, embedding keys of sequence tasks, ``model.combiner`` and the bag keys of
+    a task without multi-valued features, stability settings when stability is off; the
+    solver, attention and depth-time keys of the ``mlp`` family), and
+    writes what the discrete family does (Euler, ``steps = t1 = model.layers``) into its
+    solver keys.
 
     Returns:
       The dotted paths this run does not read (dropped, reset or written over).
@@ -234,9 +236,13 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
     if not run.evaluate.stability:
         reset("evaluate", "epsilon", "power_iterations", "examples")
     if run.task.name not in TABULAR_TASKS:
-        reset("model", "embedding", "embed_dim", "compression")
+        reset("model", "embedding", "embed_dim", "compression", "embed_init", "combiner")
+        reset("train", "embedding_optimizer", "embedding_learning_rate")
     elif model.embedding not in ("hashed", "qr"):
         reset("model", "compression")
+    if run.task.name in TABULAR_TASKS and not has_bags(run.task):
+        reset("model", "combiner")  # no multi-valued feature to pool
+        reset("task", *BAG_KEYS.get(run.task.name, ("", ()))[1])
     if run.task.name in LANGUAGE_TASKS:
         reset("task", "seed")  # the data is the text
         reset("model", "readout")  # every position is predicted
@@ -248,6 +254,10 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
             reset("model", "time", "pieces")
     else:
         reset("model", "form")
+    if model.family in TABULAR_FAMILIES:  # a dense network: no solver, attention or depth-time
+        reset("solver", *solver.keys())
+        reset("model", "time", "pieces", "basis", "heads", "mlp_ratio", "readout")
+        return unread
     if model.family == "discrete":
         reset("solver", *solver.keys())
         reset("model", "time", "pieces", "basis")
@@ -286,9 +296,10 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"solver.name={c.solver.name!r} has no error estimate: "
                          f"solver.adaptive=True needs one of {', '.join(ADAPTIVE_SOLVERS)}")
     _check_family(c)
+    _check_embedding_optimizer(c)
     if not c.train.beta2 < 1:
         raise ValueError(f"train.beta2={c.train.beta2!r} must lie in (0, 1)")
-    if c.model.param_budget == 0 and c.model.width % c.model.heads:
+    if c.model.param_budget == 0 and c.model.family not in TABULAR_FAMILIES and c.model.width % c.model.heads:
         raise ValueError(f"model.width={c.model.width} must be a multiple of model.heads={c.model.heads}")
     if c.train.warmup_steps >= c.train.num_steps:
         raise ValueError(f"train.warmup_steps={c.train.warmup_steps} must be < "
@@ -308,17 +319,37 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
     parse_solvers(c.evaluate.solvers)
 
 
+def _check_embedding_optimizer(c: ml_collections.ConfigDict) -> None:
+    """A row-sparse table update suits the run (tabular tasks; normalise resets it elsewhere)."""
+    sparse = c.train.embedding_optimizer != "dense"
+    if not sparse and c.train.embedding_learning_rate > 0:
+        raise ValueError(f"train.embedding_learning_rate={c.train.embedding_learning_rate!r} applies to "
+                         "a row-sparse train.embedding_optimizer (lazy_adam, rowwise_adagrad); with "
+                         "'dense' the tables use train.learning_rate: leave it at 0.0")
+    if sparse and c.model.embedding == "onehot":
+        raise ValueError(f"train.embedding_optimizer={c.train.embedding_optimizer!r} updates the rows a "
+                         "batch reads; model.embedding='onehot' multiplies every row (a dense [batch, V] "
+                         "operand): use train.embedding_optimizer='dense' or another model.embedding")
+    if sparse and c.train.microbatch:
+        raise ValueError(f"train.embedding_optimizer={c.train.embedding_optimizer!r} takes the whole "
+                         f"batch in one pass: train.microbatch={c.train.microbatch} must be 0")
+
+
 BFLOAT16_EPS = 2.0**-7  # bfloat16's machine epsilon (8 significand bits)
 
 
 def _check_family(c: ml_collections.ConfigDict) -> None:
     """The family suits the task; language models' forms and evaluations."""
-    language = c.task.name in LANGUAGE_TASKS
-    allowed = LANGUAGE_FAMILIES if language else FAMILIES
+    language, tabular = c.task.name in LANGUAGE_TASKS, c.task.name in TABULAR_TASKS
+    allowed = LANGUAGE_FAMILIES if language else FAMILIES + (TABULAR_FAMILIES if tabular else ())
     if c.model.family not in allowed:
         kind = "a language" if language else "a classification"
+        only = "" if tabular or language else f" ({', '.join(TABULAR_FAMILIES)}: tabular tasks only)"
         raise ValueError(f"model.family={c.model.family!r} does not apply to task.name={c.task.name!r} "
-                         f"({kind} task); use one of {', '.join(allowed)}")
+                         f"({kind} task); use one of {', '.join(allowed)}{only}")
+    if c.model.family in TABULAR_FAMILIES and (c.evaluate.solvers or c.evaluate.stability):
+        raise ValueError(f"evaluate.solvers and evaluate.stability measure a flow; model.family="
+                         f"{c.model.family!r} has none: leave them off")
     if not c.model.dropout < 1:
         raise ValueError(f"model.dropout={c.model.dropout!r} must lie in [0, 1)")
     if not language:

@@ -13,7 +13,9 @@ from typing import Any
 from odeformer._integrate import ADJOINTS
 from odeformer._solvers import SOLVERS
 from odeformer._time_dependence import TIME_MODES
-from odeformer.categorical.embeddings import EMBEDDINGS
+from odeformer.categorical.bags import COMBINERS
+from odeformer.categorical.embeddings import EMBEDDINGS, INITS
+from odeformer.categorical.sparse import EMBEDDING_OPTIMIZERS
 from odeformer.experiment.models import ALL_FAMILIES, READOUTS
 from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.tasks import TASKS
@@ -92,7 +94,9 @@ TRAIN: dict[str, Key] = {
                      choices=_tasks),
     "task.seed": Key(0, "Seed of the task's data.", "traced"),
     "model.family": Key("ode", "Classifiers: 'ode' (one block integrated over depth) or 'discrete' "
-                        "(a stack of independent blocks, one unit Euler step each). Language models: "
+                        "(a stack of independent blocks, one unit Euler step each); tabular tasks also "
+                        "'mlp' (a ReLU network on the summed feature tokens, "
+                        "odeformer.experiment.tabular_mlp). Language models: "
                         "'gpt', 'ode', 'smooth' or 'rk2_gated' (odeformer.language.models).", "structural",
                         choices=lambda: ALL_FAMILIES),
     "model.width": _positive(32, "Token width d; resolved from model.param_budget when that is > 0."),
@@ -103,7 +107,7 @@ TRAIN: dict[str, Key] = {
     "model.pieces": _positive(4, "Pieces of a 'piecewise' field (weights constant on each)."),
     "model.basis": _positive(4, "Chebyshev basis size of a 'smooth' field."),
     "model.layers": _positive(4, "Blocks of the discrete, gpt and rk2_gated families (the discrete "
-                              "family's depth t1 = layers)."),
+                              "family's depth t1 = layers); dense layers of the mlp family."),
     "model.form": Key("parallel", "Language models' ode and smooth families: the block as one field "
                       "('parallel') or split per fixed step ('sequential': attention then MLP; "
                       "'strang': half MLP, attention, half MLP).", "structural", choices=lambda: FORMS),
@@ -126,6 +130,11 @@ TRAIN: dict[str, Key] = {
                                      "thumb from the cardinality."),
     "model.compression": _positive(8, "Tabular tasks, 'hashed'/'qr' embeddings: rows saved by that "
                                    "factor."),
+    "model.embed_init": Key("kind", "Tabular tasks: initial scale of the tables, 'kind' (each kind's "
+                            "own: std 1/sqrt(dim) for a table) or 'onehot' (std 1/sqrt(cardinality), the "
+                            "one-hot arm's; kinds table and onehot).", "structural", choices=lambda: INITS),
+    "model.combiner": Key("sum", "Tabular tasks with multi-valued features: how a bag's vectors are "
+                          "pooled.", "structural", choices=lambda: COMBINERS),
     "solver.name": Key("rk4", "Solver of odeformer.SOLVERS.", "structural", choices=lambda: SOLVERS),
     "solver.steps": _positive(4, "Fixed steps over [0, t1] (fixed-step solves); traced up to the "
                               "largest count of the runs sharing a compile.", "traced"),
@@ -144,6 +153,13 @@ TRAIN: dict[str, Key] = {
     "train.decay": Key("all", "Which parameters weight decay applies to: 'all', or 'matrices' (linear "
                        "kernels and embedding tables; not LayerNorm scales or biases).", "structural",
                        choices=lambda: DECAY),
+    "train.embedding_optimizer": Key("dense", "Tabular tasks: how embedding tables are updated: "
+                                     "'dense' (AdamW on every row, as the rest), 'lazy_adam' (AdamW on "
+                                     "the rows a batch touched) or 'rowwise_adagrad' (one accumulator "
+                                     "per row, no weight decay).", "structural",
+                                     choices=lambda: EMBEDDING_OPTIMIZERS),
+    "train.embedding_learning_rate": _non_negative(0.0, "Peak learning rate of a row-sparse embedding "
+                                                   "optimizer; 0 = train.learning_rate.", "traced"),
     "train.beta2": Key(0.999, "AdamW's second-moment decay.", "structural", minimum=(0, True)),
     "train.min_lr_ratio": _non_negative(0.0, "End of the cosine decay as a fraction of the peak "
                                         "learning rate."),

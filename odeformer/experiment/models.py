@@ -20,12 +20,14 @@ from odeformer._time_dependence import TimeSpec
 from odeformer.categorical.embeddings import EmbeddingSpec, FeatureTokenizer
 from odeformer.categorical.features import TabularData
 from odeformer.categorical.sharded_lookup import lookup
+from odeformer.experiment.tabular_mlp import TabularMLP
 from odeformer.experiment.tasks import LanguageData, TaskData
 from odeformer.language.models import FAMILIES as LANGUAGE_FAMILIES
 from odeformer.language.models import LanguageModel
 
 FAMILIES = ("ode", "discrete")  # classifiers
-ALL_FAMILIES = (*FAMILIES, *(f for f in LANGUAGE_FAMILIES if f not in FAMILIES))
+TABULAR_FAMILIES = ("mlp",)  # classifiers of tabular tasks only (odeformer.experiment.tabular_mlp)
+ALL_FAMILIES = (*FAMILIES, *TABULAR_FAMILIES, *(f for f in LANGUAGE_FAMILIES if f not in FAMILIES))
 READOUTS = ("last", "mean")
 
 
@@ -34,15 +36,17 @@ class ModelShape:
     """Architecture of a :class:`SequenceClassifier` (all structural).
 
     Attributes:
-      family: ``"ode"`` (field integrated by the configured solver) or ``"discrete"``.
+      family: ``"ode"`` (field integrated by the configured solver) or ``"discrete"``; for
+        tabular tasks also ``"mlp"`` (:class:`odeformer.experiment.tabular_mlp.TabularMLP`).
       width, heads, mlp_ratio: transformer-block field sizes.
       time: time mode of the ``ode`` family's weights (``odeformer.TIME_MODES``).
       pieces, basis: for the ``piecewise`` and ``smooth`` time modes.
-      layers: depth of the ``discrete`` family.
+      layers: depth of the ``discrete`` family; dense layers of the ``mlp`` family.
       readout: ``"last"`` token or ``"mean"`` over tokens (sequence tasks; a tabular
         model reads its ``[CLS]`` token).
-      embedding, embed_dim, compression: the tabular tokenizer's
-        :class:`odeformer.categorical.embeddings.EmbeddingSpec` (``kind``, ``dim``, ``compression``).
+      embedding, embed_dim, compression, embed_init, combiner: the tabular tokenizer's
+        :class:`odeformer.categorical.embeddings.EmbeddingSpec` (``kind``, ``dim``,
+        ``compression``, ``init``, ``combiner``).
       form: language models' ODE families: ``parallel``, ``sequential`` or ``strang``.
       dtype, dropout: language models' compute dtype and dropout rate
         (:class:`odeformer.language.models.LanguageModel`).
@@ -60,6 +64,8 @@ class ModelShape:
     embedding: str = "table"
     embed_dim: int = 0
     compression: int = 8
+    embed_init: str = "kind"
+    combiner: str = "sum"
     form: str = "parallel"
     dtype: str = "float32"
     dropout: float = 0.0
@@ -175,27 +181,30 @@ class TabularClassifier(_FlowClassifier):
 
     def __init__(self, shape: ModelShape, solver: SolverSpec, *, data: TabularData, shards: int = 1,
                  rngs: nnx.Rngs):
-        spec = EmbeddingSpec(kind=shape.embedding, dim=shape.embed_dim, compression=shape.compression)
+        spec = EmbeddingSpec(kind=shape.embedding, dim=shape.embed_dim, compression=shape.compression,
+                             init=shape.embed_init, combiner=shape.combiner)
         self.tokenizer = FeatureTokenizer(data.categorical, len(data.numeric), shape.width, spec,
-                                          shards=shards, rngs=rngs)
+                                          bags=data.bags, shards=shards, rngs=rngs)
         self._build_flow(shape, solver, data.num_classes, rngs)
 
-    def embed(self, categorical: jax.Array, numeric: jax.Array) -> jax.Array:
-        """``categorical`` int [B, F], ``numeric`` float [B, G] -> tokens [B, 1 + F + G', width]."""
-        return self.tokenizer(categorical, numeric)
+    def embed(self, categorical: jax.Array, numeric: jax.Array, bag_ids: jax.Array | None = None,
+              bag_weights: jax.Array | None = None) -> jax.Array:
+        """``categorical`` int [B, F], ``numeric`` float [B, G] (multi-valued features: ``bag_ids``
+        int [B, M, L], ``bag_weights`` [B, M, L]) -> tokens [B, 1 + F + M + G, width]."""
+        return self.tokenizer(categorical, numeric, bag_ids, bag_weights)
 
     def read(self, h: jax.Array) -> jax.Array:
         return h[..., 0, :]  # the [CLS] token
 
-    def __call__(self, categorical: jax.Array, numeric: jax.Array, *, rtol=None, atol=None, t1=None,
-                 steps=None):
-        """``categorical`` int [B, F], ``numeric`` float [B, G] -> ``(logits, stats)``."""
-        return self.classify(self.embed(categorical, numeric), rtol=rtol, atol=atol, t1=t1,
-                             steps=steps)
+    def __call__(self, categorical: jax.Array, numeric: jax.Array, bag_ids: jax.Array | None = None,
+                 bag_weights: jax.Array | None = None, *, rtol=None, atol=None, t1=None, steps=None):
+        """Inputs as in :meth:`embed` -> ``(logits, stats)``."""
+        return self.classify(self.embed(categorical, numeric, bag_ids, bag_weights), rtol=rtol,
+                             atol=atol, t1=t1, steps=steps)
 
 
 def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularData | LanguageData, *,
-                shards: int = 1, rngs: nnx.Rngs) -> _FlowClassifier | LanguageModel:
+                shards: int = 1, rngs: nnx.Rngs) -> _FlowClassifier | TabularMLP | LanguageModel:
     """The model for ``data``'s kind of task; called with the split's inputs as keywords
     (``tokens=`` for sequence and language tasks, ``categorical=, numeric=`` for tabular ones)."""
     if isinstance(data, LanguageData):
@@ -210,6 +219,10 @@ def build_model(shape: ModelShape, solver: SolverSpec, data: TaskData | TabularD
                              max_steps=solver.max_steps, dtype=shape.dtype, dropout=shape.dropout,
                              rngs=rngs)
     if isinstance(data, TabularData):
+        if shape.family in TABULAR_FAMILIES:
+            spec = EmbeddingSpec(kind=shape.embedding, dim=shape.embed_dim, compression=shape.compression,
+                                 init=shape.embed_init, combiner=shape.combiner)
+            return TabularMLP(shape.width, shape.layers, spec, data=data, shards=shards, rngs=rngs)
         return TabularClassifier(shape, solver, data=data, shards=shards, rngs=rngs)
     return SequenceClassifier(shape, solver, vocab_size=data.vocab_size, seq_len=data.seq_len,
                               num_classes=data.num_classes, rngs=rngs)

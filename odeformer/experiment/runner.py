@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +46,20 @@ from odeformer.experiment.executor import (
 )
 from odeformer.experiment.language import language_row, save_params
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.sparse_training import sparse_tables
 from odeformer.experiment.studies import STUDIES
+from odeformer.experiment.summary import SweepInterrupted, SweepSummary, format_summary  # noqa: F401 (re-exported)
 from odeformer.experiment.sweeps import Run, expand, shard
 from odeformer.experiment.tasks import LanguageData, TaskData, make_task
+from odeformer.experiment.train_state import train_state_init
 from odeformer.experiment.training import (
     FAILURE_SOLVER,
     evaluate,
-    init_state,
     make_eval_step,
     make_optimizer,
     make_train_step,
 )
-from odeformer.parallel.mesh import make_mesh, place, replicated, state_shardings
+from odeformer.parallel.mesh import init_sharded, make_mesh, place, replicated
 
 _SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
 
@@ -108,7 +110,8 @@ def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> 
                                            by=run.config.model.resolve)
         else:
             params = model_params(shape, data, shards)
-        tables = tuple(f.cardinality for f in data.categorical) if isinstance(data, TabularData) else ()
+        tables = (tuple(f.cardinality for f in (*data.categorical, *data.bags))
+                  if isinstance(data, TabularData) else ())
         planned.append(PlannedRun(run, shape, params, tables))
     return _bound_steps(planned)
 
@@ -178,21 +181,20 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     and before the evaluation; once it is set the run raises ``Stopped``.
 
     The run's mesh (``config.mesh``) holds the train state and data for the whole run:
-    embedding tables row-sharded on ``model``, batches split on ``data``. With several
-    processes (``jax.distributed.initialize``) every process runs this same code; only
-    process 0 writes files.
+    embedding tables row-sharded on ``model`` from their creation (``init_sharded``), batches
+    split on ``data``. With several processes (``jax.distributed.initialize``) every process
+    runs this same code; only process 0 writes files.
     """
     c = planned.run.config
     data = tasks.get_task(c.task)
     mesh = make_mesh(c.mesh.data, c.mesh.model)
     primary = jax.process_index() == 0
     init_key, train_key = jax.random.split(jax.random.key(c.seed))
-    model = build_model(planned.shape, _solver_spec(planned), data, shards=c.mesh.model,
-                        rngs=nnx.Rngs(params=init_key))
-    graphdef, params = nnx.split(model)
     tx = make_optimizer(c.train)
-    state = init_state(params, tx, c.solver, penalty_weights(c.train))
-    state = place(state, state_shardings(state, mesh))
+    build = partial(build_model, planned.shape, _solver_spec(planned), data, shards=c.mesh.model)
+    sparse = sparse_tables(c.train)  # normalise resets it to dense for other tasks
+    graphdef, state = init_sharded(train_state_init(build, tx, c.solver, penalty_weights(c.train), sparse),
+                                   init_key, mesh)
     language = isinstance(data, LanguageData)
     train_split = place(data.train, replicated(mesh))
     test_split = None if language else place(data.test, replicated(mesh))
@@ -221,7 +223,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     def build():
         t = time.perf_counter()
         step_fn = make_train_step(graphdef, tx, c.train.batch_size, mesh, c.train.microbatch,
-                                  data.block_size if language else None)
+                                  data.block_size if language else None, sparse and sparse[0])
         return (step_fn.lower(state, train_split, train_key).compile(),
                 make_eval_step(graphdef, mesh), time.perf_counter() - t)
 
@@ -259,7 +261,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
         if language:
             done = c.train.num_steps - start
             late = _late_means(logged, c.train.num_steps, ("loss", "nfe"))
-            row = language_row(eval_step, state, data, model, chunk, late,
+            row = language_row(eval_step, state, data, nnx.merge(graphdef, state["params"]), chunk, late,
                                done * c.train.batch_size * data.block_size, train_time)
     if language:
         if not row.pop("solved_ok"):
@@ -364,54 +366,6 @@ def _row(planned: PlannedRun) -> dict[str, Any]:
     return {"run_id": planned.run.run_id, **planned.run.swept,
             **{f"shape.{k}": v for k, v in dataclasses.asdict(planned.shape).items()},
             "params": planned.params}
-
-
-@dataclasses.dataclass
-class SweepSummary:
-    """What a sweep did.
-
-    Attributes:
-      table: every recorded row of the workdir.
-      ran: runs executed now.
-      skipped: runs already finished before.
-      failed: run ids of the runs executed now that failed, in grid order.
-      replaced: record files that could not be read (cut short by a full disk or a
-        crash), whose runs were executed again and their records replaced.
-    """
-
-    table: pd.DataFrame
-    ran: int
-    skipped: int
-    failed: list[str]
-    replaced: list[Path] = dataclasses.field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.ran and len(self.failed) == self.ran else 0
-
-
-class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped a sweep (``odeformer.experiment.executor``): the rows of
-    the runs that finished are recorded, the others are not; running the same sweep again
-    resumes it.
-
-    Attributes:
-      signal_name: ``"SIGINT"`` (Ctrl-C) or ``"SIGTERM"``.
-      finished: runs of the sweep (this shard) whose rows are recorded and that a rerun
-        skips, those finished before this sweep included.
-      total: runs of the sweep (this shard).
-      workdir: where the rows are recorded.
-    """
-
-    def __init__(self, signal_name: str, finished: int, total: int, workdir: Path):
-        super().__init__(f"sweep interrupted by {signal_name}: {finished} of {total} run(s) "
-                         f"finished and recorded in {workdir}")
-        self.signal_name, self.finished, self.total, self.workdir = signal_name, finished, total, workdir
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal's number (130, 143), as a shell reports a process it ended."""
-        return 128 + signal.Signals[self.signal_name].value
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_index: int = 0,
@@ -525,25 +479,3 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
         results.load(workdir) if workdir.exists() else pd.DataFrame())
     return SweepSummary(table, len(todo), len(items) - len(todo), sorted(failed, key=order.get),
                         replaced)
-
-
-_SUMMARY_COLUMNS = ("status", "params", "test_accuracy", "val_loss", "test_loss", "test_bpc", "nfe_forward",
-                    "invariance_gap", "tokens_per_s", "train_time_s", "compile_s")
-
-
-def format_summary(summary: SweepSummary) -> str:
-    """A compact text table of the sweep's results, and the failures."""
-    lines = [f"{summary.ran} run(s) trained, {summary.skipped} already finished, "
-             f"{len(summary.failed)} failed"]
-    lines += [f"replaced unreadable record {path} (rerun)" for path in summary.replaced]
-    frame = summary.table
-    if not frame.empty:
-        swept = [c for c in frame.columns
-                 if "." in c and "@" not in c and not c.startswith(("shape.", "stability."))]
-        cols = ["run_id", *swept, *[c for c in _SUMMARY_COLUMNS if c in frame.columns]]
-        with pd.option_context("display.width", 200, "display.max_columns", 50):
-            lines.append(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    for run_id in summary.failed:
-        status = frame.loc[frame.run_id == run_id, "status"].iloc[0]
-        lines.append(f"FAILED {run_id}: {status}")
-    return "\n".join(lines)

@@ -4,9 +4,10 @@ tabular data, and character-level language modelling on text.
 A task is a function ``make(config, key) -> TaskData | TabularData | LanguageData``; ``TASKS``
 is the registry and :func:`register_task` adds more. A sequence task's sample is a sequence of int32
 token ids in ``[0, vocab_size)``; a tabular task's sample is one int32 id per categorical
-feature and one float per numeric feature. Every sample has one int32 label. Every id is
-checked against its range here, where data enters: an embedding lookup never checks it (JAX
-clamps a plain gather; the row-sharded lookup returns zeros).
+feature, one float per numeric feature and, per multi-valued feature, up to ``L`` ids with a
+weight each. Every sample has one int32 label. Every id is checked against its range here,
+where data enters: an embedding lookup never checks it (JAX clamps a plain gather; the
+row-sharded lookup returns zeros).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from odeformer.categorical.features import TabularData, check_ids
+from odeformer.categorical.features import CategoricalFeature, TabularData, check_ids
 from odeformer.language.corpus import CharVocabulary, load_corpus
 
 
@@ -82,6 +83,11 @@ LANGUAGE_TASKS: set[str] = set()  # names of tasks returning LanguageData
 # (odeformer.experiment.config) builds the task section of the schema from these.
 TASK_KEYS: dict[str, dict[str, tuple]] = {}
 
+# Tabular tasks whose configs may give multi-valued features: task -> (the key counting them,
+# the keys read only when that count is > 0). A task absent here has none; the run definition
+# resets ``model.combiner`` and those keys for a run without any (:func:`has_bags`).
+BAG_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {}
+
 SEQUENCE_KEYS: dict[str, tuple] = {
     "vocab_size": (8, "Symbols of the sequence.", 1),
     "seq_len": (9, "Tokens per example.", 1),
@@ -91,7 +97,7 @@ SEQUENCE_KEYS: dict[str, tuple] = {
 
 
 def register_task(name: str, *, tabular: bool = False, language: bool = False,
-                  keys: dict[str, tuple] | None = None):
+                  keys: dict[str, tuple] | None = None, bags: tuple[str, tuple[str, ...]] | None = None):
     """Decorator adding ``make(config, key) -> TaskData`` (``TabularData`` with
     ``tabular=True``, ``LanguageData`` with ``language=True``) to :data:`TASKS`.
 
@@ -101,16 +107,25 @@ def register_task(name: str, *, tabular: bool = False, language: bool = False,
       language: the task returns ``LanguageData``.
       keys: the config keys it reads besides ``name`` and ``seed`` (see :data:`TASK_KEYS`);
         default: those of the synthetic sequence tasks, :data:`SEQUENCE_KEYS`.
+      bags: a tabular task with multi-valued features: its entry of :data:`BAG_KEYS`.
     """
     def add(make):
         TASKS[name] = make
         TASK_KEYS[name] = dict(SEQUENCE_KEYS if keys is None else keys)
+        if bags is not None:
+            BAG_KEYS[name] = bags
         if tabular:
             TABULAR_TASKS.add(name)
         if language:
             LANGUAGE_TASKS.add(name)
         return make
     return add
+
+
+def has_bags(config: ml_collections.ConfigDict) -> bool:
+    """Whether the task section ``config`` gives its task multi-valued features (:data:`BAG_KEYS`)."""
+    count = BAG_KEYS.get(config.name)
+    return count is not None and config[count[0]] > 0
 
 
 def make_task(config: ml_collections.ConfigDict) -> AnyTask:
@@ -140,7 +155,35 @@ def _check_tabular(name: str, data: TabularData) -> None:
             check_ids(f"{where} {feature.name}", cat[:, column], feature.cardinality)
         if not np.issubdtype(num.dtype, np.floating) or not np.isfinite(num).all():
             raise ValueError(f"{where}: numeric features must be finite floats")
+        _check_bags(where, split, data.bags, n)
         check_ids(f"{where} label", label, data.num_classes)
+
+
+def _check_bags(where: str, split: dict, bags: tuple[CategoricalFeature, ...], n: int) -> None:
+    """Multi-valued features: ids in range and weights finite and >= 0, both [n, M, L]."""
+    if not bags:
+        extra = sorted({"bag_ids", "bag_weights"} & set(split))
+        if extra:  # the model would be handed arrays it has no feature for
+            raise ValueError(f"{where}: {' and '.join(extra)} given but the task declares no "
+                             "multi-valued features (TabularData.bags is empty)")
+        return
+    missing = sorted({"bag_ids", "bag_weights"} - set(split))
+    if missing:
+        raise ValueError(f"{where}: {' and '.join(missing)} missing for the multi-valued features "
+                         f"{', '.join(f.name for f in bags)}")
+    ids, weights = np.asarray(split["bag_ids"]), np.asarray(split["bag_weights"])
+    if ids.ndim != 3 or ids.shape[:2] != (n, len(bags)) or weights.shape != ids.shape:
+        raise ValueError(f"{where}: bag_ids {ids.shape} and bag_weights {weights.shape} must both be "
+                         f"[{n} labels, {len(bags)} multi-valued features, L values]")
+    if not np.issubdtype(weights.dtype, np.floating):
+        raise ValueError(f"{where}: bag_weights must be floats, got {weights.dtype}")
+    for m, feature in enumerate(bags):
+        check_ids(f"{where} {feature.name}", ids[:, m], feature.cardinality)
+        w = weights[:, m]
+        if not (np.isfinite(w) & (w >= 0)).all():
+            bad = w[~(np.isfinite(w) & (w >= 0))][0]
+            raise ValueError(f"{where} {feature.name}: weight {bad} is not a finite number >= 0 "
+                             "(0 marks padding)")
 
 
 def _check_language(name: str, data: LanguageData) -> None:

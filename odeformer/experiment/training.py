@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from odeformer._checks import is_int
 from odeformer._compile_options import compiler_options
 from odeformer.experiment.microbatch import accumulate
-from odeformer.parallel.mesh import DATA, batch_sharding
+from odeformer.parallel.mesh import DATA, EmbeddingRows, batch_sharding
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -41,6 +41,14 @@ def decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+def lr_shape(train) -> optax.Schedule:
+    """The learning rate's shape over the run, peak 1: linear warmup over
+    ``train.warmup_steps``, then cosine decay to ``train.min_lr_ratio`` at ``train.num_steps``."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=1.0, warmup_steps=train.warmup_steps,
+        decay_steps=train.num_steps, end_value=train.min_lr_ratio)
+
+
 def make_optimizer(train) -> optax.GradientTransformation:
     """AdamW (``b2 = train.beta2``) with gradient clipping, linear warmup then cosine decay to
     ``train.min_lr_ratio`` times the peak, and weight decay on every parameter
@@ -52,20 +60,17 @@ def make_optimizer(train) -> optax.GradientTransformation:
     """
     if train.decay not in DECAY:
         raise ValueError(f"train.decay={train.decay!r} is not one of {', '.join(DECAY)}")
-    shape = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=1.0, warmup_steps=train.warmup_steps,
-        decay_steps=train.num_steps, end_value=train.min_lr_ratio)
     return optax.chain(
         optax.clip_by_global_norm(train.grad_clip),
         optax.inject_hyperparams(optax.adamw, static_args=("b2", "mask"))(
             learning_rate=train.learning_rate, weight_decay=train.weight_decay, b2=train.beta2,
             mask=decay_mask if train.decay == "matrices" else None),
-        optax.scale_by_schedule(shape),
+        optax.scale_by_schedule(lr_shape(train)),
     )
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
-               penalty: dict[str, float] | None = None) -> dict[str, Any]:
+               penalty: dict[str, float] | None = None, sparse: dict | None = None) -> dict[str, Any]:
     """The train state: parameters, optimiser state, step, traced solver values, and the
     first failure (step, kind), kept in the state so no step's failure is missed.
 
@@ -74,13 +79,17 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
     (traced weights; its keys are structural). Without it the state has no such entry
     and the train step computes no regulariser.
 
+    ``sparse`` (``SparseTables.init``'s state of row-sparse embedding tables,
+    ``odeformer.experiment.sparse_training``) becomes ``state["sparse"]``; ``tx`` then
+    holds the state of the other parameters only.
+
     ``solver`` (a config's solver section) gives the traced ``rtol``, ``atol`` and ``t1``,
     and ``steps`` when it has that key (the runner's does): a fixed-step model then solves
     with that many steps, at most its ``SolverSpec.steps``; without it, with that many.
     """
     state = {
         "params": params,
-        "opt_state": tx.init(params),
+        "opt_state": tx.init(params if sparse is None else nnx.split_state(params, EmbeddingRows, ...)[1]),
         "step": jnp.zeros((), jnp.int32),
         "failed_at": jnp.full((), -1, jnp.int32),
         "failure": jnp.zeros((), jnp.int32),
@@ -94,12 +103,29 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, solver,
         state["hyper"]["steps"] = jnp.asarray(solver.steps, jnp.int32)
     if penalty:
         state["penalty"] = {name: jnp.asarray(w, jnp.float32) for name, w in penalty.items()}
+    if sparse is not None:
+        state["sparse"] = sparse
     return state
 
 
 def _inputs(split: dict) -> dict:
     """The model's keyword inputs: every array of a split except its labels."""
     return {k: v for k, v in split.items() if k != "label"}
+
+
+def _model_loss(model, tokens, labels, hyper, penalty=None, key=None, drop=None):
+    """Mean cross-entropy of ``model`` on the flow's initial ``tokens`` (:meth:`embed`'s
+    output), plus ``weight * integral`` of each regulariser in ``penalty``; returns
+    ``(loss, metrics)``."""
+    logits, stats = model.classify(tokens, **hyper, penalties=tuple(penalty or ()), key=key, **(drop or {}))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+    loss = losses.mean()
+    metrics = {"logits": logits, "losses": losses, "correct": correct, **stats}
+    if penalty:
+        metrics["cross_entropy"] = loss
+        loss = loss + sum(weight * stats[name] for name, weight in penalty.items())
+    return loss, metrics
 
 
 def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key=None,
@@ -110,16 +136,7 @@ def _loss_and_metrics(graphdef, params, hyper, inputs, labels, penalty=None, key
     model that has some (language models with ``dropout > 0``)."""
     model = nnx.merge(graphdef, params)
     drop = {"dropout_key": dropout_key} if dropout_key is not None and getattr(model, "dropout", 0) else {}
-    logits, stats = model.classify(model.embed(**inputs, **drop), **hyper, penalties=tuple(penalty or ()),
-                                   key=key, **drop)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = jnp.argmax(logits, -1) == labels
-    loss = losses.mean()
-    metrics = {"logits": logits, "losses": losses, "correct": correct, **stats}
-    if penalty:
-        metrics["cross_entropy"] = loss
-        loss = loss + sum(weight * stats[name] for name, weight in penalty.items())
-    return loss, metrics
+    return _model_loss(model, model.embed(**inputs, **drop), labels, hyper, penalty, key, drop)
 
 
 def _batch_placement(mesh, axis: int = 0) -> Callable:
@@ -156,6 +173,14 @@ def _combine_chunks(metrics: dict) -> dict:
     return {name: combine(name, x) for name, x in metrics.items()}
 
 
+def _step_metrics(loss, aux, penalty) -> dict:
+    metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
+               "solver_steps": aux["num_steps"], "ok": aux["ok"]}
+    if penalty:
+        metrics.update({name: aux[name] for name in ("cross_entropy", *penalty)})
+    return metrics
+
+
 def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key=None,
                    chunks: int = 1, dropout_key=None) -> tuple[Any, dict]:
     """``(gradient, metrics)`` of the training objective on ``batch``.
@@ -175,11 +200,7 @@ def batch_gradient(graphdef, params, hyper, batch: dict, penalty=None, noise_key
                                      penalty, noise_key, dropout_key)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        metrics = {"loss": loss, "accuracy": aux["correct"].mean(), "nfe": aux["nfe"],
-                   "solver_steps": aux["num_steps"], "ok": aux["ok"]}
-        if penalty:
-            metrics.update({name: aux[name] for name in ("cross_entropy", *penalty)})
-        return grads, metrics
+        return grads, _step_metrics(loss, aux, penalty)
 
     if chunks == 1:
         return one(params, batch, noise_key, dropout_key)
@@ -209,7 +230,7 @@ def draw_batch(data: dict, key: jax.Array, batch_size: int, block_size: int | No
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
                     mesh: jax.sharding.Mesh | None = None, microbatch: int = 0,
-                    block_size: int | None = None) -> Callable:
+                    block_size: int | None = None, sparse=None) -> Callable:
     """``train_step(state, data, key) -> (state, metrics)``, pure, state donated.
 
     The batch is drawn inside the step from ``data`` (the whole train split, on device)
@@ -235,10 +256,17 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
     on CPU, can be faster when one pass's activations outgrow the cache (``python
     benchmarks/microbatch.py``).
 
+    ``sparse`` (``odeformer.experiment.sparse_training.SparseTables``, with the state made by
+    ``init_state(..., sparse=)``) updates a tabular model's embedding tables row-sparsely;
+    it needs ``microbatch = 0``.
+
     Compiled with :func:`odeformer.compiler_options` for the mesh's platform (as is the
     eval step).
     """
     chunks = check_microbatch(microbatch, batch_size, 1 if mesh is None else mesh.shape[DATA])
+    if sparse is not None and chunks > 1:
+        raise ValueError(f"train.microbatch={microbatch} needs train.embedding_optimizer='dense' (a "
+                         "row-sparse update takes the whole batch in one pass)")
     place = _batch_placement(mesh, axis=0 if chunks == 1 else 1)
     shape = (batch_size,) if chunks == 1 else (chunks, batch_size // chunks)
 
@@ -250,17 +278,27 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, batch_size: int,
         noise_key = jax.random.fold_in(key, 1) if penalty else None
         batch = draw_batch(data, key, batch_size, block_size)
         batch = place(jax.tree.map(lambda a: a.reshape(*shape, *a.shape[1:]), batch))
-        grads, metrics = batch_gradient(graphdef, state["params"], state["hyper"], batch, penalty,
-                                        noise_key, chunks, jax.random.fold_in(key, 2))
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        if sparse is None:
+            grads, metrics = batch_gradient(graphdef, state["params"], state["hyper"], batch, penalty,
+                                            noise_key, chunks, jax.random.fold_in(key, 2))
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            updated, grad_norm = {"params": params, "opt_state": opt_state}, optax.tree.norm(grads)
+        else:
+            (loss, aux), rest_grads, row_grads = sparse.gradient(
+                lambda model, tokens: _model_loss(model, tokens, batch["label"], state["hyper"], penalty,
+                                                  noise_key), graphdef, state["params"], _inputs(batch))
+            metrics = _step_metrics(loss, aux, penalty)
+            params, opt_state, sparse_state, grad_norm = sparse.apply(graphdef, tx, state, rest_grads,
+                                                                      row_grads)
+            updated = {"params": params, "opt_state": opt_state, "sparse": sparse_state}
         loss = metrics["loss"]
         kind = jnp.where(~metrics["ok"], FAILURE_SOLVER, jnp.where(jnp.isfinite(loss), 0, FAILURE_LOSS))
         first = (state["failed_at"] < 0) & (kind > 0)
-        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1,
+        new_state = {**state, **updated, "step": state["step"] + 1,
                      "failed_at": jnp.where(first, state["step"] + 1, state["failed_at"]),
                      "failure": jnp.where(first, kind, state["failure"])}
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+        metrics = {**metrics, "grad_norm": grad_norm,
                    "failed_at": new_state["failed_at"], "failure": new_state["failure"]}
         return new_state, metrics
 

@@ -7,6 +7,7 @@ from odeformer.parallel.mesh import (
     MODEL,
     EmbeddingRows,
     batch_sharding,
+    init_sharded,
     join_processes,
     make_mesh,
     place,
@@ -15,6 +16,6 @@ from odeformer.parallel.mesh import (
 )
 
 __all__ = [
-    "DATA", "MODEL", "EmbeddingRows", "batch_sharding", "compiler_options", "join_processes", "make_mesh",
-    "place", "replicated", "reuse_host_memory", "state_shardings",
+    "DATA", "MODEL", "EmbeddingRows", "batch_sharding", "compiler_options", "init_sharded", "join_processes",
+    "make_mesh", "place", "replicated", "reuse_host_memory", "state_shardings",
 ]

@@ -9,6 +9,9 @@ the mesh from that context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +20,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA, MODEL = "data", "model"
+_Tree = TypeVar("_Tree")
 
 
 class EmbeddingRows(nnx.Param):
@@ -66,6 +70,50 @@ def state_shardings(tree, mesh: jax.sharding.Mesh):
         return NamedSharding(mesh, P())
 
     return jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _auto_axes(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    return mesh.update(axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def lower_init_sharded(init: Callable[[jax.Array], _Tree], key: jax.Array,
+                       mesh: jax.sharding.Mesh) -> jax.stages.Lowered:
+    """The program :func:`init_sharded` runs, lowered; its compiled ``memory_analysis()``
+    gives the bytes each device needs."""
+    auto = _auto_axes(mesh)
+    shardings = state_shardings(jax.eval_shape(init, key), mesh)
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated(auto))
+    # Traced with the axes Auto: XLA's sharding propagation then splits every computation
+    # that feeds a row-sharded output, random draws included. Under Explicit axes each
+    # intermediate's type would say replicated and every device would compute whole tables.
+    with jax.set_mesh(auto):
+        return jax.jit(init, out_shardings=shardings).lower(key)
+
+
+def init_sharded(init: Callable[[jax.Array], _Tree], key: jax.Array, mesh: jax.sharding.Mesh) -> _Tree:
+    """``init(key)`` created in place with :func:`state_shardings`: each device computes and
+    keeps only its rows of every :class:`EmbeddingRows` leaf (and of the optimiser's moments
+    of it) and a copy of everything else, so no table is ever whole on one device.
+
+    The values equal those of ``jax.jit(init)(key)`` on one device bit for bit: with JAX's
+    default ``jax_threefry_partitionable`` a random draw does not depend on how it is split.
+    (``init`` run eagerly, op by op, can differ in the last bit: compiled as one program, XLA
+    folds a draw's scalings, e.g. ``std * sqrt(2) * erfinv(u)``, into one multiply.)
+    With several processes each one runs the same program from the same ``key`` and keeps
+    its own devices' shards; only the key goes through host memory.
+
+    Args:
+      init: ``key -> pytree`` of arrays and nnx Variables (params, optimiser state); static
+        parts such as an ``nnx.GraphDef`` pass through. It is traced, never run eagerly, and
+        compiled on every call.
+      key: a PRNG key, the same in every process.
+      mesh: the run's mesh.
+
+    Returns:
+      ``init(key)`` with every array on ``mesh``: row-sharded on ``model`` or replicated.
+    """
+    compiled = lower_init_sharded(init, key, mesh).compile()
+    return compiled(place(key, replicated(_auto_axes(mesh))))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, axis: int = 0) -> NamedSharding:
