@@ -387,3 +387,16 @@ def test_sparse_tables_from_a_config_use_the_runs_adam_and_learning_rates():
     tables, values = sparse_tables(c.train)
     assert tables.optimizer.name == "rowwise_adagrad" and values["learning_rate"] == 0.1
     assert [float(tables.schedule(s)) for s in (0, c.train.warmup_steps)] == [0.0, 1.0]
+
+
+def test_decay_of_matrices_covers_the_tabular_tables_as_lazy_adam_does():
+    """``train.decay = "matrices"`` decays embedding tables, so a dense AdamW and ``lazy_adam``
+    (which decays the rows it updates) treat the tables alike under either setting."""
+    from odeformer.experiment.training import decay_mask
+
+    _, params = nnx.split(_model("qr"))
+    leaves = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
+    names = [({str(getattr(k, "key", getattr(k, "name", k))) for k in path}, value) for path, value in leaves]
+    tables = [value for keys, value in names if keys & {"rows", "remainder_rows"}]
+    assert len(tables) == 6 and all(tables)  # two qr tables per feature and per bag
+    assert not any(value for keys, value in names if keys & {"bias", "scale", "categorical_bias"})

@@ -146,24 +146,26 @@ def contrasts(table: pd.DataFrame, task: str) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def _reading(low: float, high: float) -> str:
-    """What an interval of a difference ``a - b`` says: ``"a"`` (above 0), ``"b"`` (below 0),
-    ``"none"`` (inside ±:data:`MARGIN_AUC`) or ``"open"``."""
-    if low > 0:
+def _reading(mean: float, low: float, high: float) -> str:
+    """What a difference ``a - b`` says, with :data:`MARGIN_AUC` applied on both sides:
+    ``"a"`` (interval above 0 and mean at least the margin), ``"b"`` (the mirror image),
+    ``"none"`` (interval inside ±margin) or ``"open"``."""
+    if low > 0 and mean >= MARGIN_AUC:
         return "a"
-    if high < 0:
+    if high < 0 and mean <= -MARGIN_AUC:
         return "b"
     return "none" if -MARGIN_AUC < low and high < MARGIN_AUC else "open"
 
 
 def claim_verdict(diffs: pd.DataFrame) -> str:
     """"Entity embeddings beat one-hot" from the equal-cost contrasts' AUC intervals (EE minus
-    one-hot; each read by :func:`_reading`): ``reproduced`` if every interval lies above 0;
-    ``not supported`` if none does and every upper end is below :data:`MARGIN_AUC`;
-    ``suggestive`` if every mean is positive and every interval is open (neither side of 0
-    nor inside the margin) or above 0; else ``inconclusive``."""
+    one-hot; each read by :func:`_reading`): ``reproduced`` if every contrast reads ``"a"``
+    (interval above 0, mean at least :data:`MARGIN_AUC`); ``not supported`` if none does and
+    every upper end is below the margin; ``suggestive`` if every mean is positive and every
+    contrast reads ``"a"`` or ``"open"``; else ``inconclusive``."""
     claim = diffs[diffs["role"] == "claim"]
-    readings = [_reading(lo, hi) for lo, hi in zip(claim["auc_low"], claim["auc_high"], strict=True)]
+    readings = [_reading(m, lo, hi) for m, lo, hi in zip(claim["auc"], claim["auc_low"], claim["auc_high"],
+                                                        strict=True)]
     if all(r == "a" for r in readings):
         return "reproduced"
     if "a" not in readings and (claim["auc_high"] < MARGIN_AUC).all():
@@ -175,13 +177,13 @@ def claim_verdict(diffs: pd.DataFrame) -> str:
 
 def init_verdict(diffs: pd.DataFrame) -> str:
     """"The difference between a table and one-hot is one of initialisation scale, not of
-    representation": ``reproduced`` if an initial-scale contrast's AUC interval excludes 0 and
-    the representation contrast's (at equal scale) lies within ±:data:`MARGIN_AUC`; ``not
+    representation": ``reproduced`` if an initial-scale contrast's AUC interval lies beyond
+    ±:data:`MARGIN_AUC` and the representation contrast's (at equal scale) within it; ``not
     supported`` if the representation contrast excludes ±MARGIN (the representation matters);
     else ``inconclusive``."""
     init = diffs[diffs["role"] == "init"]
     rep = diffs[diffs["role"] == "representation"].iloc[0]
-    init_matters = ((init["auc_low"] > 0) | (init["auc_high"] < 0)).any()
+    init_matters = ((init["auc_low"] > MARGIN_AUC) | (init["auc_high"] < -MARGIN_AUC)).any()
     if rep["auc_low"] > MARGIN_AUC or rep["auc_high"] < -MARGIN_AUC:
         return "not supported"
     if init_matters and -MARGIN_AUC < rep["auc_low"] and rep["auc_high"] < MARGIN_AUC:

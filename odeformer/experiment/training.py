@@ -29,7 +29,9 @@ FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
 
 DECAY = ("all", "matrices")  # values of train.decay
-_MATRICES = ("kernel", "tokens", "positions", "embedding")  # names of decayed weights
+# Names of decayed weights; "rows"/"remainder_rows" are the tabular tables (EmbeddingRows), which
+# a row-sparse lazy_adam decays too.
+_MATRICES = ("kernel", "tokens", "positions", "embedding", "rows", "remainder_rows")
 
 
 def decay_mask(params) -> Any:
