@@ -26,6 +26,14 @@ def test_specs_parse_into_fixed_and_adaptive_solvers():
     assert parse_solver("tsit5:0.01").atol == pytest.approx(1e-5)
     assert parse_solver("dopri5:8").steps == 8  # an integer is a step count, for any solver
     assert parse_solvers(()) == ()
+    relative = parse_solver("euler:x2")
+    assert relative == EvalSolver("euler:x2", "euler", factor=2)
+    assert relative.for_run("rk4", 3) == EvalSolver("euler:x2", "euler", steps=6, factor=2)
+    assert parse_solver("train:x4").for_run("rk4", 3) == EvalSolver("train:x4", "rk4", steps=12, factor=4)
+    assert parse_solver("dopri5:1e-6").for_run("euler", 3) == parse_solver("dopri5:1e-6")
+    with pytest.raises(ValueError, match="'train:x2' multiplies the training steps, and this run's solver is "
+                                         "adaptive"):
+        parse_solver("train:x2").for_run("dopri5", None)
 
 
 @pytest.mark.parametrize("specs, message", [
@@ -39,6 +47,9 @@ def test_specs_parse_into_fixed_and_adaptive_solvers():
     (("dopri5:-1e-3",), "rtol must lie in (0, 1)"),
     (("rk4:1e-6",), "rk4 has no error estimate, so it cannot be adaptive; use 'name:steps' or one of"),
     (("euler:4", "euler:4"), "lists a solver twice"),
+    (("euler:x0",), "'euler:x0': the factor of the training steps must be >= 1"),
+    (("train:8",), "'train:8': 'train' names the training solver at a multiple of its steps: 'train:xK'"),
+    (("rk5:x2",), "solver 'rk5' is not one of euler, heun"),
 ])
 def test_bad_specs_are_refused_with_what_is_allowed(specs, message):
     with pytest.raises(ValueError) as error:
@@ -121,4 +132,12 @@ def test_report_gap_is_the_accuracy_drop_under_the_last_solver_and_failures_are_
     assert math.isnan(row["test_accuracy@rk4:4"]) and math.isnan(row["test_loss@rk4:4"])
     assert row["invariance_gap"] == 0.75 - 0.125
     assert solver_report((), graphdef, params, hyper, 0.75, evaluate_with) == {}
+    # Relative specs read the run's own count from hyper (the block holds the sweep's bound: 2).
+    seen.clear()
+    row = solver_report(parse_solvers(("train:x2", "euler:x3")), graphdef, params,
+                        {**hyper, "steps": jnp.asarray(1, jnp.int32)}, 1.5, evaluate_with,
+                        split="val", gap="loss")
+    assert [(solver, steps) for solver, steps, *_ in seen] == [("euler", 2), ("euler", 3)]
+    assert row["val_accuracy@train:x2"] == 0.5 and row["invariance_gap_loss"] == 1.0 - 1.5
+    assert "invariance_gap" not in row
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, nnx.split(model)[1]))

@@ -15,6 +15,7 @@ from flax import nnx
 
 from configs import lm_quick
 from odeformer.experiment import config as run_config
+from odeformer.experiment.evaluators.invariance import with_solver
 from odeformer.experiment.language import load_trained
 from odeformer.experiment.paths import set_path
 from odeformer.experiment.runner import plan, run_sweep
@@ -63,6 +64,32 @@ def test_a_language_run_records_whole_split_losses_compute_and_its_parameters(tm
     assert len(vocabulary.decode(text)) == 16
 
 
+def test_a_language_ode_is_re_solved_on_the_first_validation_characters(tmp_path):
+    c = _config(**{"model.family": "ode", "solver.steps": 2, "evaluate.chars": 300,
+                   "evaluate.solvers": ("train:x1", "euler:1", "train:x2", "rk4:3")})
+    row = run_sweep(c, tmp_path, quiet=True).table.iloc[0]
+    assert row["status"] == "ok"
+    model, _, values = load_trained(tmp_path, row["run_id"])
+    graphdef, state = nnx.split(model)
+    stream = make_task(c.task).validation["stream"][:300]
+
+    def loss(steps, solver="euler"):
+        solved = with_solver(graphdef, state, name=solver, steps=steps)
+        hyper = {"steps": jax.numpy.asarray(steps, jax.numpy.int32), "t1": values["t1"]}
+        return evaluate_stream(make_eval_step(solved), state, hyper, stream, c.task.block_size,
+                               c.train.eval_batch_size)
+
+    # The training solver on the slice is the gap's baseline; x1 is that same solve again.
+    assert row["val_loss@train"] == pytest.approx(loss(2)["loss"], rel=1e-6)
+    assert row["val_loss@train:x1"] == row["val_loss@train"]
+    assert row["nfe_forward@train:x1"] == 2 and row["nfe_forward@train:x2"] == 4
+    assert row["nfe_forward@euler:1"] == 1 and row["nfe_forward@rk4:3"] == 12
+    assert row["val_loss@train:x2"] == pytest.approx(loss(4)["loss"], rel=1e-6)
+    assert row["val_loss@rk4:3"] == pytest.approx(loss(3, "rk4")["loss"], rel=1e-6)
+    assert row["invariance_gap_loss"] == pytest.approx(row["val_loss@rk4:3"] - row["val_loss@train"])
+    assert row["val_loss@euler:1"] != row["val_loss@train"]  # a different solve: not a copied number
+
+
 def planned_params(c) -> int:
     return plan(c)[0].params
 
@@ -86,7 +113,12 @@ def test_the_sample_command_prints_the_same_text_for_the_same_seed(tmp_path):
                                    r"task\); use one of gpt, ode, smooth, rk2_gated"),
     ({"model.family": "ode", "model.form": "strang", "solver.adaptive": True, "solver.name": "dopri5"},
      r"model.form='strang' splits each fixed step: solver.adaptive=True needs model.form='parallel'"),
-    ({"evaluate.stability": True}, r"evaluate.solvers and evaluate.stability measure classifiers"),
+    ({"evaluate.stability": True}, r"evaluate.stability measures classifiers; leave it off"),
+    ({"evaluate.solvers": ("euler:4",)}, r"evaluate.solvers re-solves a flow; model.family='gpt' is a stack"),
+    ({"model.family": "ode", "model.form": "strang", "evaluate.solvers": ("euler:4", "dopri5:1e-3")},
+     r"evaluate.solvers \['dopri5:1e-3'\] are adaptive, and model.form='strang' splits each fixed step"),
+    ({"model.family": "ode", "evaluate.solvers": ("train:4",)},
+     r"'train' names the training solver at a multiple of its steps: 'train:xK'"),
     ({"model.family": "ode", "model.form": "sequential", "train.kinetic": 0.1},
      r"train.kinetic=0.1 needs model.form='parallel'"),
     ({"model.form": "diagonal"}, r"model.form='diagonal' is not one of parallel, sequential, strang"),

@@ -235,6 +235,8 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
         reset("model", "layers")
     if not run.evaluate.stability:
         reset("evaluate", "epsilon", "power_iterations", "examples")
+    if not (run.evaluate.solvers and run.task.name in LANGUAGE_TASKS):
+        reset("evaluate", "chars")
     if run.task.name not in TABULAR_TASKS:
         reset("model", "embedding", "embed_dim", "compression", "embed_init", "combiner")
         reset("train", "embedding_optimizer", "embedding_learning_rate")
@@ -369,9 +371,17 @@ def _check_family(c: ml_collections.ConfigDict) -> None:
     if c.model.family in ("ode", "smooth") and c.model.form != "parallel" and c.solver.adaptive:
         raise ValueError(f"model.form={c.model.form!r} splits each fixed step: solver.adaptive=True "
                          "needs model.form='parallel'")
-    if c.evaluate.solvers or c.evaluate.stability:
-        raise ValueError("evaluate.solvers and evaluate.stability measure classifiers; leave them off "
+    if c.evaluate.stability:
+        raise ValueError("evaluate.stability measures classifiers; leave it off "
                          f"for task.name={c.task.name!r}")
+    if c.evaluate.solvers and c.model.family not in ("ode", "smooth"):
+        raise ValueError(f"evaluate.solvers re-solves a flow; model.family={c.model.family!r} is a stack "
+                         "of layers: leave it off, or use the ode or smooth family")
+    adaptive = [s.spec for s in parse_solvers(c.evaluate.solvers) if s.rtol is not None]
+    if adaptive and c.model.form != "parallel":
+        raise ValueError(f"evaluate.solvers {adaptive} are adaptive, and model.form={c.model.form!r} "
+                         "splits each fixed step: use fixed steps ('name:steps', 'name:xK') or "
+                         "model.form='parallel'")
     if c.model.family == "smooth" and c.solver.t1 != 1.0:
         raise ValueError(f"model.family='smooth' defines the weights on [0, 1]: solver.t1={c.solver.t1} "
                          "would integrate past them; use solver.t1=1.0")

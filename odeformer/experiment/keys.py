@@ -176,8 +176,11 @@ TRAIN: dict[str, Key] = {
                                     "family); 0 = off.", "switch"),
     "mesh.data": _positive(1, "Devices the batch is split over."),
     "mesh.model": _positive(1, "Devices embedding tables are split over by rows."),
-    "evaluate.solvers": Key((), "After training: test accuracy under other solvers, 'name:steps' or "
-                            "'name:rtol' (the last is the reference of invariance_gap).", "evaluation"),
+    "evaluate.solvers": Key((), "After training: test accuracy (language models: validation loss) under "
+                            "other solvers, 'name:steps', 'name:xK' (K times the training steps) or "
+                            "'name:rtol'; the last is the reference of the invariance gap.", "evaluation"),
+    "evaluate.chars": _non_negative(0, "Language models: the first characters of the validation split "
+                                    "that evaluate.solvers re-solves; 0 = the whole split.", "evaluation"),
     "evaluate.stability": Key(False, "After training: measure the flow map's stability.", "evaluation"),
     "evaluate.epsilon": _positive(1e-2, "Stability: perturbation norm relative to the input's.",
                                   "evaluation"),

@@ -55,6 +55,7 @@ from odeformer.experiment.train_state import train_state_init
 from odeformer.experiment.training import (
     FAILURE_SOLVER,
     evaluate,
+    evaluate_stream,
     make_eval_step,
     make_optimizer,
     make_train_step,
@@ -263,6 +264,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
             late = _late_means(logged, c.train.num_steps, ("loss", "nfe"))
             row = language_row(eval_step, state, data, nnx.merge(graphdef, state["params"]), chunk, late,
                                done * c.train.batch_size * data.block_size, train_time)
+            row.update(_resolve_language(c, graphdef, state, data, mesh, compiled, row["val_loss"]))
     if language:
         if not row.pop("solved_ok"):
             raise RunFailed("solver failed during evaluation")
@@ -327,6 +329,35 @@ def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: Buil
             labels = subset.pop("label")
             key = jax.random.fold_in(jax.random.key(c.seed), 1)  # not training's split of the key
             row.update(summarise(step(params, hyper, subset, labels, key, e.epsilon)))
+    row["evaluate_s"] = time.perf_counter() - t
+    return row
+
+
+def _resolve_language(c, graphdef, state, data: LanguageData, mesh, compiled: BuildOnce,
+                      val_loss: float) -> dict[str, Any]:
+    """A language model's validation loss under ``evaluate.solvers``
+    (``odeformer.experiment.evaluators.invariance``) over the first ``evaluate.chars``
+    characters of the validation split (all of them when 0). ``val_loss`` is the training
+    solver's over the same characters when they are a slice, the run's otherwise."""
+    if not c.evaluate.solvers:
+        return {}
+    t = time.perf_counter()
+    stream = data.validation["stream"]
+    stream = stream[:c.evaluate.chars] if c.evaluate.chars else stream
+    params, hyper, chunk = state["params"], state["hyper"], c.train.eval_batch_size
+
+    def evaluate_with(solved, values):
+        step, _ = compiled.get(("eval", solved, mesh), lambda: make_eval_step(solved, mesh))
+        return evaluate_stream(step, params, values, stream, data.block_size, chunk)
+
+    row = {}
+    if c.evaluate.chars:
+        own = evaluate_with(graphdef, hyper)
+        if not own["ok"]:
+            raise RunFailed("solver failed during evaluation")
+        val_loss = row["val_loss@train"] = own["loss"]
+    row.update(solver_report(parse_solvers(c.evaluate.solvers), graphdef, params, hyper, val_loss,
+                             evaluate_with, split="val", gap="loss"))
     row["evaluate_s"] = time.perf_counter() - t
     return row
 
