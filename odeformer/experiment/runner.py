@@ -45,6 +45,7 @@ from odeformer.experiment.executor import (
     start_order,
 )
 from odeformer.experiment.language import language_row, save_params
+from odeformer.experiment.provenance import code_commit
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.sparse_training import sparse_tables
 from odeformer.experiment.studies import STUDIES
@@ -465,6 +466,7 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
         table do not depend on it.
     """
     primary = jax.process_index() == 0
+    commit = code_commit()
     todo = [item for item in items if not _finished(workdir, run_of(item).run_id)]
     replaced = [results.record_path(workdir, run_of(item).run_id) for item in todo
                 if primary and results.is_unreadable(workdir, run_of(item).run_id)]
@@ -474,7 +476,7 @@ def _sweep(items, workdir: Path, run_of, base_row, run_item, progress: bool,
     failed = []
 
     def row_of(item, stop):
-        row = {**base_row(item), "workers": workers}
+        row = {**base_row(item), "workers": workers, "commit": commit}
         try:
             row.update(run_item(item, stop), status="ok")
         except RunFailed as error:  # the run diverged or its solver failed: final

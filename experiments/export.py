@@ -1,0 +1,66 @@
+"""Copies a sweep's finished runs into its committed results table, with the code's commit and
+the command of each row, and prints (or writes) the docs block rendered from that table.
+
+    python -m experiments.export --config configs/lm_invariance.py [--workdir DIR] [--out FILE]
+        [--print_only | --update_docs]
+
+The table is ``results/<config.name>.csv`` (the config's planned runs that have finished, in
+grid order; ``odeformer.experiment.provenance.export_rows``). When ``odeformer.analysis.sections``
+renders that experiment, its block between ``<!-- results:<name>:begin -->`` and
+``<!-- results:<name>:end -->`` is printed; ``--update_docs`` writes it into docs/results.md,
+and a test fails while the docs and the table disagree. ``--print_only`` reads the committed
+table and writes nothing.
+"""
+
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+from absl import app, flags
+from ml_collections import config_flags
+
+from odeformer.analysis import sections
+from odeformer.experiment import results
+from odeformer.experiment.provenance import export_rows
+from odeformer.experiment.runner import plan
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's folder; default runs/<config.name>.")
+_OUT = flags.DEFINE_string("out", None, "The table to write; default results/<config.name>.csv.")
+_PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Render from the committed table; write nothing.")
+_UPDATE_DOCS = flags.DEFINE_bool("update_docs", False, "Write the rendered block into docs/results.md.")
+flags.mark_flag_as_required("config")
+
+
+def _run_command() -> str:
+    """The ``experiments.run`` command of this config: its file (with the variant) and overrides."""
+    flag = flags.FLAGS["config"]
+    overrides = config_flags.get_override_values(flag)
+    typed = [f"--config.{key}={shlex.quote(str(value))}" for key, value in sorted(overrides.items())]
+    return " ".join(["python -m experiments.run --config", config_flags.get_config_filename(flag), *typed])
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    out = Path(_OUT.value or f"results/{config.name}.csv")
+    if not _PRINT_ONLY.value:
+        planned = plan(config)
+        table = results.load(_WORKDIR.value or f"runs/{config.name}")
+        rows = export_rows(table, [p.run.run_id for p in planned], _run_command())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        results.write_atomic(out, rows.to_csv(index=False, float_format="%.10g"))
+        print(f"wrote {len(rows)} of {len(planned)} planned runs to {out}", file=sys.stderr)
+    name = out.stem
+    if name not in sections.RENDERERS:
+        return 0
+    block = sections.render(name, pd.read_csv(out))
+    if _UPDATE_DOCS.value:
+        sections.update_docs(Path("docs/results.md"), name, block)
+    print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,65 @@
+"""The generated blocks of docs/results.md: each experiment's committed table
+(``results/<name>.csv``) rendered by code, between ``<!-- results:<name>:begin -->`` and
+``<!-- results:<name>:end -->``.
+
+``python -m experiments.export --config configs/<name>.py --update_docs`` writes a block; a test
+renders every block from its table and fails while the docs disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from odeformer.analysis import lm_invariance
+from odeformer.experiment.results import write_atomic
+
+RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
+    "lm_invariance": lm_invariance.render,
+}
+_BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?P<body>.*?)\n"
+                    r"<!-- results:(?P=name):end -->", re.DOTALL)
+
+
+def render(name: str, table: pd.DataFrame) -> str:
+    """The block of experiment ``name`` from its table.
+
+    Raises:
+      KeyError: naming the experiments that have a renderer.
+    """
+    if name not in RENDERERS:
+        raise KeyError(f"no renderer for {name!r}; rendered experiments: {', '.join(sorted(RENDERERS))}")
+    return RENDERERS[name](table)
+
+
+def blocks(text: str) -> dict[str, str]:
+    """``name -> body`` of every generated block in ``text``.
+
+    Raises:
+      ValueError: an experiment's block appears twice.
+    """
+    found: dict[str, str] = {}
+    for match in _BLOCK.finditer(text):
+        if match["name"] in found:
+            raise ValueError(f"the block of {match['name']!r} appears twice")
+        found[match["name"]] = match["body"]
+    return found
+
+
+def update_docs(path: Path, name: str, body: str) -> None:
+    """Replaces the body of ``name``'s block in ``path`` (atomically).
+
+    Raises:
+      ValueError: the file has no block for ``name`` (add its two marker lines first).
+    """
+    text = Path(path).read_text()
+    if name not in blocks(text):
+        raise ValueError(f"{path} has no block for {name!r}: add the lines <!-- results:{name}:begin --> "
+                         f"and <!-- results:{name}:end --> where it belongs")
+    begin, end = f"<!-- results:{name}:begin -->\n", f"\n<!-- results:{name}:end -->"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    write_atomic(Path(path), head + begin + body + end + tail)

