@@ -7,12 +7,14 @@ and a discrete 1-layer transformer (6 budgets x 4 families x 3 seeds, 72 runs).
 Same task and training as configs/depth_vs_width.py (majority of 16 symbols over 24
 positions, 400 AdamW steps). All three families evaluate 4 blocks per forward pass
 (4 layers; 4 Euler steps), so at equal width they cost the same; at equal parameters
-the weight-tied ODE is about twice as wide. The 1-layer discrete model is the baseline at
-equal parameters and a quarter of the compute (on this task the best depth, see
-configs/depth_vs_width.py). ``model.time``: "tied" (one weight set for all
-t) or "concat" (t fed to every linear map as an extra input feature). The targets at
-which budget ratios are read (``analysis.targets``) are fixed here, before the runs;
-they do not define runs (changing them retrains nothing).
+the weight-tied ODE is about twice as wide and costs 2.3-3.7x the 4-layer model's FLOPs. The
+1-layer discrete model is the baseline at equal parameters and 0.57-0.91x the 4-layer model's
+FLOPs (on this task the best depth, see configs/depth_vs_width.py); ``python -m
+experiments.costs --experiments param_efficiency`` prints every arm's count.
+``model.time``: "tied" (one weight set for all t) or "concat" (t fed to every linear map
+as an extra input feature). The targets at which budget ratios are read
+(``analysis.targets``) are fixed here, before the runs; they do not define runs (changing
+them retrains nothing).
 Everything not set here is as in configs/depth_vs_width.py. ``:tiny``: budgets 900 and 1,820, 6 steps,
 two seeds.
 """

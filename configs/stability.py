@@ -1,5 +1,5 @@
-"""Stability of trained models: discrete transformer vs ODE transformers at equal parameters
-and equal compute, 3 seeds each (9 runs).
+"""Stability of trained models: discrete transformer vs ODE transformers at equal parameters,
+3 seeds each (9 runs).
 
     python -m experiments.run --config configs/stability.py
 
@@ -9,7 +9,9 @@ both families learn within 300 AdamW steps. Every model's width is resolved from
 blocks, unit Euler steps on [0, 4]), an ODE whose block is tied in time, and an ODE whose
 weights are smooth in time (Chebyshev basis of 4, as many weights as the 4 layers). The
 ODEs are integrated on [0, 1] by Euler in 4 steps: the same 4 block evaluations per
-forward pass as the discrete model. After training, ``odeformer.experiment.evaluators.stability`` measures on
+forward pass as the discrete model, which cost the same FLOPs only at the same width (the
+smooth ODE; the tied ODE is twice as wide: 3.7x, ``python -m experiments.costs --experiments
+stability``). After training, ``odeformer.experiment.evaluators.stability`` measures on
 the first 64 test examples the flow map's random-perturbation gain, its Jacobian's
 spectral norm (20 power iterations) and largest finite-time Lyapunov exponent, and a
 gradient (worst-case) perturbation of the initial tokens, both of norm 0.05 ||x0||; the

@@ -57,7 +57,8 @@ def main(argv):
         return 0
     block = sections.render(name, pd.read_csv(out))
     if _UPDATE_DOCS.value:
-        sections.update_docs(Path("docs/results.md"), name, block)
+        page = Path("docs/results.md")
+        results.write_atomic(page, sections.replace_block(page.read_text(), name, block))
     print(block)
     return 0
 

@@ -49,6 +49,8 @@ def test_an_export_keeps_the_planned_runs_in_grid_order_and_refuses_untraceable_
             export_rows(bad, ["a", "b"], "cmd")
     with pytest.raises(ValueError, match="record no commit"):
         export_rows(table.drop(columns="commit"), ["a"], "cmd")
+    with pytest.raises(ValueError, match="none of the 2 planned runs has finished in this workdir"):
+        export_rows(table, ["x", "y"], "cmd")
 
 
 # --- the verdict rules -----------------------------------------------------------------------------
@@ -130,14 +132,15 @@ def test_a_committed_table_names_a_commit_and_the_command_of_every_row():
         assert np.isfinite(table.loc[table["status"] == "ok", "val_loss"]).all()
 
 
-def test_update_docs_replaces_one_block_and_refuses_a_missing_one(tmp_path):
-    page = tmp_path / "results.md"
-    page.write_text("a\n<!-- results:x:begin -->\nold\n<!-- results:x:end -->\nb\n")
-    sections.update_docs(page, "x", "new\nlines")
-    assert page.read_text() == "a\n<!-- results:x:begin -->\nnew\nlines\n<!-- results:x:end -->\nb\n"
-    assert sections.blocks(page.read_text()) == {"x": "new\nlines"}
+def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
+    page = "a\n<!-- results:x:begin -->\nold\n<!-- results:x:end -->\nb\n"
+    page = sections.replace_block(page, "x", "new\nlines")
+    assert page == "a\n<!-- results:x:begin -->\nnew\nlines\n<!-- results:x:end -->\nb\n"
+    assert sections.blocks(page) == {"x": "new\nlines"}
     with pytest.raises(ValueError, match="has no block for 'y': add the lines <!-- results:y:begin -->"):
-        sections.update_docs(page, "y", "z")
+        sections.replace_block(page, "y", "z")
+    with pytest.raises(ValueError, match="the block of 'x' appears twice"):
+        sections.blocks(page + page)
     with pytest.raises(KeyError, match="no renderer for 'y'; rendered experiments: lm_invariance"):
         sections.render("y", pd.DataFrame())
 

@@ -2,7 +2,8 @@
 (``results/<name>.csv``) rendered by code, between ``<!-- results:<name>:begin -->`` and
 ``<!-- results:<name>:end -->``.
 
-``python -m experiments.export --config configs/<name>.py --update_docs`` writes a block; a test
+``python -m experiments.export --config configs/<name>.py --update_docs`` writes a block
+(:func:`replace_block`); a test
 renders every block from its table and fails while the docs disagree.
 """
 
@@ -10,12 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 
 from odeformer.analysis import lm_invariance
-from odeformer.experiment.results import write_atomic
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_invariance": lm_invariance.render,
@@ -49,17 +48,15 @@ def blocks(text: str) -> dict[str, str]:
     return found
 
 
-def update_docs(path: Path, name: str, body: str) -> None:
-    """Replaces the body of ``name``'s block in ``path`` (atomically).
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the body of ``name``'s block replaced by ``body``.
 
     Raises:
-      ValueError: the file has no block for ``name`` (add its two marker lines first).
+      ValueError: ``text`` has no block for ``name`` (add its two marker lines first).
     """
-    text = Path(path).read_text()
     if name not in blocks(text):
-        raise ValueError(f"{path} has no block for {name!r}: add the lines <!-- results:{name}:begin --> "
+        raise ValueError(f"the page has no block for {name!r}: add the lines <!-- results:{name}:begin --> "
                          f"and <!-- results:{name}:end --> where it belongs")
     begin, end = f"<!-- results:{name}:begin -->\n", f"\n<!-- results:{name}:end -->"
     head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    write_atomic(Path(path), head + begin + body + end + tail)
+    return head + begin + body + end + rest.split(end, 1)[1]

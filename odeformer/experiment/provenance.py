@@ -39,11 +39,15 @@ def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.Dat
     grid order; finished ones only) with ``command``.
 
     Raises:
-      ValueError: a row records no commit, or one with uncommitted changes (its code cannot
-        be recovered: commit, then rerun those runs).
+      ValueError: no planned run has finished (an empty table would replace a committed one), or
+        a row records no commit, or one with uncommitted changes (its code cannot be recovered:
+        commit, then rerun those runs).
     """
     order = {run_id: i for i, run_id in enumerate(run_ids)}
-    rows = table[table["run_id"].isin(order)].copy()
+    rows = table[table["run_id"].isin(order)].copy() if "run_id" in table else table
+    if rows.empty:
+        raise ValueError(f"none of the {len(order)} planned runs has finished in this workdir (a change "
+                         "of the config schema renames every run): nothing to export")
     commits = rows["commit"] if "commit" in rows else pd.Series(None, index=rows.index, dtype=object)
     untraced = rows.loc[commits.isna() | commits.astype(str).str.endswith(UNCOMMITTED) |
                         (commits == UNKNOWN), "run_id"].tolist()

@@ -45,8 +45,8 @@ from odeformer.experiment.executor import (
     start_order,
 )
 from odeformer.experiment.language import language_row, save_params
-from odeformer.experiment.provenance import code_commit
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
+from odeformer.experiment.provenance import code_commit
 from odeformer.experiment.sparse_training import sparse_tables
 from odeformer.experiment.studies import STUDIES
 from odeformer.experiment.summary import SweepInterrupted, SweepSummary, format_summary  # noqa: F401 (re-exported)

@@ -225,6 +225,17 @@ def majority(config, key) -> TaskData:
     return TaskData(train, test, config.vocab_size, config.vocab_size)
 
 
+def majority_margins(tokens, vocab_size: int) -> np.ndarray:
+    """Per sequence of ``tokens`` (int, ``[N, seq_len]``), how many more times its most
+    frequent symbol occurs than the runner-up: 0 is a tie (the ``majority`` label takes the
+    smallest id), 1 a label that one changed token can flip."""
+    tokens = np.asarray(tokens)
+    counts = [(tokens == v).sum(-1) for v in range(vocab_size)]
+    counts = np.stack([*counts, np.zeros_like(counts[0])], -1)  # with one symbol the runner-up is 0
+    top = np.sort(counts, -1)
+    return top[..., -1] - top[..., -2]
+
+
 @register_task("associative_recall")
 def associative_recall(config, key) -> TaskData:
     """``k1 v1 k2 v2 ... kP vP q`` -> the value paired with key ``q``.
