@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from odeformer._time_dependence import TimeParam
 from odeformer.experiment.training import (
     decay_mask,
     draw_batch,
@@ -16,6 +17,7 @@ from odeformer.experiment.training import (
     make_eval_step,
     stream_windows,
 )
+from odeformer.language.closeness import adjacent_change, layer_weights
 from odeformer.language.flops import forward_flops_per_token, nominal_nfe
 from odeformer.language.models import LanguageModel, non_embedding_params
 from odeformer.language.sampling import generate
@@ -324,3 +326,36 @@ def test_runs_with_one_seed_draw_the_same_windows_whatever_their_model(monkeypat
     np.testing.assert_array_equal(seen[0], seen[2])
     np.testing.assert_array_equal(seen[1], seen[3])
     assert not np.array_equal(seen[0], seen[1])  # each step draws anew
+
+
+# --- closeness to a flow, from the weights --------------------------------------------------------
+
+def _matrix_params(module):
+    return [node for _, node in nnx.iter_graph(module)
+            if isinstance(node, TimeParam) and node.value.ndim == 3]
+
+
+def test_adjacent_change_is_the_mean_relative_change_between_consecutive_layers():
+    gpt = LanguageModel(vocab_size=5, block_size=4, family="gpt", width=8, heads=2, layers=3, mlp_ratio=1,
+                        rngs=nnx.Rngs(0))
+    layers = [_matrix_params(block) for block in gpt.blocks]
+    for k, layer in enumerate(layers):  # layer k = (1 + k) x layer 0: changes 1 and 1/2, mean 0.75
+        for param, base in zip(layer, layers[0], strict=True):
+            param.value[...] = (1.0 + k) * base.value[...]
+    assert len(layer_weights(gpt, 3)) == 3 and len(layer_weights(gpt, 3)[0]) == len(layers[0]) == 4
+    assert adjacent_change(gpt, 3) == pytest.approx(0.75, rel=1e-6)
+    with pytest.raises(ValueError, match="a gpt model has 3 layers, not 2"):
+        adjacent_change(gpt, 2)
+    ode = LanguageModel(vocab_size=5, block_size=4, family="ode", width=8, heads=2, mlp_ratio=1, steps=4,
+                        rngs=nnx.Rngs(0))
+    assert adjacent_change(ode, 4) == 0.0 and np.isnan(adjacent_change(ode, 1))
+    # Smooth weights W(t) = A + (2t - 1) B at the Euler times t = 0 and 1/2: change |B| / |A - B|.
+    smooth = LanguageModel(vocab_size=5, block_size=4, family="smooth", width=8, heads=2, mlp_ratio=1,
+                           steps=2, basis=2, rngs=nnx.Rngs(0))
+    rng, expected = np.random.default_rng(0), []
+    for param in _matrix_params(smooth.flow.field):
+        a = np.asarray(param.value[0])
+        b = rng.normal(size=a.shape).astype(np.float32)
+        param.value[...] = jnp.stack([a, b])
+        expected.append(np.linalg.norm(b) / np.linalg.norm(a - b))
+    assert adjacent_change(smooth, 2) == pytest.approx(float(np.mean(expected)), rel=1e-5)

@@ -53,6 +53,7 @@ def test_a_language_run_records_whole_split_losses_compute_and_its_parameters(tm
     assert row["tokens_per_s"] == pytest.approx(tokens / row["train_time_s"])
     assert row["train_flops"] == pytest.approx(3 * row["flops_per_token"] * tokens)
     assert row["nfe_forward"] == 1 and row["params"] == planned_params(c)
+    assert math.isnan(row["layer_change"])  # one layer: no adjacent pair
     # The kept parameters give the recorded validation loss again, and sample text.
     model, vocabulary, values = load_trained(tmp_path, row["run_id"])
     assert vocabulary == data.vocabulary and values == {}
@@ -88,6 +89,7 @@ def test_a_language_ode_is_re_solved_on_the_first_validation_characters(tmp_path
     assert row["val_loss@rk4:3"] == pytest.approx(loss(3, "rk4")["loss"], rel=1e-6)
     assert row["invariance_gap_loss"] == pytest.approx(row["val_loss@rk4:3"] - row["val_loss@train"])
     assert row["val_loss@euler:1"] != row["val_loss@train"]  # a different solve: not a copied number
+    assert row["layer_change"] == 0.0  # one tied block
 
 
 def planned_params(c) -> int:
@@ -114,7 +116,6 @@ def test_the_sample_command_prints_the_same_text_for_the_same_seed(tmp_path):
     ({"model.family": "ode", "model.form": "strang", "solver.adaptive": True, "solver.name": "dopri5"},
      r"model.form='strang' splits each fixed step: solver.adaptive=True needs model.form='parallel'"),
     ({"evaluate.stability": True}, r"evaluate.stability measures classifiers; leave it off"),
-    ({"evaluate.solvers": ("euler:4",)}, r"evaluate.solvers re-solves a flow; model.family='gpt' is a stack"),
     ({"model.family": "ode", "model.form": "strang", "evaluate.solvers": ("euler:4", "dopri5:1e-3")},
      r"evaluate.solvers \['dopri5:1e-3'\] are adaptive, and model.form='strang' splits each fixed step"),
     ({"model.family": "ode", "evaluate.solvers": ("train:4",)},
@@ -148,6 +149,9 @@ def test_language_runs_read_no_classifier_keys_and_the_families_collapse_what_th
     assert sorted(p.run.config.model.family for p in runs) == ["gpt", "ode", "ode"]
     gpt = next(p for p in runs if p.run.config.model.family == "gpt")
     assert {"solver.steps", "model.form", "model.readout", "task.seed"} <= gpt.run.unread
+    c.evaluate.solvers = ("train:x2",)  # a stack of layers has no flow to re-solve: not read
+    gpt = next(p for p in plan(c) if p.run.config.model.family == "gpt")
+    assert {"evaluate.solvers", "evaluate.chars"} <= gpt.run.unread and gpt.run.config.evaluate.solvers == ()
     assert np.isfinite(gpt.params)
 
 

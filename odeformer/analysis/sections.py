@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from odeformer.analysis import lm_invariance
+from odeformer.analysis import lm_depth_vs_width, lm_invariance
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_invariance": lm_invariance.render,
+    "lm_depth_vs_width_validation": lm_depth_vs_width.render_choice,
 }
 _BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?P<body>.*?)\n"
                     r"<!-- results:(?P=name):end -->", re.DOTALL)

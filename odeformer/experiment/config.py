@@ -210,7 +210,8 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
     family, ``pieces``/``basis`` of time modes that do not use them, ``model.width`` when a
     budget sets it, embedding keys of sequence tasks, ``model.combiner`` and the bag keys of
     a task without multi-valued features, stability settings when stability is off; the
-    solver, attention and depth-time keys of the ``mlp`` family), and
+    solver, attention and depth-time keys of the ``mlp`` family; ``evaluate.solvers`` of the
+    language families without a flow), and
     writes what the discrete family does (Euler, ``steps = t1 = model.layers``) into its
     solver keys.
 
@@ -251,6 +252,9 @@ def normalise(run: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -
         if model.family in ("gpt", "rk2_gated"):
             reset("solver", *solver.keys())
             reset("model", "time", "pieces", "basis", "form")
+            reset("evaluate", "chars")
+            run.evaluate.solvers = ()  # a stack of layers has no flow to re-solve
+            unread.add("evaluate.solvers")
             return unread
         if model.family == "smooth":
             reset("model", "time", "pieces")
@@ -374,9 +378,6 @@ def _check_family(c: ml_collections.ConfigDict) -> None:
     if c.evaluate.stability:
         raise ValueError("evaluate.stability measures classifiers; leave it off "
                          f"for task.name={c.task.name!r}")
-    if c.evaluate.solvers and c.model.family not in ("ode", "smooth"):
-        raise ValueError(f"evaluate.solvers re-solves a flow; model.family={c.model.family!r} is a stack "
-                         "of layers: leave it off, or use the ode or smooth family")
     adaptive = [s.spec for s in parse_solvers(c.evaluate.solvers) if s.rtol is not None]
     if adaptive and c.model.form != "parallel":
         raise ValueError(f"evaluate.solvers {adaptive} are adaptive, and model.form={c.model.form!r} "

