@@ -93,3 +93,63 @@ def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):
               for p in runs if p.run.config.model.param_budget == 0}
     assert narrow == {(f, k, *experiment.GPT_WIDTHS[b, k])
                       for b in experiment.BUDGETS for f, k in experiment.equal_flops_arms()}
+
+
+# --- the main sweep's statistics and rules ----------------------------------------------------------
+
+WIDTHS = {(25_000, 1): 46, (25_000, 2): 32, (25_000, 4): 23, (25_000, 8): 16,
+          (75_000, 1): 80, (75_000, 2): 56, (75_000, 4): 40, (75_000, 8): 28}
+
+
+def _main_table(slope: float) -> pd.DataFrame:
+    """Runs whose validation loss moves by ``slope`` per doubling of depth, and whose distance
+    from a flow grows with depth."""
+    rows = []
+    rng = np.random.default_rng(0)
+
+    def add(family, depth, budget, width, seed):
+        loss = 2.0 + slope * np.log2(depth) + 0.001 * rng.normal()
+        rows.append({"model.family": family, "model.layers": depth if family == "gpt" else 4,
+                     "solver.steps": depth if family != "gpt" else 4, "model.param_budget": budget,
+                     "shape.width": width, "shape.heads": 4, "params": 25_000, "seed": seed,
+                     "flops_per_token": 1e5 * depth, "train.learning_rate": 1e-3, "val_loss": loss,
+                     "test_loss": loss + 0.01, "status": "ok",
+                     "layer_change": 0.1 * depth if depth > 1 and family != "ode" else
+                     (0.0 if family == "ode" else np.nan),
+                     "val_loss@train": loss,
+                     "val_loss@train:x2": np.nan if family == "gpt" else loss + 0.01 * depth})
+
+    for (budget, depth), width in WIDTHS.items():
+        for seed in range(3):
+            add("gpt", depth, budget, width, seed)
+            add("ode", depth, budget, WIDTHS[budget, 1], seed)
+            if depth > 1:
+                add("smooth", depth, budget, width, seed)
+                add("ode", depth, 0, width, seed)  # equal FLOPs: at the gpt's width
+    return pd.DataFrame(rows)
+
+
+def test_flops_arms_take_their_gpt_s_budget_and_contrasts_pair_seeds():
+    from odeformer.analysis.lm_depth_vs_width import arms, contrast
+    table = _main_table(0.05)
+    done = arms(table)
+    narrow = done[done["kind"] == "flops"]
+    assert len(narrow) == 2 * 3 * 3 and set(narrow["budget"]) == {25_000, 75_000}
+    assert (narrow.set_index(["budget", "depth"])["shape.width"].groupby(level=[0, 1]).first().to_dict()
+            == {k: w for k, w in WIDTHS.items() if k[1] > 1})
+    c = contrast(table, "gpt", "params", 25_000)
+    assert c["shallow"] == 1 and c["ci"].n == 3 and c["ci"].mean == pytest.approx(0.15, abs=0.005)
+    assert contrast(table, "ode", "flops", 75_000)["ci"].mean == pytest.approx(0.15, abs=0.005)
+
+
+@pytest.mark.parametrize("slope, outcome, mechanism", [
+    (0.05, "**reproduced**", "**reproduced**"),  # deeper is worse and farther from a flow
+    (-0.05, "**not supported**", "**not supported**"),  # deeper is better, and farther
+    (0.001, "**not supported**", "**inconclusive**"),  # no difference beyond the margin
+])
+def test_the_rules_read_the_contrasts_and_correlations(slope, outcome, mechanism):
+    from odeformer.analysis.lm_depth_vs_width import render
+    text = render(_main_table(slope))
+    assert f"at equal parameters (gpt): {outcome}." in text
+    assert f"continuous process: {mechanism}." in text
+    assert "| 25,000 | equal FLOPs | ode | 2 | 32 (4) |" in text

@@ -16,10 +16,12 @@ better approximate the continuous process*. Rules, fixed before the test runs (m
   (``|val_loss@train:x2 - val_loss@train|``, ode and smooth) and the relative change between
   adjacent layers' weights (``layer_change``, gpt and smooth). At each budget and family, the
   Spearman correlation between distance from a flow and validation loss over that family's models
-  (depths x seeds), with a 95% bootstrap interval over models. **Reproduced** if the correlation is
-  positive (closer to a flow, lower loss) with an interval above 0 at every budget for some
-  family and the winning (shallower) shapes are the closer ones; **not supported** if every
-  interval excludes 0 the other way, or the winners are the farther ones; else **inconclusive**.
+  (depths x seeds), with a 95% percentile-bootstrap interval over models (2,000 resamples). A
+  family *supports* the mechanism if at every budget the interval lies above 0 (closer to a flow,
+  lower loss) and its best depth is at most as far from a flow as its deepest; it *contradicts*
+  it if at every budget the interval lies below 0 or its best depth is the farther. **Reproduced**
+  if the gpt outcome is reproduced (there is an advantage to explain), some family supports it and
+  none contradicts it; **not supported** if every family contradicts it; else **inconclusive**.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.protocol import select_by_validation
+from odeformer.analysis.protocol import MeanCI, mean_ci, select_by_validation
+from odeformer.analysis.tables import ok_rows
 
 MARGIN = 0.01  # nats per character
+RESAMPLES = 2000
+FAMILY_ORDER = {"gpt": 0, "ode": 1, "smooth": 2}
 
 
 def with_depth(table: pd.DataFrame) -> pd.DataFrame:
@@ -86,3 +91,173 @@ def render_choice(table: pd.DataFrame) -> str:
         lines.append(f"| {row['model.family']} | {row['depth']} | {' | '.join(cells)} | "
                      f"{row['learning_rate']:g}{edge} |")
     return "\n".join(lines)
+
+
+# --- the main sweep --------------------------------------------------------------------------------
+
+def arms(table: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs with ``depth``, ``budget`` and ``kind``: ``params`` for an arm whose
+    width was resolved from its budget, ``flops`` for one at a gpt's width, whose budget is then
+    that gpt's (the gpt run of the same depth, width and heads)."""
+    done = with_depth(ok_rows(table))
+    done["kind"] = np.where(done["model.param_budget"] > 0, "params", "flops")
+    gpt = done[(done["model.family"] == "gpt") & (done["kind"] == "params")]
+    shape = ["depth", "shape.width", "shape.heads"]
+    budget_of = {tuple(key): b for *key, b in gpt[[*shape, "model.param_budget"]].itertuples(index=False)}
+    done["budget"] = [b if k == "params" else budget_of.get(tuple(key), np.nan)
+                      for b, k, *key in done[["model.param_budget", "kind", *shape]].itertuples(index=False)]
+    done["distance_x2"] = (done["val_loss@train:x2"] - done["val_loss@train"]).abs()
+    return done
+
+
+def _per_seed(runs: pd.DataFrame, metric: str = "val_loss") -> pd.Series:
+    if runs["seed"].duplicated().any():
+        raise ValueError("several runs of one arm at one seed")
+    return runs.set_index("seed")[metric]
+
+
+def contrast(table: pd.DataFrame, family: str, kind: str, budget: float) -> dict:
+    """``deep - shallow`` validation loss, paired by seed: deep = depth 8, shallow = the better
+    (lower mean) of depths 1 and 2 (the smooth family has no depth 1: its 2). For
+    ``kind="flops"`` depth 1 is the budget arm (a 1-step ODE
+    has its gpt's width at equal parameters)."""
+    done = arms(table)
+    done = done[(done["model.family"] == family) & (done["budget"] == budget)]
+
+    def arm(depth):
+        kinds = ("params",) if kind == "params" or depth == 1 else ("flops",)
+        return done[(done["depth"] == depth) & done["kind"].isin(kinds)]
+
+    shallow = min((d for d in (1, 2) if len(arm(d))), key=lambda d: arm(d)["val_loss"].mean())
+    deep, base = _per_seed(arm(8)), _per_seed(arm(shallow))
+    seeds = deep.index.intersection(base.index)
+    return {"family": family, "kind": kind, "budget": budget, "shallow": shallow,
+            "ci": mean_ci((deep[seeds] - base[seeds]).to_numpy())}
+
+
+def _side(ci: MeanCI) -> str:
+    if ci.n < 2:
+        return "unknown"
+    if ci.low > MARGIN:
+        return "shallow"
+    if ci.high < -MARGIN:
+        return "deep"
+    return "none" if -MARGIN < ci.low and ci.high < MARGIN else "unknown"
+
+
+def outcome(contrasts: list[dict]) -> str:
+    """The outcome rule over one family's contrasts at every budget."""
+    sides = {_side(c["ci"]) for c in contrasts}
+    if sides == {"shallow"}:
+        return "**reproduced**"
+    if sides <= {"deep", "none"} and len(sides) == 1:
+        return "**not supported**"
+    return "**inconclusive**"
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
+
+
+def closeness(table: pd.DataFrame, family: str, budget: float, seed: int = 0) -> dict:
+    """Spearman correlation of distance from a flow with validation loss over the family's
+    models at ``budget`` (equal parameters), its bootstrap interval, and the mean distance at the
+    best and the deepest depth."""
+    done = arms(table)
+    done = done[(done["model.family"] == family) & (done["budget"] == budget)
+                & (done["kind"] == "params")]
+    metric = "layer_change" if family == "gpt" else "distance_x2"
+    done = done[np.isfinite(done[metric])]
+    x, y = done[metric].to_numpy(float), done["val_loss"].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    draws = [spearman(x[i], y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(RESAMPLES))]
+    low, high = np.nanpercentile(draws, [2.5, 97.5])
+    means = done.groupby("depth")[["val_loss", metric]].mean()
+    best = means["val_loss"].idxmin()
+    return {"family": family, "budget": budget, "metric": metric, "n": len(x), "rho": spearman(x, y),
+            "low": float(low), "high": float(high), "best_depth": int(best),
+            "best_distance": float(means.loc[best, metric]), "deep_distance": float(means.loc[8, metric])}
+
+
+def mechanism(rows: list[dict], outcome_verdict: str) -> str:
+    """The mechanism rule over every family's :func:`closeness` at every budget, given the gpt
+    outcome's verdict."""
+    verdicts = {}
+    for family in {r["family"] for r in rows}:
+        mine = [r for r in rows if r["family"] == family]
+        if all(r["low"] > 0 and r["best_distance"] <= r["deep_distance"] for r in mine):
+            verdicts[family] = "supports"
+        elif all(r["high"] < 0 for r in mine) or all(r["best_distance"] > r["deep_distance"] for r in mine):
+            verdicts[family] = "contradicts"
+        else:
+            verdicts[family] = "neither"
+    if ("supports" in verdicts.values() and "contradicts" not in verdicts.values()
+            and outcome_verdict == "**reproduced**"):
+        return "**reproduced**"
+    if set(verdicts.values()) == {"contradicts"}:
+        return "**not supported**"
+    return "**inconclusive**"
+
+
+_KIND = {"params": "equal params", "flops": "equal FLOPs"}
+
+
+def _fmt(ci: MeanCI, digits: int = 3, sign: bool = False) -> str:
+    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    return f.format(ci.mean) if ci.n < 2 else f"{f.format(ci.mean)} [{f.format(ci.low)}, {f.format(ci.high)}]"
+
+
+def render(table: pd.DataFrame) -> str:
+    """The docs block of the main sweep: every arm's losses, costs and closeness, the contrasts,
+    the correlations and the verdicts."""
+    done = arms(table)
+    budgets = sorted(done["budget"].dropna().unique())
+    first = done[(done["model.family"] == "gpt") & (done["depth"] == 1)]
+    gpt1 = first.groupby("budget")["flops_per_token"].mean()
+    lines = [f"Runs: {len(done)} finished of {len(table)} recorded; validation and test loss over the whole "
+             "splits (nats per character), Student-t 95% intervals over seeds; FLOPs per token forward "
+             "(odeformer.language.flops), relative to the 1-layer gpt of the budget.", "",
+             "| budget | arm | family | depth | width (heads) | parameters | FLOPs ÷ gpt-1 | lr | seeds | "
+             "val loss | test loss | layer change | re-solved x2 − own |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = done.groupby(["budget", "kind", "model.family", "depth"]).size().index
+    for budget, kind, family, depth in sorted(keys, key=lambda k: (k[0], k[1] != "params",
+                                                                   FAMILY_ORDER[k[2]], k[3])):
+        runs = done[(done["budget"] == budget) & (done["kind"] == kind)
+                    & (done["model.family"] == family) & (done["depth"] == depth)]
+        change = runs["layer_change"].mean()
+        resolve = _fmt(mean_ci(runs["distance_x2"]), 4) if family != "gpt" else "—"
+        lines.append(
+            f"| {int(budget):,} | {_KIND[kind]} | {family} | {depth} | "
+            f"{int(runs['shape.width'].iloc[0])} ({int(runs['shape.heads'].iloc[0])}) | "
+            f"{int(runs['params'].mean()):,} | {runs['flops_per_token'].mean() / gpt1[budget]:.2f} | "
+            f"{runs['train.learning_rate'].iloc[0]:g} | {len(runs)} | {_fmt(mean_ci(runs['val_loss']))} | "
+            f"{_fmt(mean_ci(runs['test_loss']))} | {'—' if np.isnan(change) else f'{change:.3f}'} | "
+            f"{resolve} |")
+    results = {}
+    contrast_lines = ["| family | compared at | budget | shallow | depth 8 − shallow (val loss) |",
+                      "|---|---|---|---|---|"]
+    for family, kind in (("gpt", "params"), ("ode", "params"), ("smooth", "params"), ("ode", "flops")):
+        rows = [contrast(table, family, kind, b) for b in budgets]
+        results[family, kind] = outcome(rows)
+        for r in rows:
+            contrast_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['shallow']} | "
+                                  f"{_fmt(r['ci'], 4, True)} |")
+    corr = [closeness(table, f, b) for f in ("gpt", "ode", "smooth") for b in budgets]
+    corr_lines = ["| family | budget | distance from a flow | models | Spearman ρ (distance, val loss) | "
+                  "best depth | its distance | depth 8's distance |", "|---|---|---|---|---|---|---|---|"]
+    for r in corr:
+        corr_lines.append(f"| {r['family']} | {int(r['budget']):,} | {r['metric']} | {r['n']} | "
+                          f"{r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | {r['best_depth']} | "
+                          f"{r['best_distance']:.4f} | {r['deep_distance']:.4f} |")
+    return "\n".join([
+        *lines, "", "Depth 8 against the better of depths 1 and 2 (paired by seed; positive: the shallow "
+        f"model wins; margin {MARGIN}):", "", *contrast_lines, "",
+        "Closeness to a flow against validation loss at each budget (equal parameters; bootstrap over "
+        "models):", "", *corr_lines, "",
+        f"- Fewer, wider layers beat many narrow ones at equal parameters (gpt): {results['gpt', 'params']}.",
+        f"- The same within the tied ODE at equal parameters: {results['ode', 'params']}; at equal FLOPs: "
+        f"{results['ode', 'flops']}; within the smooth ODE: {results['smooth', 'params']}.",
+        f"- Because they better approximate the continuous process: "
+        f"{mechanism(corr, results['gpt', 'params'])}.",
+    ])
