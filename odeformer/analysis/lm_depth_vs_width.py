@@ -5,11 +5,12 @@ The claim: fewer, wider layers beat many narrow ones at a fixed parameter budget
 better approximate the continuous process*. Rules, fixed before the test runs (margin
 :data:`MARGIN` nats per character; Student-t 95% intervals over seeds 0-4, paired by seed):
 
-- *Outcome, equal parameters*: for gpt at each budget, the paired difference of validation loss
-  ``deep - shallow``, deep = 8 layers, shallow = the better of 1 and 2 layers. **Reproduced** if
-  at every budget the interval lies above the margin; **not supported** if at every budget it lies
-  below minus the margin (the deep model wins) or inside ±margin (no difference); else
-  **inconclusive**. The same contrast is reported for the ODE families.
+- *Outcome, equal parameters*: for gpt at each budget, the paired difference of test loss
+  ``deep - shallow``, deep = 8 layers, shallow = the better of 1 and 2 layers by mean validation
+  loss (chosen on validation, compared on test, so the choice does not inflate the contrast).
+  **Reproduced** if at every budget the interval lies above the margin; **not supported** if at
+  every budget it lies below minus the margin (the deep model wins) or inside ±margin (no
+  difference); else **inconclusive**. The same contrast is reported for the ODE families.
 - *Outcome, equal FLOPs*: the same rule for the tied ODE at a gpt's width (equal FLOPs across its
   depths), 8 steps against the better of 1 and 2.
 - *Mechanism*: closeness to a flow is the validation loss change when re-solved at twice the steps
@@ -110,15 +111,15 @@ def arms(table: pd.DataFrame) -> pd.DataFrame:
     return done
 
 
-def _per_seed(runs: pd.DataFrame, metric: str = "val_loss") -> pd.Series:
+def _per_seed(runs: pd.DataFrame, metric: str) -> pd.Series:
     if runs["seed"].duplicated().any():
         raise ValueError("several runs of one arm at one seed")
     return runs.set_index("seed")[metric]
 
 
 def contrast(table: pd.DataFrame, family: str, kind: str, budget: float) -> dict:
-    """``deep - shallow`` validation loss, paired by seed: deep = depth 8, shallow = the better
-    (lower mean) of depths 1 and 2 (the smooth family has no depth 1: its 2). For
+    """``deep - shallow`` test loss, paired by seed: deep = depth 8, shallow = the better (lower
+    mean validation loss) of depths 1 and 2 (the smooth family has no depth 1: its 2). For
     ``kind="flops"`` depth 1 is the budget arm (a 1-step ODE
     has its gpt's width at equal parameters)."""
     done = arms(table)
@@ -129,7 +130,7 @@ def contrast(table: pd.DataFrame, family: str, kind: str, budget: float) -> dict
         return done[(done["depth"] == depth) & done["kind"].isin(kinds)]
 
     shallow = min((d for d in (1, 2) if len(arm(d))), key=lambda d: arm(d)["val_loss"].mean())
-    deep, base = _per_seed(arm(8)), _per_seed(arm(shallow))
+    deep, base = _per_seed(arm(8), "test_loss"), _per_seed(arm(shallow), "test_loss")
     seeds = deep.index.intersection(base.index)
     return {"family": family, "kind": kind, "budget": budget, "shallow": shallow,
             "ci": mean_ci((deep[seeds] - base[seeds]).to_numpy())}
@@ -235,7 +236,7 @@ def render(table: pd.DataFrame) -> str:
             f"{_fmt(mean_ci(runs['test_loss']))} | {'—' if np.isnan(change) else f'{change:.3f}'} | "
             f"{resolve} |")
     results = {}
-    contrast_lines = ["| family | compared at | budget | shallow | depth 8 − shallow (val loss) |",
+    contrast_lines = ["| family | compared at | budget | shallow | depth 8 − shallow (test loss) |",
                       "|---|---|---|---|---|"]
     for family, kind in (("gpt", "params"), ("ode", "params"), ("smooth", "params"), ("ode", "flops")):
         rows = [contrast(table, family, kind, b) for b in budgets]
@@ -251,8 +252,8 @@ def render(table: pd.DataFrame) -> str:
                           f"{r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | {r['best_depth']} | "
                           f"{r['best_distance']:.4f} | {r['deep_distance']:.4f} |")
     return "\n".join([
-        *lines, "", "Depth 8 against the better of depths 1 and 2 (paired by seed; positive: the shallow "
-        f"model wins; margin {MARGIN}):", "", *contrast_lines, "",
+        *lines, "", "Test loss of depth 8 minus that of the better of depths 1 and 2 on validation (paired "
+        f"by seed; positive: the shallow model wins; margin {MARGIN}):", "", *contrast_lines, "",
         "Closeness to a flow against validation loss at each budget (equal parameters; bootstrap over "
         "models):", "", *corr_lines, "",
         f"- Fewer, wider layers beat many narrow ones at equal parameters (gpt): {results['gpt', 'params']}.",
