@@ -14,20 +14,23 @@ in depth (Chebyshev, ``min(K, 4)`` coefficients; K = 1 would be the tied ODE and
 
 - *Equal parameters*: each arm's width is resolved from ``model.param_budget`` in 25,000, 75,000
   and 200,000 non-embedding parameters (within 5%; heads 4, fewer where the width is not a
-  multiple of 4). At equal parameters gpt's FLOPs per token barely depend on its depth, while a
-  tied ODE is wider and costs about K times as much.
+  multiple of 4). At equal parameters a deeper gpt costs a little more per token (its attention
+  scores grow with depth x width; the results block lists each arm's FLOPs), while a tied ODE is
+  as wide as the 1-layer gpt and costs about K times as much.
 - *Equal FLOPs*: ``ode`` at K = 2, 4, 8 and ``smooth`` at K = 8 at the width (and heads) of the
   gpt of the same budget and depth (:data:`GPT_WIDTHS`, pinned to the budget resolution by a
   test): the same FLOPs per token as that gpt, fewer parameters. ``smooth`` at K <= 4 has that
   width at equal parameters already.
 - *Closeness to a flow*: every run records ``layer_change`` (relative change of adjacent
-  layers' weights, ``odeformer.language.closeness``); the ODE families also their validation
+  layers' weights) and ``update_change`` (that of the updates training made, times K;
+  ``odeformer.language.closeness``); the ODE families also their validation
   loss re-solved at twice and eight times their steps (``train:x2``, ``train:x8``, first 32,768
   validation characters).
 
-``:validation`` chooses the learning rate of each family and depth on validation loss: one seed
-(100), the two smaller budgets, learning rates 1e-3, 3e-3, 1e-2 (the grid is extended where a
-choice lies on its edge). The default variant trains every arm at its chosen rate
+``:validation`` chooses the learning rate of each arm (family, depth, equal parameters or equal
+FLOPs) on validation loss: one seed (100), the two smaller budgets, learning rates 1e-3, 3e-3,
+1e-2 (the grid is extended where a choice lies on its edge); the largest budget takes the rate
+chosen at the smaller two. The default variant trains every arm at its chosen rate
 (:data:`LEARNING_RATES`) over seeds 0-4. ``:tiny``: a few steps on a slice of the text.
 """
 
@@ -47,8 +50,9 @@ GPT_WIDTHS = {
     (75_000, 1): (80, 4), (75_000, 2): (56, 4), (75_000, 4): (40, 4), (75_000, 8): (28, 4),
     (200_000, 1): (128, 4), (200_000, 2): (92, 4), (200_000, 4): (64, 4), (200_000, 8): (46, 2),
 }
-# (family, depth) -> the learning rate :validation chose (odeformer.analysis.lm_depth_vs_width).
-LEARNING_RATES: dict[tuple[str, int], float] = {}
+# (family, depth, kind) -> the learning rate :validation chose (odeformer.analysis.lm_depth_vs_width);
+# kind "params" (width from the budget) or "flops" (at a gpt's width).
+LEARNING_RATES: dict[tuple[str, int, str], float] = {}
 _ZIPPED = ("model.family", "model.layers", "solver.steps", "model.basis", "model.param_budget", "model.width",
            "model.heads", "train.learning_rate")
 
@@ -66,7 +70,7 @@ def _arm(family: str, depth: int, rate: float, budget: int = 0,
 
 
 def equal_flops_arms() -> list[tuple[str, int]]:
-    """(family, depth) of the arms at a gpt's width (the others have equal FLOPs at equal parameters)."""
+    """(family, depth) of the arms at a gpt's width (smooth at depth <= 4 has it at equal parameters)."""
     return [("ode", k) for k in DEPTHS[1:]] + [("smooth", 8)]
 
 
@@ -79,9 +83,20 @@ def _sweep(arms: list[tuple], seeds: tuple[int, ...]) -> ml_collections.ConfigDi
     return ml_collections.ConfigDict({**sweep, "seed": seeds})
 
 
+def arm_keys() -> list[tuple[str, int, str]]:
+    """(family, depth, kind) of every arm: each has its own learning rate."""
+    return [(f, k, "params") for f, k in families()] + [(f, k, "flops") for f, k in equal_flops_arms()]
+
+
+def _arms(budgets: tuple[int, ...], rate) -> list[tuple]:
+    """Every arm at each budget; ``rate(key)`` its learning rate."""
+    return ([_arm(f, k, rate((f, k, "params")), budget) for budget in budgets for f, k in families()]
+            + [_arm(f, k, rate((f, k, "flops")), 0, GPT_WIDTHS[budget, k])
+               for budget in budgets for f, k in equal_flops_arms()])
+
+
 def _validation(c: ml_collections.ConfigDict) -> None:
-    arms = [_arm(f, k, rate, budget)
-            for budget in PILOT_BUDGETS for f, k in families() for rate in PILOT_RATES]
+    arms = [arm for rate in PILOT_RATES for arm in _arms(PILOT_BUDGETS, lambda key, rate=rate: rate)]
     c.sweep = _sweep(arms, (PILOT_SEED,))
 
 
@@ -94,15 +109,12 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
 
 
 def _main(c: ml_collections.ConfigDict) -> None:
-    missing = [arm for arm in families() if arm not in LEARNING_RATES]
+    missing = [key for key in arm_keys() if key not in LEARNING_RATES]
     if missing:
         raise ValueError(f"configs/lm_depth_vs_width.py has no learning rate chosen for {missing}: run its "
                          ":validation variant and set LEARNING_RATES from python -m experiments.export "
                          "--config configs/lm_depth_vs_width.py:validation")
-    arms = [_arm(f, k, LEARNING_RATES[f, k], budget) for budget in BUDGETS for f, k in families()]
-    arms += [_arm(f, k, LEARNING_RATES[f, k], 0, GPT_WIDTHS[budget, k])
-             for budget in BUDGETS for f, k in equal_flops_arms()]
-    c.sweep = _sweep(arms, SEEDS)
+    c.sweep = _sweep(_arms(BUDGETS, LEARNING_RATES.__getitem__), SEEDS)
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -344,11 +344,25 @@ def test_adjacent_change_is_the_mean_relative_change_between_consecutive_layers(
             param.value[...] = (1.0 + k) * base.value[...]
     assert len(layer_weights(gpt, 3)) == 3 and len(layer_weights(gpt, 3)[0]) == len(layers[0]) == 4
     assert adjacent_change(gpt, 3) == pytest.approx(0.75, rel=1e-6)
+    # Measured on updates: from a random start, update k = (1 + k) D: changes 1 and 1/2, times K = 3.
+    start = LanguageModel(vocab_size=5, block_size=4, family="gpt", width=8, heads=2, layers=3, mlp_ratio=1,
+                          rngs=nnx.Rngs(1))
+    starts = [_matrix_params(block) for block in start.blocks]
+    for k, layer in enumerate(layers):
+        for param, initial, base in zip(layer, starts[k], starts[0], strict=True):
+            param.value[...] = initial.value[...] + (1.0 + k) * base.value[...]
+    assert adjacent_change(gpt, 3, start) == pytest.approx(3 * 0.75, rel=1e-5)
+    assert adjacent_change(gpt, 3) != pytest.approx(0.75)  # the weights themselves now differ at random
     with pytest.raises(ValueError, match="a gpt model has 3 layers, not 2"):
         adjacent_change(gpt, 2)
     ode = LanguageModel(vocab_size=5, block_size=4, family="ode", width=8, heads=2, mlp_ratio=1, steps=4,
                         rngs=nnx.Rngs(0))
     assert adjacent_change(ode, 4) == 0.0 and np.isnan(adjacent_change(ode, 1))
+    moved = LanguageModel(vocab_size=5, block_size=4, family="ode", width=8, heads=2, mlp_ratio=1, steps=4,
+                          rngs=nnx.Rngs(0))
+    for param in _matrix_params(moved.flow.field):
+        param.value[...] = param.value[...] + 0.1
+    assert adjacent_change(moved, 4, ode) == 0.0  # a tied block's update is the same at every step
     # Smooth weights W(t) = A + (2t - 1) B at the Euler times t = 0 and 1/2: change |B| / |A - B|.
     smooth = LanguageModel(vocab_size=5, block_size=4, family="smooth", width=8, heads=2, mlp_ratio=1,
                            steps=2, basis=2, rngs=nnx.Rngs(0))

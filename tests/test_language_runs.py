@@ -53,7 +53,7 @@ def test_a_language_run_records_whole_split_losses_compute_and_its_parameters(tm
     assert row["tokens_per_s"] == pytest.approx(tokens / row["train_time_s"])
     assert row["train_flops"] == pytest.approx(3 * row["flops_per_token"] * tokens)
     assert row["nfe_forward"] == 1 and row["params"] == planned_params(c)
-    assert math.isnan(row["layer_change"])  # one layer: no adjacent pair
+    assert math.isnan(row["layer_change"]) and math.isnan(row["update_change"])  # one layer: no pair
     # The kept parameters give the recorded validation loss again, and sample text.
     model, vocabulary, values = load_trained(tmp_path, row["run_id"])
     assert vocabulary == data.vocabulary and values == {}
@@ -89,7 +89,7 @@ def test_a_language_ode_is_re_solved_on_the_first_validation_characters(tmp_path
     assert row["val_loss@rk4:3"] == pytest.approx(loss(3, "rk4")["loss"], rel=1e-6)
     assert row["invariance_gap_loss"] == pytest.approx(row["val_loss@rk4:3"] - row["val_loss@train"])
     assert row["val_loss@euler:1"] != row["val_loss@train"]  # a different solve: not a copied number
-    assert row["layer_change"] == 0.0  # one tied block
+    assert row["layer_change"] == 0.0 and row["update_change"] == 0.0  # one tied block
 
 
 def planned_params(c) -> int:

@@ -31,13 +31,18 @@ def test_the_pilot_covers_every_arm_at_every_rate_and_the_smooth_arms_at_most_fo
     runs = plan(experiment.get_config("validation"))
     arms = {(p.run.config.model.family, p.shape.layers if p.run.config.model.family == "gpt"
              else p.run.config.solver.steps) for p in runs}
-    assert arms == set(experiment.families()) and len(runs) == 11 * 3 * 2
+    assert arms == set(experiment.families()) and len(runs) == (11 + 4) * 3 * 2
+    narrow = {(p.run.config.model.family, p.run.config.solver.steps, p.shape.width)
+              for p in runs if p.run.config.model.param_budget == 0}
+    assert narrow == {(f, k, experiment.GPT_WIDTHS[b, k][0])
+                      for b in experiment.PILOT_BUDGETS for f, k in experiment.equal_flops_arms()}
     for p in runs:
         c = p.run.config
         assert c.model.form == "sequential" and c.seed == experiment.PILOT_SEED
         if c.model.family == "smooth":
             assert c.model.basis == min(c.solver.steps, 4)
-        assert abs(p.params - c.model.param_budget) <= 0.05 * c.model.param_budget
+        budget = c.model.param_budget
+        assert budget == 0 or abs(p.params - budget) <= 0.05 * budget
 
 
 def test_a_tiny_sweep_records_closeness_and_equal_flops_means_equal_width(tmp_path):
@@ -73,16 +78,16 @@ def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flag
     assert choice["at_edge"].tolist() == [False, True]
     assert choice["val_loss"].tolist() == pytest.approx([1.925, 1.75])
     text = render_choice(table)
-    assert "| gpt | 1 | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
-    assert "| ode | 2 | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
+    assert "| gpt | 1 | equal params | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
+    assert "| ode | 2 | equal params | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
     assert np.array_equal(with_depth(table)["depth"].unique(), [1, 2])
 
 
 def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):
     monkeypatch.setattr(experiment, "LEARNING_RATES", {})
-    with pytest.raises(ValueError, match=r"no learning rate chosen for \[\('gpt', 1\)"):
+    with pytest.raises(ValueError, match=r"no learning rate chosen for \[\('gpt', 1, 'params'\)"):
         experiment.get_config()
-    rates = {arm: 1e-3 for arm in experiment.families()}
+    rates = {key: 1e-3 for key in experiment.arm_keys()}
     monkeypatch.setattr(experiment, "LEARNING_RATES", rates)
     runs = plan(experiment.get_config())
     assert len(runs) == (11 + 4) * 3 * 5
@@ -130,16 +135,25 @@ def _main_table(slope: float) -> pd.DataFrame:
 
 
 def test_flops_arms_take_their_gpt_s_budget_and_contrasts_pair_seeds():
-    from odeformer.analysis.lm_depth_vs_width import arms, contrast
+    from odeformer.analysis.lm_depth_vs_width import arms, contrasts
     table = _main_table(0.05)
     done = arms(table)
     narrow = done[done["kind"] == "flops"]
     assert len(narrow) == 2 * 3 * 3 and set(narrow["budget"]) == {25_000, 75_000}
     assert (narrow.set_index(["budget", "depth"])["shape.width"].groupby(level=[0, 1]).first().to_dict()
             == {k: w for k, w in WIDTHS.items() if k[1] > 1})
-    c = contrast(table, "gpt", "params", 25_000)
-    assert c["shallow"] == 1 and c["ci"].n == 3 and c["ci"].mean == pytest.approx(0.15, abs=0.005)
-    assert contrast(table, "ode", "flops", 75_000)["ci"].mean == pytest.approx(0.15, abs=0.005)
+    one, two = contrasts(table, "gpt", "params", 25_000)
+    assert (one["shallow"], two["shallow"]) == (1, 2) and one["ci"].n == 3 and one["unpaired"] == 0
+    assert one["ci"].mean == pytest.approx(0.15, abs=0.005)
+    assert two["ci"].mean == pytest.approx(0.10, abs=0.005)
+    assert [c["ci"].mean for c in contrasts(table, "ode", "flops", 75_000)] == [
+        pytest.approx(0.15, abs=0.005), pytest.approx(0.10, abs=0.005)]
+    assert [c["shallow"] for c in contrasts(table, "smooth", "params", 75_000)] == [2]
+    # Depth 8 better than depth 1 but not than depth 2: the shallow models do not both win.
+    table.loc[table["model.layers"].eq(1) & table["model.family"].eq("gpt"), "test_loss"] += 1.0
+    from odeformer.analysis.lm_depth_vs_width import outcome
+    rows = [r for b in (25_000, 75_000) for r in contrasts(table, "gpt", "params", b)]
+    assert outcome(rows) == "**inconclusive**"
 
 
 @pytest.mark.parametrize("slope, outcome, mechanism", [

@@ -27,11 +27,12 @@ TRAIN_FLOPS_FACTOR = 3  # training FLOPs = 3 x forward (odeformer.language.flops
 
 
 def language_row(eval_step, state: dict, data: LanguageData, model: LanguageModel, chunk: int,
-                 late: dict, tokens: int, train_time: float) -> dict[str, Any]:
+                 late: dict, tokens: int, train_time: float, initial: LanguageModel | None = None,
+                 ) -> dict[str, Any]:
     """The metrics of a trained language model: validation and test loss (nats) and bits per
     character over the whole splits, accuracy, NFE, FLOPs per token, training tokens per second,
-    and ``layer_change``, the relative change of adjacent layers' weights
-    (``odeformer.language.closeness``).
+    ``layer_change``, the relative change of adjacent layers' weights, and ``update_change``, that
+    of the updates training made to them (given the ``initial`` model; ``odeformer.language.closeness``).
 
     ``late`` holds means of the values logged over the last quarter of training (``loss``,
     ``nfe``); ``tokens`` counts the training tokens of this process's steps, timed by
@@ -57,19 +58,20 @@ def language_row(eval_step, state: dict, data: LanguageData, model: LanguageMode
         "train_flops": TRAIN_FLOPS_FACTOR * forward_flops_per_token(model, train_nfe) * tokens,
         "params_embedding": model.embedding_params(), "solved_ok": ok,
         "layer_change": _layer_change(model, hyper),
+        "update_change": _layer_change(model, hyper, initial) if initial is not None else None,
     })
     return row
 
 
-def _layer_change(model: LanguageModel, hyper: dict) -> float:
+def _layer_change(model: LanguageModel, hyper: dict, initial: LanguageModel | None = None) -> float:
     """``odeformer.language.closeness.adjacent_change`` over the depth the model was trained
     with (an adaptive solve has no fixed grid of layers: NaN)."""
     if model.family in ("gpt", "rk2_gated"):
-        return adjacent_change(model, model.layers)
+        return adjacent_change(model, model.layers, initial)
     if model.flow.steps is None:
         return math.nan
     # The block's count is the bound of the runs sharing its compile; hyper holds the run's own.
-    return adjacent_change(model, int(hyper.get("steps", model.flow.steps)))
+    return adjacent_change(model, int(hyper.get("steps", model.flow.steps)), initial)
 
 
 def save_params(rdir: Path, params) -> None:

@@ -198,6 +198,9 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     graphdef, state = init_sharded(train_state_init(build, tx, c.solver, penalty_weights(c.train), sparse),
                                    init_key, mesh)
     language = isinstance(data, LanguageData)
+    # The parameters at initialisation (before any checkpoint is restored): a language run
+    # measures what training changed (update_change).
+    initial = jax.device_get(state["params"]) if language else None
     train_split = place(data.train, replicated(mesh))
     test_split = None if language else place(data.test, replicated(mesh))
     train_key = place(train_key, replicated(mesh))
@@ -264,7 +267,8 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
             done = c.train.num_steps - start
             late = _late_means(logged, c.train.num_steps, ("loss", "nfe"))
             row = language_row(eval_step, state, data, nnx.merge(graphdef, state["params"]), chunk, late,
-                               done * c.train.batch_size * data.block_size, train_time)
+                               done * c.train.batch_size * data.block_size, train_time,
+                               nnx.merge(graphdef, initial))
             row.update(_resolve_language(c, graphdef, state, data, mesh, compiled, row["val_loss"]))
     if language:
         if not row.pop("solved_ok"):

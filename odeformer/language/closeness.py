@@ -5,7 +5,8 @@ when adjacent layers' weights differ by O(1/K). :func:`adjacent_change` measures
 difference in a trained model: the relative Frobenius change between the weight matrices of
 consecutive layers, averaged over layers and matrices. The layers are the blocks of ``gpt`` and
 ``rk2_gated``, and for ``ode`` and ``smooth`` the field's weights at the times ``t_k = k t1 / K``
-of a ``K``-step solve (every change of a tied ``ode`` is 0).
+of a ``K``-step solve (every change of a tied ``ode`` is 0). Measured on the updates training
+made (``initial``), it asks whether what was learned varies smoothly with depth.
 """
 
 from __future__ import annotations
@@ -41,13 +42,24 @@ def layer_weights(model: LanguageModel, layers: int) -> list[list[jax.Array]]:
     return [_matrices(model.flow.field, k * t1 / layers) for k in range(layers)]
 
 
-def adjacent_change(model: LanguageModel, layers: int) -> float:
+def adjacent_change(model: LanguageModel, layers: int, initial: LanguageModel | None = None) -> float:
     """Mean over adjacent layers ``k, k+1`` and matrices of ``|W_{k+1} - W_k|_F / |W_k|_F``
-    (:func:`layer_weights`); NaN for a single layer."""
+    (:func:`layer_weights`); NaN for a single layer.
+
+    With ``initial`` (the same model at initialisation) the weights are the updates training
+    made, ``W_k - W_k(0)``, and the mean is multiplied by ``layers``: independent random layers
+    differ by about sqrt(2) whatever their depth, which says nothing about what was learned, and
+    updates that are a smooth function of depth differ by O(1/K), so ``K`` times their change
+    compares depths on one scale.
+    """
     weights = layer_weights(model, layers)
     if len(weights) < 2:
         return math.nan
+    if initial is not None:
+        start = layer_weights(initial, layers)
+        weights = [[w - w0 for w, w0 in zip(layer, first, strict=True)]
+                   for layer, first in zip(weights, start, strict=True)]
     ratios = [jnp.linalg.norm(b - a) / jnp.linalg.norm(a)
               for lower, upper in zip(weights[:-1], weights[1:], strict=True)
               for a, b in zip(lower, upper, strict=True)]
-    return float(jnp.mean(jnp.stack(ratios)))
+    return float(jnp.mean(jnp.stack(ratios))) * (layers if initial is not None else 1)
