@@ -2,10 +2,11 @@
 the command of each row, and prints (or writes) the docs block rendered from that table.
 
     python -m experiments.export --config configs/lm_invariance.py [--workdir DIR] [--out FILE]
-        [--print_only | --update_docs]
+        [--allow_partial] [--print_only | --update_docs]
 
-The table is ``results/<config.name>.csv`` (the config's planned runs that have finished, in
-grid order; ``odeformer.experiment.provenance.export_rows``). When ``odeformer.analysis.sections``
+The table is ``results/<config.name>.csv``: the config's planned runs, in grid order, with the
+number planned (``odeformer.experiment.provenance.export_rows``); a sweep still running is
+exported only with ``--allow_partial``. When ``odeformer.analysis.sections``
 renders that experiment, its block between ``<!-- results:<name>:begin -->`` and
 ``<!-- results:<name>:end -->`` is printed; ``--update_docs`` writes it into docs/results.md,
 and a test fails while the docs and the table disagree. ``--print_only`` reads the committed
@@ -30,6 +31,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's folder; default run
 _OUT = flags.DEFINE_string("out", None, "The table to write; default results/<config.name>.csv.")
 _PRINT_ONLY = flags.DEFINE_bool("print_only", False, "Render from the committed table; write nothing.")
 _UPDATE_DOCS = flags.DEFINE_bool("update_docs", False, "Write the rendered block into docs/results.md.")
+_ALLOW_PARTIAL = flags.DEFINE_bool(
+    "allow_partial", False, "Export while planned runs are unfinished (a long sweep's table, committed as "
+    "it grows; the table and its block say how many runs are planned).")
 flags.mark_flag_as_required("config")
 
 
@@ -49,6 +53,9 @@ def main(argv):
         planned = plan(config)
         table = results.load(_WORKDIR.value or f"runs/{config.name}")
         rows = export_rows(table, [p.run.run_id for p in planned], _run_command())
+        if len(rows) < len(planned) and not _ALLOW_PARTIAL.value:
+            raise SystemExit(f"error: {len(planned) - len(rows)} of the {len(planned)} planned runs have not "
+                             "finished; finish the sweep, or export what there is with --allow_partial")
         out.parent.mkdir(parents=True, exist_ok=True)
         results.write_atomic(out, rows.to_csv(index=False, float_format="%.10g"))
         print(f"wrote {len(rows)} of {len(planned)} planned runs to {out}", file=sys.stderr)

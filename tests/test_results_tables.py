@@ -31,8 +31,12 @@ def test_the_commit_is_git_s_head_marked_when_tracked_files_differ(tmp_path):
     subprocess.run([*git, "commit", "-qm", "a"], check=True)
     clean = code_commit(tmp_path)
     assert len(clean) >= 7 and "+" not in clean
-    (tmp_path / "b.txt").write_text("untracked files do not count")
+    (tmp_path / "b.txt").write_text("an untracked file outside the code does not count")
     assert code_commit(tmp_path) == clean
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "new.py").write_text("# a new config ran: the commit cannot reproduce it")
+    assert code_commit(tmp_path) == clean + "+uncommitted"
+    (tmp_path / "configs" / "new.py").unlink()
     (tmp_path / "a.txt").write_text("2")
     assert code_commit(tmp_path) == clean + "+uncommitted"
 
@@ -43,6 +47,7 @@ def test_an_export_keeps_the_planned_runs_in_grid_order_and_refuses_untraceable_
     rows = export_rows(table, ["a", "b", "c"], "python -m experiments.run --config configs/x.py")
     assert rows["run_id"].tolist() == ["a", "b"] and rows["val_loss"].tolist() == [3.0, 1.0]
     assert set(rows["command"]) == {"python -m experiments.run --config configs/x.py"}
+    assert set(rows["planned_runs"]) == {3}  # run c has not finished
     for commit in ("abc1234+uncommitted", UNKNOWN, None):
         bad = table.assign(commit=["abc1234", "abc1234", commit])
         with pytest.raises(ValueError, match=r"1 run\(s\) record no commit or uncommitted code \(a\)"):
@@ -70,22 +75,29 @@ def _table(gaps: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_the_rules_find_the_critical_step_from_which_every_finer_gap_is_inside_the_margin():
-    above, inside, straddle = [0.30, 0.32, 0.31], [0.001, 0.002, 0.0015], [0.0, 0.02, 0.01]
-    table = _table({("euler", 1): above, ("euler", 2): straddle, ("euler", 4): inside, ("euler", 8): inside,
-                    ("rk4", 1): above})
-    verdict = lm_invariance.verdicts(table)
+def test_the_rules_find_the_critical_step_bracketed_by_a_discrete_regime():
+    above, above2, inside = [0.30, 0.32, 0.31], [0.05, 0.06, 0.055], [0.001, 0.002, 0.0015]
+    straddle, below = [0.0, 0.02, 0.01], [-0.05, -0.06, -0.055]
+    verdict = lm_invariance.verdicts(_table({("euler", 1): above, ("euler", 2): above2, ("euler", 4): inside,
+                                             ("euler", 8): inside, ("rk4", 1): above}))
     assert verdict["discrete_map"].startswith("**reproduced**: the 1-step Euler models' gap is +0.3100")
     assert verdict["critical_step"].startswith("**reproduced**: from h = 1/4 down")
-    assert "at h = 1/2 it is +0.0100 [" in verdict["critical_step"]
-    # A finer arm outside the margin again: the critical step is the finer one.
-    table = _table({("euler", 1): above, ("euler", 2): inside, ("euler", 4): straddle, ("euler", 8): inside})
-    assert lm_invariance.verdicts(table)["critical_step"].startswith("**reproduced**: from h = 1/8 down")
-    table = _table({("euler", 1): inside, ("euler", 2): straddle})
-    verdict = lm_invariance.verdicts(table)
+    assert verdict["critical_step"].endswith("at h = 1/2 it is +0.0550 [+0.0426, +0.0674]")
+    # The first step from which every finer arm is inside is 1/8, but its coarser neighbour straddles.
+    verdict = lm_invariance.verdicts(_table({("euler", 1): above, ("euler", 2): inside,
+                                             ("euler", 4): straddle, ("euler", 8): inside}))
+    assert verdict["critical_step"].startswith("**inconclusive**: no discrete regime bracketed; every Euler "
+                                               "arm from h = 1/8 down")
+    verdict = lm_invariance.verdicts(_table({("euler", 1): inside, ("euler", 2): straddle}))
     assert verdict["discrete_map"].startswith("**not supported**")
     assert verdict["critical_step"].startswith("**inconclusive**: not reached; at the finest training step, "
                                                "h = 1/2, the gap is +0.0100")
+    every = lm_invariance.verdicts(_table({("euler", 1): inside, ("euler", 2): inside}))
+    assert every["critical_step"].startswith("**inconclusive**: no discrete regime bracketed; every Euler "
+                                             "arm from h = 1 down")
+    # Better under the reference by more than the margin: not a discrete map that finer steps hurt.
+    better = lm_invariance.verdicts(_table({("euler", 1): below}))
+    assert better["discrete_map"].startswith("**not supported**")
     unsure = lm_invariance.verdicts(_table({("euler", 1): straddle}))
     assert unsure["discrete_map"].startswith("**inconclusive**")
     one_seed = lm_invariance.verdicts(_table({("euler", 1): [0.5]}))
@@ -94,12 +106,21 @@ def test_the_rules_find_the_critical_step_from_which_every_finer_gap_is_inside_t
         lm_invariance.verdicts(_table({("euler", 2): above}))
 
 
+def test_no_verdict_is_read_against_a_reference_that_disagrees_with_another_fine_solve():
+    table = _table({("euler", 1): [0.30, 0.32, 0.31], ("euler", 2): [0.001, 0.002, 0.0015]})
+    table.loc[0, "val_loss@rk4:16"] += 0.01
+    verdict = lm_invariance.verdicts(table)
+    assert verdict["discrete_map"] == verdict["critical_step"]
+    assert verdict["discrete_map"].startswith("**inconclusive**: the reference is not converged (RK4 in 16 "
+                                              "steps and Dopri5 differ by 1.0e-02 nats")
+
+
 def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
     table = _table({("euler", 1): [0.3, 0.31], ("rk4", 2): [0.05, 0.06]})
     table = pd.concat([table, pd.DataFrame([{"solver.name": "rk4", "solver.steps": 2, "seed": 9,
                                              "status": "failed: diverged"}])], ignore_index=True)
     text = lm_invariance.render(table)
-    assert "Runs: 4 finished of 5 recorded" in text
+    assert "Runs: 4 finished, 1 failed, of 5 planned" in text
     assert "| Euler, 1 step | 1 | 1 | 2 (0) | 2.005 [" in text
     assert "| RK4, 2 steps | 1/2 | 8 | 2 (1) |" in text
     assert "| Euler, 1 | **2.005** | 2.310 |" in text
@@ -166,6 +187,6 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
     table = pd.read_csv(out)
     assert set(table["command"]) == {"python -m experiments.run --config configs/lm_invariance.py:tiny "
                                      "--config.train.num_steps=3"}
-    assert set(table["commit"]) == {code_commit()}
+    assert set(table["commit"]) == {code_commit()} and set(table["planned_runs"]) == {6}
     assert result.stdout.strip() == lm_invariance.render(table)
     assert "| Euler, 2 steps | 1/2 | 2 | 2 (0) |" in result.stdout

@@ -16,10 +16,14 @@ UNKNOWN = "unknown"  # not a git checkout (an installed copy) or no git
 UNCOMMITTED = "+uncommitted"  # tracked files differ from the commit
 
 
+CODE_DIRS = ("odeformer", "configs", "experiments")  # where an untracked file is code that ran
+
+
 def code_commit(root: str | Path | None = None) -> str:
     """The short commit of the checkout holding odeformer (or ``root``), with
-    ``+uncommitted`` appended when its tracked files differ from it; :data:`UNKNOWN` outside
-    a git checkout."""
+    ``+uncommitted`` appended when its tracked files differ from it or an untracked file lies in
+    one of :data:`CODE_DIRS` (a new config or module the commit cannot reproduce);
+    :data:`UNKNOWN` outside a git checkout."""
     root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
@@ -28,7 +32,8 @@ def code_commit(root: str | Path | None = None) -> str:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no") or git(
+            "status", "--porcelain", "--untracked-files=all", "--", *CODE_DIRS)
     except (OSError, subprocess.CalledProcessError):
         return UNKNOWN
     return head + UNCOMMITTED if dirty else head
@@ -36,7 +41,8 @@ def code_commit(root: str | Path | None = None) -> str:
 
 def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.DataFrame:
     """The committed table of a sweep: the rows of ``run_ids`` (the config's planned runs, in
-    grid order; finished ones only) with ``command``.
+    grid order; finished ones only) with ``command`` and ``planned_runs``, how many runs the
+    config plans (so a table exported before the sweep finished says so).
 
     Raises:
       ValueError: no planned run has finished (an empty table would replace a committed one), or
@@ -56,5 +62,6 @@ def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.Dat
                          f"({', '.join(untraced[:5])}{', ...' if len(untraced) > 5 else ''}): their code "
                          "cannot be traced; commit the code and rerun them")
     rows["command"] = command
+    rows["planned_runs"] = len(order)
     rows["_order"] = rows["run_id"].map(order)
     return rows.sort_values("_order").drop(columns="_order").reset_index(drop=True)
