@@ -187,3 +187,36 @@ def test_the_docs_cost_tables_are_the_counters(docs, name):
     assert docs[name] == render(config, SECTIONS[name]), (
         f"docs/results.md's costs:{name} block disagrees with the counter: run "
         "python -m experiments.costs --write_docs")
+
+
+def _rows(block: str) -> list[dict[str, str]]:
+    """The rows of a cost block's table, as column name -> cell."""
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True))
+            for line in lines[2:]]
+
+
+def _span(values) -> str:
+    return f"{min(values):.2f}–{max(values):.2f}x"
+
+
+def test_the_ratios_the_prose_quotes_are_the_cost_tables(docs):
+    """The FLOP ratios docs/results.md quotes in its text are those of its generated tables."""
+    text = (REPO / "docs" / "results.md").read_text()
+    ratio = "FLOPs ÷ baseline"
+    depth = _rows(docs["depth_vs_width"])
+    odes = [float(r[ratio]) for r in depth if r["arm"].startswith("ODE") and r["NFE"] != "1"]
+    flops = {(r["budget"], r["arm"]): float(r["FLOPs/example"].replace(",", "")) for r in depth}
+    one_layer = [flops[b, "discrete, 1 layer"] / f for (b, arm), f in flops.items()
+                 if arm.startswith("discrete") and arm != "discrete, 1 layer"]
+    efficiency = _rows(docs["param_efficiency"])
+
+    def of(prefix):
+        return [float(r[ratio]) for r in efficiency if r["arm"].startswith(prefix)]
+
+    stability = {r["arm"]: r[ratio] for r in _rows(docs["stability"])}
+    quoted = [_span(odes), _span(one_layer), _span(of("ODE tied")), _span(of("ODE concat")),
+              _span(of("discrete, 1 layer")), f"{float(stability['ODE tied, euler 4 steps']):.2f}x"]
+    for span in quoted:
+        assert span in text, f"docs/results.md no longer quotes {span}"
