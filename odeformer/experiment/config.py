@@ -322,7 +322,10 @@ def validate_run(c: ml_collections.ConfigDict) -> None:
         if weight > 0 and c.task.name in LANGUAGE_TASKS and c.model.form != "parallel":
             raise ValueError(f"train.{name}={weight!r} needs model.form='parallel' (a split step is "
                              "not one field to regularise)")
-    parse_solvers(c.evaluate.solvers)
+    relative = [s.spec for s in parse_solvers(c.evaluate.solvers) if s.factor is not None]
+    if relative and c.solver.adaptive and c.model.family != "discrete":
+        raise ValueError(f"evaluate.solvers {relative} multiply the training steps, and solver.adaptive=True "
+                         "trains with none: use 'name:steps' or 'name:rtol'")
 
 
 def _check_embedding_optimizer(c: ml_collections.ConfigDict) -> None:
