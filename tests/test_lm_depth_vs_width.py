@@ -106,26 +106,27 @@ WIDTHS = {(25_000, 1): 46, (25_000, 2): 32, (25_000, 4): 23, (25_000, 8): 16,
           (75_000, 1): 80, (75_000, 2): 56, (75_000, 4): 40, (75_000, 8): 28}
 
 
-def _main_table(slope: float) -> pd.DataFrame:
-    """Runs whose validation loss moves by ``slope`` per doubling of depth, and whose distance
-    from a flow grows with depth."""
+def _main_table(slope: float, closer_is_better: bool = True, seeds: int = 5) -> pd.DataFrame:
+    """Runs whose test and validation loss move by ``slope`` per doubling of depth, with seed noise
+    that also moves their distance from a flow (with the loss, or against it)."""
     rows = []
     rng = np.random.default_rng(0)
 
     def add(family, depth, budget, width, seed):
-        loss = 2.0 + slope * np.log2(depth) + 0.001 * rng.normal()
+        noise = 0.002 * rng.normal()
+        loss = 2.0 + slope * np.log2(depth) + noise
+        far = 0.1 * depth + (5 if closer_is_better else -5) * noise  # distance on the K-scaled scale
         rows.append({"model.family": family, "model.layers": depth if family == "gpt" else 4,
                      "solver.steps": depth if family != "gpt" else 4, "model.param_budget": budget,
                      "shape.width": width, "shape.heads": 4, "params": 25_000, "seed": seed,
                      "flops_per_token": 1e5 * depth, "train.learning_rate": 1e-3, "val_loss": loss,
-                     "test_loss": loss + 0.01, "status": "ok",
-                     "layer_change": 0.1 * depth if depth > 1 and family != "ode" else
-                     (0.0 if family == "ode" else np.nan),
+                     "test_loss": loss + 0.01, "status": "ok", "layer_change": 1.4,
+                     "update_change": far if family == "gpt" and depth > 1 else np.nan,
                      "val_loss@train": loss,
-                     "val_loss@train:x2": np.nan if family == "gpt" else loss + 0.01 * depth})
+                     "val_loss@train:x2": np.nan if family == "gpt" else loss + far / depth})
 
     for (budget, depth), width in WIDTHS.items():
-        for seed in range(3):
+        for seed in range(seeds):
             add("gpt", depth, budget, width, seed)
             add("ode", depth, budget, WIDTHS[budget, 1], seed)
             if depth > 1:
@@ -139,11 +140,11 @@ def test_flops_arms_take_their_gpt_s_budget_and_contrasts_pair_seeds():
     table = _main_table(0.05)
     done = arms(table)
     narrow = done[done["kind"] == "flops"]
-    assert len(narrow) == 2 * 3 * 3 and set(narrow["budget"]) == {25_000, 75_000}
+    assert len(narrow) == 2 * 3 * 5 and set(narrow["budget"]) == {25_000, 75_000}
     assert (narrow.set_index(["budget", "depth"])["shape.width"].groupby(level=[0, 1]).first().to_dict()
             == {k: w for k, w in WIDTHS.items() if k[1] > 1})
     one, two = contrasts(table, "gpt", "params", 25_000)
-    assert (one["shallow"], two["shallow"]) == (1, 2) and one["ci"].n == 3 and one["unpaired"] == 0
+    assert (one["shallow"], two["shallow"]) == (1, 2) and one["ci"].n == 5 and one["unpaired"] == 0
     assert one["ci"].mean == pytest.approx(0.15, abs=0.005)
     assert two["ci"].mean == pytest.approx(0.10, abs=0.005)
     assert [c["ci"].mean for c in contrasts(table, "ode", "flops", 75_000)] == [
@@ -156,14 +157,32 @@ def test_flops_arms_take_their_gpt_s_budget_and_contrasts_pair_seeds():
     assert outcome(rows) == "**inconclusive**"
 
 
-@pytest.mark.parametrize("slope, outcome, mechanism", [
-    (0.05, "**reproduced**", "**reproduced**"),  # deeper is worse and farther from a flow
-    (-0.05, "**not supported**", "**not supported**"),  # deeper is better, and farther
-    (0.001, "**not supported**", "**inconclusive**"),  # no difference beyond the margin
+@pytest.mark.parametrize("slope, closer_is_better, outcome, mechanism", [
+    (0.05, True, "**reproduced**", "**reproduced**"),  # deeper is worse; within a depth, closer is better
+    (-0.05, False, "**not supported**", "**not supported**"),  # deeper is better; closer is worse
+    (0.001, True, "**not supported**", "**inconclusive**"),  # no difference to explain
 ])
-def test_the_rules_read_the_contrasts_and_correlations(slope, outcome, mechanism):
-    from odeformer.analysis.lm_depth_vs_width import render
-    text = render(_main_table(slope))
+def test_the_rules_read_the_contrasts_and_correlations(slope, closer_is_better, outcome, mechanism):
+    from odeformer.analysis.lm_depth_vs_width import closeness, render
+    table = _main_table(slope, closer_is_better)
+    text = render(table)
     assert f"at equal parameters (gpt): {outcome}." in text
     assert f"continuous process: {mechanism}." in text
     assert "| 25,000 | equal FLOPs | ode | 2 | 32 (4) |" in text
+    gpt = closeness(table, "gpt", 25_000)
+    assert gpt["n"] == 3 * 5 and (gpt["rho"] > 0.9) == closer_is_better
+    assert (gpt["rho"] < -0.9) != closer_is_better
+    ode = closeness(table, "ode", 75_000)
+    assert ode["n"] == 4 * 5 and ode["best_depth"] == (1 if slope > 0 else 8)
+    assert ode["deep_distance"] == pytest.approx(0.8, abs=0.05)
+
+
+def test_depth_alone_does_not_make_a_correlation():
+    """Distance and loss that both grow with depth, unrelated within a depth: no evidence."""
+    from odeformer.analysis.lm_depth_vs_width import closeness
+    table = _main_table(0.05)
+    rng = np.random.default_rng(1)
+    table["update_change"] = np.where(table["update_change"].notna(), 0.1 * table["model.layers"]
+                                      + 0.01 * rng.normal(size=len(table)), np.nan)
+    gpt = closeness(table, "gpt", 25_000)
+    assert gpt["low"] < 0 < gpt["high"]

@@ -13,16 +13,22 @@ better approximate the continuous process*. Rules, fixed before the test runs (m
   are reported for the ODE families.
 - *Outcome, equal FLOPs*: the same rule for the tied ODE at a gpt's width (about equal FLOPs across
   its depths), 8 steps against 1 and 2.
-- *Mechanism*: closeness to a flow is the validation loss change when re-solved at twice the steps
-  (``|val_loss@train:x2 - val_loss@train|``, ode and smooth) and the relative change between
-  adjacent layers' weights (``layer_change``, gpt and smooth). At each budget and family, the
-  Spearman correlation between distance from a flow and validation loss over that family's models
-  (depths x seeds), with a 95% percentile-bootstrap interval over models (2,000 resamples). A
+- *Mechanism*: a model's distance from a flow, on one scale across depths K, is ``update_change``
+  for gpt (the relative change between adjacent layers' updates ``W_k - W_k(0)``, times K: random
+  initial layers differ by about sqrt(2) at any depth, and smooth updates by O(1/K)) and, for the
+  ODE families, K times ``|val_loss@train:x2 - val_loss@train|`` (an Euler solve's error shrinks as
+  1/K, so K times its change on halving the step estimates the error constant). At each budget and
+  family: the Spearman correlation of distance with validation loss *within depths* (both ranked
+  after subtracting each depth's mean, so depth itself, which moves both, is held fixed), with a
+  95% percentile-bootstrap interval that resamples seeds within each depth (2,000 resamples); and
+  the mean distance at the family's best depth (lowest mean validation loss) and at depth 8. A
   family *supports* the mechanism if at every budget the interval lies above 0 (closer to a flow,
-  lower loss) and its best depth is at most as far from a flow as its deepest; it *contradicts*
-  it if at every budget the interval lies below 0 or its best depth is the farther. **Reproduced**
-  if the gpt outcome is reproduced (there is an advantage to explain), some family supports it and
-  none contradicts it; **not supported** if every family contradicts it; else **inconclusive**.
+  lower loss) and its best depth is at most as far from a flow as depth 8; it *contradicts* it if
+  at every budget the interval lies below 0, or at every budget its best depth is the farther.
+  A best depth without a distance (a 1-layer gpt approximates no continuous process) neither
+  supports nor contradicts. **Reproduced** if the gpt outcome is reproduced (there is an advantage
+  to explain), some family supports the mechanism and none contradicts it; **not supported** if
+  every family contradicts it; else **inconclusive**.
 """
 
 from __future__ import annotations
@@ -111,7 +117,6 @@ def arms(table: pd.DataFrame) -> pd.DataFrame:
     budget_of = {tuple(key): b for *key, b in gpt[[*shape, "model.param_budget"]].itertuples(index=False)}
     done["budget"] = [b if k == "params" else budget_of.get(tuple(key), np.nan)
                       for b, k, *key in done[["model.param_budget", "kind", *shape]].itertuples(index=False)]
-    done["distance_x2"] = (done["val_loss@train:x2"] - done["val_loss@train"]).abs()
     return done
 
 
@@ -169,24 +174,45 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
 
 
+def distance(done: pd.DataFrame) -> pd.Series:
+    """Each run's distance from a flow on one scale across depths (the module docstring)."""
+    resolve = done["depth"] * (done["val_loss@train:x2"] - done["val_loss@train"]).abs()
+    gpt = done["model.family"] == "gpt"
+    return pd.Series(np.where(gpt, done["update_change"], resolve), index=done.index)
+
+
+def _within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values`` less the mean of their group."""
+    out = values.astype(float).copy()
+    for g in np.unique(groups):
+        out[groups == g] -= out[groups == g].mean()
+    return out
+
+
 def closeness(table: pd.DataFrame, family: str, budget: float, seed: int = 0) -> dict:
-    """Spearman correlation of distance from a flow with validation loss over the family's
-    models at ``budget`` (equal parameters), its bootstrap interval, and the mean distance at the
-    best and the deepest depth."""
+    """Within-depth Spearman correlation of distance from a flow with validation loss over the
+    family's models at ``budget`` (equal parameters), its bootstrap interval (seeds resampled
+    within each depth), and the mean distance at the best depth and at depth 8."""
     done = arms(table)
     done = done[(done["model.family"] == family) & (done["budget"] == budget)
                 & (done["kind"] == "params")]
-    metric = "layer_change" if family == "gpt" else "distance_x2"
-    done = done[np.isfinite(done[metric])]
-    x, y = done[metric].to_numpy(float), done["val_loss"].to_numpy(float)
+    done = done.assign(distance=distance(done))
+    means = done.groupby("depth")[["val_loss", "distance"]].mean()
+    best = int(means["val_loss"].idxmin())
+    done = done[np.isfinite(done["distance"])]
+    x, y, depth = (done[c].to_numpy(float) for c in ("distance", "val_loss", "depth"))
     rng = np.random.default_rng(seed)
-    draws = [spearman(x[i], y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(RESAMPLES))]
+    rows = [np.flatnonzero(depth == d) for d in np.unique(depth)]
+
+    def rho(index):
+        return spearman(_within(x[index], depth[index]), _within(y[index], depth[index]))
+
+    draws = [rho(np.concatenate([rng.choice(r, len(r)) for r in rows])) for _ in range(RESAMPLES)]
     low, high = np.nanpercentile(draws, [2.5, 97.5])
-    means = done.groupby("depth")[["val_loss", metric]].mean()
-    best = means["val_loss"].idxmin()
-    return {"family": family, "budget": budget, "metric": metric, "n": len(x), "rho": spearman(x, y),
-            "low": float(low), "high": float(high), "best_depth": int(best),
-            "best_distance": float(means.loc[best, metric]), "deep_distance": float(means.loc[8, metric])}
+    return {"family": family, "budget": budget, "n": len(x), "rho": rho(np.arange(len(x))),
+            "low": float(low), "high": float(high), "best_depth": best,
+            "best_distance": float(means.loc[best, "distance"]),
+            "deep_distance": float(means.loc[8, "distance"])}
 
 
 def mechanism(rows: list[dict], outcome_verdict: str) -> str:
@@ -196,7 +222,7 @@ def mechanism(rows: list[dict], outcome_verdict: str) -> str:
     for family in {r["family"] for r in rows}:
         mine = [r for r in rows if r["family"] == family]
         if all(r["low"] > 0 and r["best_distance"] <= r["deep_distance"] for r in mine):
-            verdicts[family] = "supports"
+            verdicts[family] = "supports"  # NaN distances compare False: never support
         elif all(r["high"] < 0 for r in mine) or all(r["best_distance"] > r["deep_distance"] for r in mine):
             verdicts[family] = "contradicts"
         else:
@@ -228,7 +254,7 @@ def render(table: pd.DataFrame) -> str:
              "splits (nats per character), Student-t 95% intervals over seeds; FLOPs per token forward "
              "(odeformer.language.flops), relative to the 1-layer gpt of the budget.", "",
              "| budget | arm | family | depth | width (heads) | parameters | FLOPs ÷ gpt-1 | lr | seeds | "
-             "val loss | test loss | layer change | re-solved x2 − own |",
+             "val loss | test loss | layer change | distance from a flow |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = done.groupby(["budget", "kind", "model.family", "depth"]).size().index
     for budget, kind, family, depth in sorted(keys, key=lambda k: (k[0], k[1] != "params",
@@ -236,7 +262,8 @@ def render(table: pd.DataFrame) -> str:
         runs = done[(done["budget"] == budget) & (done["kind"] == kind)
                     & (done["model.family"] == family) & (done["depth"] == depth)]
         change = runs["layer_change"].mean()
-        resolve = _fmt(mean_ci(runs["distance_x2"]), 4) if family != "gpt" else "—"
+        far = distance(runs)
+        resolve = _fmt(mean_ci(far), 3) if np.isfinite(far).all() else "—"
         lines.append(
             f"| {int(budget):,} | {_KIND[kind]} | {family} | {depth} | "
             f"{int(runs['shape.width'].iloc[0])} ({int(runs['shape.heads'].iloc[0])}) | "
@@ -254,10 +281,10 @@ def render(table: pd.DataFrame) -> str:
             contrast_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['shallow']} | "
                                   f"{_fmt(r['ci'], 4, True)} |")
     corr = [closeness(table, f, b) for f in ("gpt", "ode", "smooth") for b in budgets]
-    corr_lines = ["| family | budget | distance from a flow | models | Spearman ρ (distance, val loss) | "
-                  "best depth | its distance | depth 8's distance |", "|---|---|---|---|---|---|---|---|"]
+    corr_lines = ["| family | budget | models | Spearman ρ within depths (distance, val loss) | "
+                  "best depth | its distance | depth 8's distance |", "|---|---|---|---|---|---|---|"]
     for r in corr:
-        corr_lines.append(f"| {r['family']} | {int(r['budget']):,} | {r['metric']} | {r['n']} | "
+        corr_lines.append(f"| {r['family']} | {int(r['budget']):,} | {r['n']} | "
                           f"{r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | {r['best_depth']} | "
                           f"{r['best_distance']:.4f} | {r['deep_distance']:.4f} |")
     return "\n".join([
