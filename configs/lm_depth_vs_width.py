@@ -1,10 +1,10 @@
 """Depth vs width on language modelling: gpt against tied and smooth ODE transformers at depths
 1, 2, 4, 8 and three non-embedding budgets, at equal parameters and at equal FLOPs.
 
-    python -m experiments.run --config configs/lm_depth_vs_width.py:validation --workers 2
-    python -m experiments.export --config configs/lm_depth_vs_width.py:validation
-    python -m experiments.run --config configs/lm_depth_vs_width.py --workers 2
+    python -m experiments.run --config configs/lm_depth_vs_width.py --workers 2        # the pilot
     python -m experiments.export --config configs/lm_depth_vs_width.py
+    python -m experiments.run --config configs/lm_depth_vs_width.py:test --workers 2   # the test runs
+    python -m experiments.export --config configs/lm_depth_vs_width.py:test
 
 Character-level Shakespeare (block 64), 800 AdamW steps of 16 windows at nanoGPT's settings
 (``configs/lm_quick.py``). Every body is the sequential (GPT) form, so the families differ only
@@ -27,10 +27,10 @@ in depth (Chebyshev, ``min(K, 4)`` coefficients; K = 1 would be the tied ODE and
   loss re-solved at twice and eight times their steps (``train:x2``, ``train:x8``, first 32,768
   validation characters).
 
-``:validation`` chooses the learning rate of each arm (family, depth, equal parameters or equal
-FLOPs) on validation loss: one seed (100), the two smaller budgets, learning rates 1e-3, 3e-3,
-1e-2 (the grid is extended where a choice lies on its edge); the largest budget takes the rate
-chosen at the smaller two. The default variant trains every arm at its chosen rate
+The default variant, the pilot, chooses the learning rate of each arm (family, depth, equal
+parameters or equal FLOPs) on validation loss: one seed (100), the two smaller budgets, learning
+rates 1e-3, 3e-3, 1e-2 (the grid is extended where a choice lies on its edge); the largest budget
+takes the rate chosen at the smaller two. ``:test`` trains every arm at its chosen rate
 (:data:`LEARNING_RATES`) over seeds 0-4. ``:tiny``: a few steps on a slice of the text.
 """
 
@@ -50,7 +50,7 @@ GPT_WIDTHS = {
     (75_000, 1): (80, 4), (75_000, 2): (56, 4), (75_000, 4): (40, 4), (75_000, 8): (28, 4),
     (200_000, 1): (128, 4), (200_000, 2): (92, 4), (200_000, 4): (64, 4), (200_000, 8): (46, 2),
 }
-# (family, depth, kind) -> the learning rate :validation chose (odeformer.analysis.lm_depth_vs_width);
+# (family, depth, kind) -> the learning rate the pilot chose (odeformer.analysis.lm_depth_vs_width);
 # kind "params" (width from the budget) or "flops" (at a gpt's width).
 LEARNING_RATES: dict[tuple[str, int, str], float] = {}
 _ZIPPED = ("model.family", "model.layers", "solver.steps", "model.basis", "model.param_budget", "model.width",
@@ -95,7 +95,7 @@ def _arms(budgets: tuple[int, ...], rate) -> list[tuple]:
                for budget in budgets for f, k in equal_flops_arms()])
 
 
-def _validation(c: ml_collections.ConfigDict) -> None:
+def _pilot(c: ml_collections.ConfigDict) -> None:
     arms = [arm for rate in PILOT_RATES for arm in _arms(PILOT_BUDGETS, lambda key, rate=rate: rate)]
     c.sweep = _sweep(arms, (PILOT_SEED,))
 
@@ -108,12 +108,12 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.sweep = _sweep(arms, (0, 1))
 
 
-def _main(c: ml_collections.ConfigDict) -> None:
+def _test(c: ml_collections.ConfigDict) -> None:
     missing = [key for key in arm_keys() if key not in LEARNING_RATES]
     if missing:
         raise ValueError(f"configs/lm_depth_vs_width.py has no learning rate chosen for {missing}: run its "
-                         ":validation variant and set LEARNING_RATES from python -m experiments.export "
-                         "--config configs/lm_depth_vs_width.py:validation")
+                         "default variant (the pilot) and set LEARNING_RATES from python -m "
+                         "experiments.export --config configs/lm_depth_vs_width.py")
     c.sweep = _sweep(_arms(BUDGETS, LEARNING_RATES.__getitem__), SEEDS)
 
 
@@ -126,6 +126,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.update(num_steps=800, batch_size=16, warmup_steps=80, log_every=100, eval_batch_size=256)
     c.evaluate.update(solvers=("train:x2", "train:x8"), chars=32_768)
     c.sweep_zip = (_ZIPPED,)
-    if not variant:
-        _main(c)
-    return base.with_variant(c, variant, {"validation": _validation, "tiny": _tiny})
+    _pilot(c)
+    return base.with_variant(c, variant, {"test": _test, "tiny": _tiny})

@@ -28,7 +28,7 @@ def test_the_equal_flops_arms_copy_the_width_the_budget_gives_each_gpt():
 
 
 def test_the_pilot_covers_every_arm_at_every_rate_and_the_smooth_arms_at_most_four_coefficients():
-    runs = plan(experiment.get_config("validation"))
+    runs = plan(experiment.get_config())
     arms = {(p.run.config.model.family, p.shape.layers if p.run.config.model.family == "gpt"
              else p.run.config.solver.steps) for p in runs}
     assert arms == set(experiment.families()) and len(runs) == (11 + 4) * 3 * 2
@@ -86,10 +86,10 @@ def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flag
 def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):
     monkeypatch.setattr(experiment, "LEARNING_RATES", {})
     with pytest.raises(ValueError, match=r"no learning rate chosen for \[\('gpt', 1, 'params'\)"):
-        experiment.get_config()
+        experiment.get_config("test")
     rates = {key: 1e-3 for key in experiment.arm_keys()}
     monkeypatch.setattr(experiment, "LEARNING_RATES", rates)
-    runs = plan(experiment.get_config())
+    runs = plan(experiment.get_config("test"))
     assert len(runs) == (11 + 4) * 3 * 5
     gpt = {(p.run.config.model.param_budget, p.shape.layers): (p.shape.width, p.shape.heads)
            for p in runs if p.run.config.model.family == "gpt"}

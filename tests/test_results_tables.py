@@ -130,7 +130,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 # --- the committed tables and docs/results.md -----------------------------------------------------
 
 # Rendered experiments whose sweeps have not finished: no committed table, no block yet.
-PENDING = {"lm_depth_vs_width", "lm_depth_vs_width_validation", "lm_invariance"}
+PENDING = {"lm_depth_vs_width", "lm_depth_vs_width_test", "lm_invariance"}
 
 
 def test_every_rendered_experiment_has_its_table_and_block_or_is_pending():
@@ -179,7 +179,7 @@ def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
     with pytest.raises(ValueError, match="the block of 'x' appears twice"):
         sections.blocks(page + page)
     with pytest.raises(KeyError, match="no renderer for 'y'; rendered experiments: lm_depth_vs_width, "
-                                      "lm_depth_vs_width_validation, lm_invariance"):
+                                      "lm_depth_vs_width_test, lm_invariance"):
         sections.render("y", pd.DataFrame())
 
 

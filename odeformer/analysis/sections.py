@@ -18,8 +18,8 @@ from odeformer.analysis import lm_depth_vs_width, lm_invariance
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_invariance": lm_invariance.render,
-    "lm_depth_vs_width": lm_depth_vs_width.render,
-    "lm_depth_vs_width_validation": lm_depth_vs_width.render_choice,
+    "lm_depth_vs_width": lm_depth_vs_width.render_choice,
+    "lm_depth_vs_width_test": lm_depth_vs_width.render,
 }
 _BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?P<body>.*?)\n"
                     r"<!-- results:(?P=name):end -->", re.DOTALL)
