@@ -186,3 +186,16 @@ def test_depth_alone_does_not_make_a_correlation():
                                       + 0.01 * rng.normal(size=len(table)), np.nan)
     gpt = closeness(table, "gpt", 25_000)
     assert gpt["low"] < 0 < gpt["high"]
+
+
+def test_the_config_s_learning_rates_are_the_committed_pilot_s_choice():
+    from pathlib import Path
+    pilot = Path(__file__).resolve().parents[1] / "results" / "lm_depth_vs_width.csv"
+    if not pilot.exists():  # the pilot has not been exported: no rate may be set by hand
+        assert experiment.LEARNING_RATES == {}
+        return
+    choice = choose_learning_rates(pd.read_csv(pilot))
+    assert not choice["at_edge"].any(), "a choice lies on the edge of its grid: extend the grid there"
+    chosen = {(r["model.family"], int(r["depth"]), r["kind"]): float(r["learning_rate"])
+              for _, r in choice.iterrows()}
+    assert experiment.LEARNING_RATES == chosen
