@@ -86,14 +86,16 @@ def test_the_rules_find_the_critical_step_bracketed_by_a_discrete_regime():
     # The first step from which every finer arm is inside is 1/8, but its coarser neighbour straddles.
     verdict = lm_invariance.verdicts(_table({("euler", 1): above, ("euler", 2): inside,
                                              ("euler", 4): straddle, ("euler", 8): inside}))
-    assert verdict["critical_step"].startswith("**inconclusive**: no discrete regime bracketed; every Euler "
-                                               "arm from h = 1/8 down")
+    assert verdict["critical_step"].startswith("**inconclusive**: the critical step size lies between h = 1 "
+                                               "(gap above the margin) and h = 1/8")
+    assert "(h = 1/2: +0.0015 [" in verdict["critical_step"]
+    assert "h = 1/4: +0.0100 [" in verdict["critical_step"]
     verdict = lm_invariance.verdicts(_table({("euler", 1): inside, ("euler", 2): straddle}))
     assert verdict["discrete_map"].startswith("**not supported**")
     assert verdict["critical_step"].startswith("**inconclusive**: not reached; at the finest training step, "
                                                "h = 1/2, the gap is +0.0100")
     every = lm_invariance.verdicts(_table({("euler", 1): inside, ("euler", 2): inside}))
-    assert every["critical_step"].startswith("**inconclusive**: no discrete regime bracketed; every Euler "
+    assert every["critical_step"].startswith("**inconclusive**: no discrete regime observed; every Euler "
                                              "arm from h = 1 down")
     # Better under the reference by more than the margin: not a discrete map that finer steps hurt.
     better = lm_invariance.verdicts(_table({("euler", 1): below}))

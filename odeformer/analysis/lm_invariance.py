@@ -14,8 +14,10 @@ supported** if it lies below it (inside ±margin, or the reference better by mor
 **inconclusive**. (2) is **reproduced** if there is a training step ``h*`` at which the Euler
 models' gap interval, and that of every finer Euler arm, lies inside ±margin, while the next
 coarser arm's lies above it (``h*`` is the critical step size, bracketed); **inconclusive**
-otherwise: not reached within the steps trained (a critical step below them is not excluded), or
-no discrete regime observed (every arm inside the margin, so nothing is bracketed). Both are
+otherwise: not reached within the steps trained (a critical step below them is not excluded), an
+arm between the last one above the margin and ``h*`` whose interval straddles it (the critical
+step lies in that range, not at one trained step), or no discrete regime observed (every arm
+inside the margin, so nothing is bracketed). Both are
 **inconclusive** whenever the reference is not converged: RK4 in 16 steps and Dopri5 disagree by
 more than :data:`REFERENCE_TOLERANCE` in some run.
 """
@@ -103,10 +105,19 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
     if critical is None:
         out["critical_step"] = ("**inconclusive**: not reached; at the finest training step, "
                                 f"h = 1/{max(euler)}, the gap is {_fmt(finest, 4, True)} nats")
-    elif not coarser or sides[max(coarser)] != "above":
-        out["critical_step"] = ("**inconclusive**: no discrete regime bracketed; every Euler arm from "
+    elif not any(sides[c] == "above" for c in coarser):
+        out["critical_step"] = ("**inconclusive**: no discrete regime observed; every Euler arm from "
                                 f"h = {Fraction(1, critical)} down has a gap inside ±{MARGIN}, and no "
                                 "coarser arm's gap lies above the margin")
+    elif sides[max(coarser)] != "above":
+        last = max(c for c in coarser if sides[c] == "above")
+        between = ", ".join(f"h = {Fraction(1, c)}: {_fmt(gap_interval(table, 'euler', c), 4, True)}"
+                            for c in coarser if c > last)
+        low, high = Fraction(1, last), Fraction(1, critical)
+        out["critical_step"] = ("**inconclusive**: the critical step size lies between "
+                                f"h = {low} (gap above the margin) and h = {high} (from there down every gap "
+                                f"inside ±{MARGIN}), and not every arm between them is above the margin "
+                                f"({between})")
     else:
         above = gap_interval(table, "euler", max(coarser))
         out["critical_step"] = (f"**reproduced**: from h = {Fraction(1, critical)} down every Euler arm's "
