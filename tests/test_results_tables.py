@@ -132,7 +132,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 # --- the committed tables and docs/results.md -----------------------------------------------------
 
 # Rendered experiments whose sweeps have not finished: no committed table, no block yet.
-PENDING = {"lm_depth_vs_width", "lm_depth_vs_width_test", "lm_invariance"}
+PENDING = {"lm_depth_vs_width", "lm_depth_vs_width_test"}
 
 
 def test_every_rendered_experiment_has_its_table_and_block_or_is_pending():
@@ -178,6 +178,10 @@ def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
     assert sections.blocks(page) == {"x": "new\nlines"}
     with pytest.raises(ValueError, match="has no block for 'y': add the lines <!-- results:y:begin -->"):
         sections.replace_block(page, "y", "z")
+    empty = "a\n<!-- results:x:begin -->\n<!-- results:x:end -->\n"
+    assert sections.blocks(empty) == {"x": ""}
+    filled = sections.replace_block(empty, "x", "y")
+    assert filled == "a\n<!-- results:x:begin -->\ny\n<!-- results:x:end -->\n"
     with pytest.raises(ValueError, match="the block of 'x' appears twice"):
         sections.blocks(page + page)
     with pytest.raises(KeyError, match="no renderer for 'y'; rendered experiments: lm_depth_vs_width, "
@@ -208,3 +212,34 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
     head = f"From `results/lm_invariance.csv` (6 rows; code at commit {code_commit()};"
     assert result.stdout.startswith(head)
     assert "| Euler, 2 steps | 1/2 | 2 | 2 (0) |" in result.stdout
+
+
+def test_the_language_invariance_prose_quotes_its_table():
+    """The numbers the lm_invariance section's text quotes, recomputed from the committed table."""
+    table = pd.read_csv(REPO / "results" / "lm_invariance.csv")
+    text = (REPO / "docs" / "results.md").read_text()
+    prose = text[text.index("## Solver invariance on language modelling"):text.index("## Depth vs width at")]
+    prose = prose[prose.index("<!-- results:lm_invariance:end -->"):]
+
+    def arm(name, steps):
+        return table[(table["solver.name"] == name) & (table["solver.steps"] == steps)]
+
+    def gap(name, steps, digits):
+        return f"{lm_invariance.gap_interval(table, name, steps).mean:.{digits}f}"
+
+    coarse = lm_invariance.gap_interval(table, "euler", 1)
+    fine = lm_invariance.gap_interval(table, "euler", 16)
+    one = arm("euler", 1)
+    quoted = [f"{one['val_loss@train'].mean():.3f} to {one['val_loss@dopri5:1e-4'].mean():.3f}",
+              f"+{coarse.mean:.3f}, interval +{coarse.low:.3f} to +{coarse.high:.3f}",
+              f"from {gap('euler', 1, 3)} at h = 1 through {gap('euler', 2, 3)}, {gap('euler', 4, 3)}, "
+              f"{gap('euler', 8, 4)} and {gap('euler', 16, 4)} to {gap('euler', 32, 4)} at h = 1/32",
+              f"(+{fine.low:.4f} to +{fine.high:.4f})",
+              f"gap {gap('rk4', 1, 4)} at 4 NFE against {gap('euler', 4, 3)}, {gap('rk4', 2, 4)} at 8 "
+              f"against {gap('euler', 8, 4)}, and {gap('rk4', 4, 4).replace('-', '−')} at 16 against "
+              f"{gap('euler', 16, 4)}",
+              f"test loss {arm('euler', 32)['test_loss'].mean():.3f} at Euler h = 1/32",
+              f"and {arm('rk4', 4)['test_loss'].mean():.3f} at RK4 in 4 steps against "
+              f"{one['test_loss'].mean():.3f} at one Euler step"]
+    for snippet in quoted:
+        assert " ".join(snippet.split()) in " ".join(prose.split()), snippet

@@ -21,7 +21,7 @@ RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_depth_vs_width": lm_depth_vs_width.render_choice,
     "lm_depth_vs_width_test": lm_depth_vs_width.render,
 }
-_BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?P<body>.*?)\n"
+_BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?:(?P<body>.*?)\n)?"
                     r"<!-- results:(?P=name):end -->", re.DOTALL)
 
 
@@ -42,7 +42,7 @@ def render(name: str, table: pd.DataFrame) -> str:
 
 
 def blocks(text: str) -> dict[str, str]:
-    """``name -> body`` of every generated block in ``text``.
+    """``name -> body`` of every generated block in ``text`` (an empty block's body is "").
 
     Raises:
       ValueError: an experiment's block appears twice.
@@ -51,7 +51,7 @@ def blocks(text: str) -> dict[str, str]:
     for match in _BLOCK.finditer(text):
         if match["name"] in found:
             raise ValueError(f"the block of {match['name']!r} appears twice")
-        found[match["name"]] = match["body"]
+        found[match["name"]] = match["body"] or ""
     return found
 
 
@@ -61,9 +61,9 @@ def replace_block(text: str, name: str, body: str) -> str:
     Raises:
       ValueError: ``text`` has no block for ``name`` (add its two marker lines first).
     """
-    if name not in blocks(text):
+    match = next((m for m in _BLOCK.finditer(text) if m["name"] == name), None)
+    if match is None:
         raise ValueError(f"the page has no block for {name!r}: add the lines <!-- results:{name}:begin --> "
                          f"and <!-- results:{name}:end --> where it belongs")
-    begin, end = f"<!-- results:{name}:begin -->\n", f"\n<!-- results:{name}:end -->"
-    head, rest = text.split(begin, 1)
-    return head + begin + body + end + rest.split(end, 1)[1]
+    block = f"<!-- results:{name}:begin -->\n{body}\n<!-- results:{name}:end -->"
+    return text[:match.start()] + block + text[match.end():]
