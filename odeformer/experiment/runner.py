@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -198,9 +199,9 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
     graphdef, state = init_sharded(train_state_init(build, tx, c.solver, penalty_weights(c.train), sparse),
                                    init_key, mesh)
     language = isinstance(data, LanguageData)
-    # The parameters at initialisation (before any checkpoint is restored): a language run
-    # measures what training changed (update_change).
-    initial = jax.device_get(state["params"]) if language else None
+    # The parameters at initialisation (before any checkpoint is restored), copied on device (the
+    # train step donates the state's buffers): a language run measures what training changed.
+    initial = jax.tree.map(jnp.copy, state["params"]) if language else None
     train_split = place(data.train, replicated(mesh))
     test_split = None if language else place(data.test, replicated(mesh))
     train_key = place(train_key, replicated(mesh))
