@@ -190,3 +190,12 @@ def test_selection_treats_rounding_differences_as_a_tie():
     assert (0.1 + 0.2) / 2 != 0.15
     out = select_by_validation(table, [])
     assert set(out["chosen_train.learning_rate"]) == {1e-3} and len(out) == 2
+
+
+def test_side_places_an_interval_against_a_margin():
+    from odeformer.analysis.protocol import side
+    assert side(MeanCI(0.3, 0.2, 0.4, 5, 0.95, 0.1), 0.1) == "above"
+    assert side(MeanCI(-0.3, -0.4, -0.2, 5, 0.95, 0.1), 0.1) == "below"
+    assert side(MeanCI(0.0, -0.05, 0.05, 5, 0.95, 0.05), 0.1) == "inside"
+    assert side(MeanCI(0.1, 0.05, 0.15, 5, 0.95, 0.05), 0.1) == "straddles"
+    assert side(MeanCI(0.5, math.nan, math.nan, 1, 0.95, math.nan), 0.1) == "straddles"  # one value

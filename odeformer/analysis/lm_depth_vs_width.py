@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.protocol import MeanCI, mean_ci, select_by_validation
+from odeformer.analysis.protocol import MeanCI, mean_ci, select_by_validation, side
 from odeformer.analysis.tables import ok_rows
 
 MARGIN = 0.01  # nats per character
@@ -149,14 +149,12 @@ def contrasts(table: pd.DataFrame, family: str, kind: str, budget: float) -> lis
     return out
 
 
+_WINNER = {"above": "shallow", "below": "deep", "inside": "none", "straddles": "unknown"}
+
+
 def _side(ci: MeanCI) -> str:
-    if ci.n < 2:
-        return "unknown"
-    if ci.low > MARGIN:
-        return "shallow"
-    if ci.high < -MARGIN:
-        return "deep"
-    return "none" if -MARGIN < ci.low and ci.high < MARGIN else "unknown"
+    """Which depth a ``deep - shallow`` interval favours beyond the margin."""
+    return _WINNER[side(ci, MARGIN)]
 
 
 def outcome(rows: list[dict]) -> str:

@@ -29,7 +29,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.protocol import MeanCI, mean_ci
+from odeformer.analysis.protocol import MeanCI, mean_ci, side
 from odeformer.analysis.tables import ok_rows
 
 MARGIN = 0.01  # nats per character: a gap smaller than this counts as none
@@ -66,15 +66,7 @@ def gap_interval(table: pd.DataFrame, name: str, steps: int) -> MeanCI:
 
 
 def _side(ci: MeanCI) -> str:
-    """"above" the margin, "inside" ±margin, "below" minus it, or "straddles" (also one seed: no
-    interval)."""
-    if ci.n < 2:
-        return "straddles"
-    if ci.low > MARGIN:
-        return "above"
-    if ci.high < -MARGIN:
-        return "below"
-    return "inside" if -MARGIN < ci.low and ci.high < MARGIN else "straddles"
+    return side(ci, MARGIN)
 
 
 def reference_error(table: pd.DataFrame) -> float:

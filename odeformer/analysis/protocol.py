@@ -105,6 +105,19 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> MeanCI:
     return MeanCI(mean, mean - half, mean + half, int(x.size), level, half)
 
 
+def side(ci: MeanCI, margin: float) -> str:
+    """Where an interval lies against ``±margin``: ``"above"`` (its low end above ``margin``),
+    ``"below"`` (its high end below ``-margin``), ``"inside"`` (within ``(-margin, margin)``: no
+    difference that matters), else ``"straddles"`` (also for one value: no interval)."""
+    if ci.n < 2:
+        return "straddles"
+    if ci.low > margin:
+        return "above"
+    if ci.high < -margin:
+        return "below"
+    return "inside" if -margin < ci.low and ci.high < margin else "straddles"
+
+
 def _groups(frame: pd.DataFrame, cols: Sequence[str]) -> Iterator[tuple[tuple, pd.DataFrame]]:
     """(key tuple, rows) per group of ``cols``, sorted; one group ``()`` if ``cols`` is empty."""
     parts = frame.groupby(list(cols), dropna=False, sort=True) if cols else [((), frame)]
