@@ -18,22 +18,21 @@ Specs are ``"name:steps"`` (fixed steps, an integer >= 1, any solver of
 halves the training step size whatever it was, so one spec serves a sweep over step counts;
 ``"train:x2"`` is the run's own solver at twice its steps)
 or ``"name:rtol"`` (adaptive, a float in (0, 1) such as ``1e-6``; ``atol = rtol * 1e-3``; only
-solvers with an error estimate).
+solvers with an error estimate). Steps span the whole integration interval: ``[0, t1]`` for
+the ``ode`` family and ``[0, layers]`` for the ``discrete`` family, which is a field piecewise
+constant in time integrated by Euler in unit steps. Re-solving that field finely asks whether
+the L-layer network is a discretisation of the ODE it defines (Sander et al. 2022). That field
+jumps at every integer time, so Euler with a multiple of ``layers`` steps and adaptive solvers
+(which shrink their steps at the jumps) converge to its ODE, while fixed-step multi-stage
+solvers evaluate a stage at the jump and converge only at first order. A spec whose solve
+fails (``max_steps`` reached, non-finite state) gets NaN columns.
 
 A language model (``ode`` and ``smooth`` families) is re-solved on its validation split
 (``val_loss@<spec>``, ``val_accuracy@<spec>``, ``nfe_forward@<spec>``), and its gap is one of
 loss: ``invariance_gap_loss = val_loss@<last spec> - val_loss`` (nats per character; positive:
 worse under the reference). With ``evaluate.chars`` only the split's first characters are
 re-solved, and the training solver's loss over the same characters is ``val_loss@train``,
-the gap's baseline. Steps span the whole
-integration interval: ``[0, t1]`` for the ``ode`` family and ``[0, layers]`` for the
-``discrete`` family, which is a field piecewise constant in time integrated by Euler in
-unit steps. Re-solving that field finely asks whether the L-layer network is a
-discretisation of the ODE it defines (Sander et al. 2022). That field jumps at every
-integer time, so Euler with a multiple of ``layers`` steps and adaptive solvers (which
-shrink their steps at the jumps) converge to its ODE, while fixed-step multi-stage solvers
-evaluate a stage at the jump and converge only at first order. A spec whose solve fails
-(``max_steps`` reached, non-finite state) gets NaN columns.
+the gap's baseline.
 """
 
 from __future__ import annotations
