@@ -209,7 +209,7 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
                                      "--config.train.num_steps=3"}
     assert set(table["commit"]) == {code_commit()} and set(table["planned_runs"]) == {6}
     assert result.stdout.strip() == sections.render("lm_invariance", table)
-    head = f"From `results/lm_invariance.csv` (6 rows; code at commit {code_commit()};"
+    head = "From `results/lm_invariance.csv` (6 rows made by 1 commit, each row with its commit and command;"
     assert result.stdout.startswith(head)
     assert "| Euler, 2 steps | 1/2 | 2 | 2 (0) |" in result.stdout
 

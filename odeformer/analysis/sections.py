@@ -27,17 +27,18 @@ _BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?:(?P<body>.
 
 def render(name: str, table: pd.DataFrame) -> str:
     """The block of experiment ``name`` from its table, headed by where it comes from (the table,
-    and every commit its rows were made by).
+    and how many commits its rows were made by; the hashes stay in the table).
 
     Raises:
       KeyError: naming the experiments that have a renderer.
     """
     if name not in RENDERERS:
         raise KeyError(f"no renderer for {name!r}; rendered experiments: {', '.join(sorted(RENDERERS))}")
-    commits = sorted(set(table["commit"].astype(str))) if "commit" in table else []
-    plural = "s" if len(commits) > 1 else ""
-    source = (f"From `results/{name}.csv` ({len(table)} rows; code at commit{plural} "
-              f"{', '.join(commits) or 'unrecorded'}; `python -m experiments.export` renders this block).")
+    commits = table["commit"].nunique() if "commit" in table else 0
+    made = (f"made by {commits} commit{'s' if commits > 1 else ''}, each row with its commit and command"
+            if commits else "no commit recorded")
+    source = (f"From `results/{name}.csv` ({len(table)} rows {made}; `python -m experiments.export` "
+              "renders this block).")
     return source + "\n\n" + RENDERERS[name](table)
 
 
