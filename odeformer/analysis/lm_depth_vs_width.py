@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.protocol import MeanCI, mean_ci, select_by_validation, side
+from odeformer.analysis.protocol import MeanCI, format_ci, mean_ci, select_by_validation, side
 from odeformer.analysis.tables import ok_rows
 
 MARGIN = 0.01  # nats per character
@@ -236,11 +236,6 @@ def mechanism(rows: list[dict], outcome_verdict: str) -> str:
 _KIND = {"params": "equal params", "flops": "equal FLOPs"}
 
 
-def _fmt(ci: MeanCI, digits: int = 3, sign: bool = False) -> str:
-    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    return f.format(ci.mean) if ci.n < 2 else f"{f.format(ci.mean)} [{f.format(ci.low)}, {f.format(ci.high)}]"
-
-
 def render(table: pd.DataFrame) -> str:
     """The docs block of the main sweep: every arm's losses, costs and closeness, the contrasts,
     the correlations and the verdicts."""
@@ -261,13 +256,14 @@ def render(table: pd.DataFrame) -> str:
                     & (done["model.family"] == family) & (done["depth"] == depth)]
         change = runs["layer_change"].mean()
         far = distance(runs)
-        resolve = _fmt(mean_ci(far), 3) if np.isfinite(far).all() else "—"
+        resolve = format_ci(mean_ci(far), 3) if np.isfinite(far).all() else "—"
         lines.append(
             f"| {int(budget):,} | {_KIND[kind]} | {family} | {depth} | "
             f"{int(runs['shape.width'].iloc[0])} ({int(runs['shape.heads'].iloc[0])}) | "
             f"{int(runs['params'].mean()):,} | {runs['flops_per_token'].mean() / gpt1[budget]:.2f} | "
-            f"{runs['train.learning_rate'].iloc[0]:g} | {len(runs)} | {_fmt(mean_ci(runs['val_loss']))} | "
-            f"{_fmt(mean_ci(runs['test_loss']))} | {'—' if np.isnan(change) else f'{change:.3f}'} | "
+            f"{runs['train.learning_rate'].iloc[0]:g} | {len(runs)} | "
+            f"{format_ci(mean_ci(runs['val_loss']))} | "
+            f"{format_ci(mean_ci(runs['test_loss']))} | {'—' if np.isnan(change) else f'{change:.3f}'} | "
             f"{resolve} |")
     results = {}
     contrast_lines = ["| family | compared at | budget | shallow | depth 8 − shallow (test loss) |",
@@ -277,7 +273,7 @@ def render(table: pd.DataFrame) -> str:
         results[family, kind] = outcome(rows)
         for r in rows:
             contrast_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['shallow']} | "
-                                  f"{_fmt(r['ci'], 4, True)} |")
+                                  f"{format_ci(r['ci'], 4, True)} |")
     corr = [closeness(table, f, b) for f in ("gpt", "ode", "smooth") for b in budgets]
     corr_lines = ["| family | budget | models | Spearman ρ within depths (distance, val loss) | "
                   "best depth | its distance | depth 8's distance |", "|---|---|---|---|---|---|---|"]

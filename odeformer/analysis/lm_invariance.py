@@ -29,7 +29,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.protocol import MeanCI, mean_ci, side
+from odeformer.analysis.protocol import MeanCI, format_ci, mean_ci, side
 from odeformer.analysis.tables import ok_rows
 
 MARGIN = 0.01  # nats per character: a gap smaller than this counts as none
@@ -42,13 +42,6 @@ _GAP = "invariance_gap_loss"
 
 def _ci(values) -> MeanCI:
     return mean_ci(np.asarray(values, float))
-
-
-def _fmt(ci: MeanCI, digits: int = 3, sign: bool = False) -> str:
-    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
-    if ci.n < 2:
-        return f.format(ci.mean) + " (1 seed)"
-    return f"{f.format(ci.mean)} [{f.format(ci.low)}, {f.format(ci.high)}]"
 
 
 def arms(table: pd.DataFrame) -> list[tuple[str, int]]:
@@ -88,7 +81,7 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
     coarse = gap_interval(table, "euler", 1)
     first = {"above": "**reproduced**", "inside": "**not supported**", "below": "**not supported**",
              "straddles": "**inconclusive**"}[_side(coarse)]
-    out = {"discrete_map": f"{first}: the 1-step Euler models' gap is {_fmt(coarse, 4, True)} nats "
+    out = {"discrete_map": f"{first}: the 1-step Euler models' gap is {format_ci(coarse, 4, True)} nats "
                            f"(margin ±{MARGIN})"}
     sides = {s: _side(gap_interval(table, "euler", s)) for s in euler}
     critical = next((s for s in euler if all(sides[f] == "inside" for f in euler if f >= s)), None)
@@ -96,14 +89,14 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
     finest = gap_interval(table, "euler", max(euler))
     if critical is None:
         out["critical_step"] = ("**inconclusive**: not reached; at the finest training step, "
-                                f"h = 1/{max(euler)}, the gap is {_fmt(finest, 4, True)} nats")
+                                f"h = 1/{max(euler)}, the gap is {format_ci(finest, 4, True)} nats")
     elif not any(sides[c] == "above" for c in coarser):
         out["critical_step"] = ("**inconclusive**: no discrete regime observed; every Euler arm from "
                                 f"h = {Fraction(1, critical)} down has a gap inside ±{MARGIN}, and no "
                                 "coarser arm's gap lies above the margin")
     elif sides[max(coarser)] != "above":
         last = max(c for c in coarser if sides[c] == "above")
-        between = ", ".join(f"h = {Fraction(1, c)}: {_fmt(gap_interval(table, 'euler', c), 4, True)}"
+        between = ", ".join(f"h = {Fraction(1, c)}: {format_ci(gap_interval(table, 'euler', c), 4, True)}"
                             for c in coarser if c > last)
         low, high = Fraction(1, last), Fraction(1, critical)
         out["critical_step"] = ("**inconclusive**: the critical step size lies between "
@@ -114,7 +107,7 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
         above = gap_interval(table, "euler", max(coarser))
         out["critical_step"] = (f"**reproduced**: from h = {Fraction(1, critical)} down every Euler arm's "
                                 f"gap lies inside ±{MARGIN}, and at h = 1/{max(coarser)} it is "
-                                f"{_fmt(above, 4, True)}")
+                                f"{format_ci(above, 4, True)}")
     return out
 
 
@@ -133,8 +126,9 @@ def render(table: pd.DataFrame) -> str:
         half = ok["val_loss@train:x2"] - ok["val_loss@train"]
         lines.append(
             f"| {label} | {Fraction(1, steps)} | {steps * EVALS[name]} | {len(ok)} ({len(rows) - len(ok)}) | "
-            f"{_fmt(_ci(ok['val_loss@train']))} | {_fmt(_ci(ok[f'val_loss@{REFERENCE}']))} | "
-            f"{_fmt(_ci(ok[_GAP]), 4, True)} | {_fmt(_ci(half), 4, True)} | {_fmt(_ci(ok['test_loss']))} |")
+            f"{format_ci(_ci(ok['val_loss@train']))} | {format_ci(_ci(ok[f'val_loss@{REFERENCE}']))} | "
+            f"{format_ci(_ci(ok[_GAP]), 4, True)} | {format_ci(_ci(half), 4, True)} | "
+            f"{format_ci(_ci(ok['test_loss']))} |")
     specs = [f"euler:{k}" for k in EULER_COUNTS] + ["rk4:16", REFERENCE]
     heads = [f"Euler {k}" for k in EULER_COUNTS] + ["RK4 16", "Dopri5 1e-4"]
     grid = [f"| trained with | {' | '.join(heads)} |", "|---|" + "---|" * len(heads)]

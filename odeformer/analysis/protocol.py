@@ -105,6 +105,15 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> MeanCI:
     return MeanCI(mean, mean - half, mean + half, int(x.size), level, half)
 
 
+def format_ci(ci: MeanCI, digits: int = 3, sign: bool = False) -> str:
+    """``mean [low, high]`` to ``digits`` decimals (with a sign where ``sign``); one value is
+    marked ``(1 seed)``, having no interval."""
+    f = f"{{:+.{digits}f}}" if sign else f"{{:.{digits}f}}"
+    if ci.n < 2:
+        return f.format(ci.mean) + " (1 seed)"
+    return f"{f.format(ci.mean)} [{f.format(ci.low)}, {f.format(ci.high)}]"
+
+
 def side(ci: MeanCI, margin: float) -> str:
     """Where an interval lies against ``±margin``: ``"above"`` (its low end above ``margin``),
     ``"below"`` (its high end below ``-margin``), ``"inside"`` (within ``(-margin, margin)``: no

@@ -9,11 +9,11 @@ renders every block from its table and fails while the docs disagree.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pandas as pd
 
+from odeformer import _docblocks
 from odeformer.analysis import lm_depth_vs_width, lm_invariance
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
@@ -21,8 +21,6 @@ RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_depth_vs_width": lm_depth_vs_width.render_choice,
     "lm_depth_vs_width_test": lm_depth_vs_width.render,
 }
-_BLOCK = re.compile(r"<!-- results:(?P<name>[a-z0-9_]+):begin -->\n(?:(?P<body>.*?)\n)?"
-                    r"<!-- results:(?P=name):end -->", re.DOTALL)
 
 
 def render(name: str, table: pd.DataFrame) -> str:
@@ -43,28 +41,11 @@ def render(name: str, table: pd.DataFrame) -> str:
 
 
 def blocks(text: str) -> dict[str, str]:
-    """``name -> body`` of every generated block in ``text`` (an empty block's body is "").
-
-    Raises:
-      ValueError: an experiment's block appears twice.
-    """
-    found: dict[str, str] = {}
-    for match in _BLOCK.finditer(text):
-        if match["name"] in found:
-            raise ValueError(f"the block of {match['name']!r} appears twice")
-        found[match["name"]] = match["body"] or ""
-    return found
+    """``name -> body`` of every results block in ``text`` (``odeformer._docblocks.blocks``)."""
+    return _docblocks.blocks(text, "results")
 
 
 def replace_block(text: str, name: str, body: str) -> str:
-    """``text`` with the body of ``name``'s block replaced by ``body``.
-
-    Raises:
-      ValueError: ``text`` has no block for ``name`` (add its two marker lines first).
-    """
-    match = next((m for m in _BLOCK.finditer(text) if m["name"] == name), None)
-    if match is None:
-        raise ValueError(f"the page has no block for {name!r}: add the lines <!-- results:{name}:begin --> "
-                         f"and <!-- results:{name}:end --> where it belongs")
-    block = f"<!-- results:{name}:begin -->\n{body}\n<!-- results:{name}:end -->"
-    return text[:match.start()] + block + text[match.end():]
+    """``text`` with the body of ``name``'s results block replaced by ``body``
+    (``odeformer._docblocks.replace_block``; raises ValueError where the block is missing)."""
+    return _docblocks.replace_block(text, "results", name, body)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Callable, Mapping
 
 import ml_collections
 import numpy as np
 
+from odeformer import _docblocks
 from odeformer.experiment.costs import flops_per_evaluation, forward_flops_per_example, nominal_nfe
 from odeformer.experiment.models import SolverSpec
-from odeformer.experiment.runner import PlannedRun, plan
-from odeformer.experiment.tasks import TaskData, majority_margins, make_task
+from odeformer.experiment.runner import PlannedRun, TaskCache, plan
+from odeformer.experiment.tasks import TaskData, majority_margins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,19 +88,6 @@ SECTIONS: dict[str, CostSection] = {
 }
 
 
-class _Tasks:
-    """Each distinct task config's data, made once (the ``tasks`` of :func:`plan`)."""
-
-    def __init__(self):
-        self._made = {}
-
-    def get_task(self, config) -> TaskData:
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key not in self._made:
-            self._made[key] = make_task(config)
-        return self._made[key]
-
-
 def _arm(planned: PlannedRun, data: TaskData) -> ArmCost:
     c, shape = planned.run.config, planned.shape
     discrete = shape.family == "discrete"
@@ -122,7 +109,7 @@ def arm_costs(config: ml_collections.ConfigDict) -> tuple[list[ArmCost], TaskDat
       ValueError: if the sweep's runs do not share one task, or the seeds of an arm were
         given different shapes.
     """
-    tasks = _Tasks()
+    tasks = TaskCache()
     planned = plan(config, tasks)
     data = {json.dumps(p.run.config.task.to_dict(), sort_keys=True) for p in planned}
     if len(data) != 1:
@@ -187,19 +174,9 @@ def render(config: ml_collections.ConfigDict, section: CostSection) -> str:
     return "\n".join(lines)
 
 
-def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- costs:{name}:begin -->\n", f"\n<!-- costs:{name}:end -->"
-
-
 def docs_blocks(text: str) -> dict[str, str]:
     """The cost blocks of a document: experiment name -> the text between its markers."""
-    found = {}
-    for name in re.findall(r"<!-- costs:(\w+):begin -->", text):
-        begin, end = _markers(name)
-        if end not in text:
-            raise ValueError(f"the cost block {name!r} has no end marker {end.strip()!r}")
-        found[name] = text[text.index(begin) + len(begin):text.index(end)]
-    return found
+    return _docblocks.blocks(text, "costs")
 
 
 def replace_blocks(text: str, rendered: Mapping[str, str]) -> str:
@@ -209,8 +186,5 @@ def replace_blocks(text: str, rendered: Mapping[str, str]) -> str:
       ValueError: naming an experiment whose markers ``text`` lacks.
     """
     for name, block in rendered.items():
-        begin, end = _markers(name)
-        if begin not in text or end not in text:
-            raise ValueError(f"no {begin.strip()} ... {end.strip()} markers for {name!r}")
-        text = text[:text.index(begin) + len(begin)] + block + text[text.index(end):]
+        text = _docblocks.replace_block(text, "costs", name, block)
     return text

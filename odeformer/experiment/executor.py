@@ -26,6 +26,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class RunFailed(RuntimeError):
+    """A run that could not finish (it diverged, or its solver failed); final, unlike a crash:
+    its message becomes the row's ``status = "failed: ..."``."""
+
+
 class Stopped(BaseException):
     """Raised inside a run that saw the stop event; like KeyboardInterrupt, it is not an
     ``Exception``, so it is never recorded as the run's failure."""

@@ -1,11 +1,13 @@
-"""Language-model runs: whole-split evaluation, counted compute, and the trained parameters a
-run keeps so that it can be sampled later (:func:`load_trained`)."""
+"""Language-model runs: whole-split evaluation, counted compute, re-solves under other solvers
+(:func:`resolve_language`), and the trained parameters a run keeps so that it can be sampled later
+(:func:`load_trained`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from odeformer.experiment import results
+from odeformer.experiment.evaluators.invariance import parse_solvers, solver_report
+from odeformer.experiment.executor import BuildOnce, RunFailed
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.tasks import LanguageData, make_task
-from odeformer.experiment.training import evaluate_stream
+from odeformer.experiment.training import evaluate_stream, make_eval_step
 from odeformer.language.closeness import adjacent_change
 from odeformer.language.corpus import CharVocabulary
 from odeformer.language.flops import forward_flops_per_token, nominal_nfe
@@ -60,6 +64,35 @@ def language_row(eval_step, state: dict, data: LanguageData, model: LanguageMode
         "layer_change": _layer_change(model, hyper),
         "update_change": _layer_change(model, hyper, initial) if initial is not None else None,
     })
+    return row
+
+
+def resolve_language(c, graphdef, state, data: LanguageData, mesh, compiled: BuildOnce,
+                      val_loss: float) -> dict[str, Any]:
+    """A language model's validation loss under ``evaluate.solvers``
+    (``odeformer.experiment.evaluators.invariance``) over the first ``evaluate.chars``
+    characters of the validation split (all of them when 0). ``val_loss`` is the training
+    solver's over the same characters when they are a slice, the run's otherwise."""
+    if not c.evaluate.solvers:
+        return {}
+    t = time.perf_counter()
+    stream = data.validation["stream"]
+    stream = stream[:c.evaluate.chars] if c.evaluate.chars else stream
+    params, hyper, chunk = state["params"], state["hyper"], c.train.eval_batch_size
+
+    def evaluate_with(solved, values):
+        step, _ = compiled.get(("eval", solved, mesh), lambda: make_eval_step(solved, mesh))
+        return evaluate_stream(step, params, values, stream, data.block_size, chunk)
+
+    row = {}
+    if c.evaluate.chars:
+        own = evaluate_with(graphdef, hyper)
+        if not own["ok"]:
+            raise RunFailed("solver failed during evaluation")
+        val_loss = row["val_loss@train"] = own["loss"]
+    row.update(solver_report(parse_solvers(c.evaluate.solvers), graphdef, params, hyper, val_loss,
+                             evaluate_with, split="val", gap="loss"))
+    row["evaluate_s"] = time.perf_counter() - t
     return row
 
 

@@ -3,6 +3,8 @@
 Every run's row records :func:`code_commit` (``commit``); ``python -m experiments.export``
 copies a sweep's rows into a committed table under ``results/`` with the command that made
 them (:func:`export_rows`), so each number in the docs can be traced to code and command.
+``python -m experiments.run --resume_from results/<name>.csv`` records a committed table's rows
+as finished runs (:func:`adopt_rows`), so a long sweep goes on in a fresh checkout.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+
+from odeformer.experiment import results
 
 UNKNOWN = "unknown"  # not a git checkout (an installed copy) or no git
 UNCOMMITTED = "+uncommitted"  # tracked files differ from the commit
@@ -65,3 +69,63 @@ def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.Dat
     rows["planned_runs"] = len(order)
     rows["_order"] = rows["run_id"].map(order)
     return rows.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+EXPORT_COLUMNS = ("command", "planned_runs")  # what export_rows adds to a run's row
+
+
+def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> tuple[int, int]:
+    """Records the rows of a committed table (:func:`export_rows`) as finished runs of ``workdir``,
+    so that a sweep whose workdir was lost (a fresh checkout) trains only the runs its table lacks.
+    Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is.
+    Everything is checked before anything is written.
+
+    Returns:
+      (rows recorded, rows left alone because ``workdir`` had them).
+
+    Raises:
+      ValueError: the table has no ``run_id`` column, repeats a run, or holds runs that
+        ``run_ids`` (the config's planned runs) does not: another config, variant, override or
+        schema.
+    """
+    if "run_id" not in table:
+        raise ValueError("the table has no run_id column: not a table of python -m experiments.export")
+    repeated = sorted(set(table.loc[table["run_id"].duplicated(), "run_id"]))
+    if repeated:
+        raise ValueError(f"the table lists runs more than once: {', '.join(repeated[:5])}")
+    planned = set(run_ids)
+    stray = [run_id for run_id in table["run_id"] if run_id not in planned]
+    if stray:
+        raise ValueError(f"{len(stray)} of the table's {len(table)} runs are not planned by this config "
+                         f"({', '.join(stray[:5])}{', ...' if len(stray) > 5 else ''}): it was made by "
+                         "another config, variant, override or schema")
+    rows = table.drop(columns=[c for c in EXPORT_COLUMNS if c in table])
+    recorded = kept = 0
+    for row in rows.to_dict("records"):
+        if results.is_finished(workdir, row["run_id"]):
+            kept += 1
+            continue
+        results.record(Path(workdir), {k: _plain(v) for k, v in row.items()})
+        recorded += 1
+    if recorded:
+        results.write_table(Path(workdir))
+    return recorded, kept
+
+
+def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path) -> str:
+    """:func:`adopt_rows` of the table at ``path``; returns a line saying what was recorded.
+
+    Raises:
+      ValueError: ``path`` is not a file, or as :func:`adopt_rows`.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"--resume_from names {path}, which is not a file (a results/<name>.csv table)")
+    recorded, kept = adopt_rows(pd.read_csv(path), run_ids, workdir)
+    return (f"recorded {recorded} finished run(s) of {path} in {workdir}"
+            + (f"; {kept} it had already" if kept else ""))
+
+
+def _plain(value):
+    """A table cell as JSON writes it: NumPy scalars as Python ones, a missing value as None."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and value != value else value

@@ -38,6 +38,7 @@ from odeformer.experiment.evaluators.invariance import parse_solvers, solver_rep
 from odeformer.experiment.evaluators.stability import forward_mode, make_stability_step, summarise
 from odeformer.experiment.executor import (
     BuildOnce,
+    RunFailed,
     Stopped,
     Terminated,
     check_workers,
@@ -45,7 +46,7 @@ from odeformer.experiment.executor import (
     sigterm_as_interrupt,
     start_order,
 )
-from odeformer.experiment.language import language_row, save_params
+from odeformer.experiment.language import language_row, resolve_language, save_params
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.provenance import code_commit
 from odeformer.experiment.sparse_training import sparse_tables
@@ -57,7 +58,6 @@ from odeformer.experiment.train_state import train_state_init
 from odeformer.experiment.training import (
     FAILURE_SOLVER,
     evaluate,
-    evaluate_stream,
     make_eval_step,
     make_optimizer,
     make_train_step,
@@ -65,10 +65,6 @@ from odeformer.experiment.training import (
 from odeformer.parallel.mesh import init_sharded, make_mesh, place, replicated
 
 _SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ModelShape))
-
-
-class RunFailed(RuntimeError):
-    """A run that could not finish; its message becomes ``status = "failed: ..."``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +82,7 @@ def _json(config) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
-class _TaskCache:
+class TaskCache:
     """Each distinct task config's data, made once per sweep (also from worker threads)."""
 
     def __init__(self):
@@ -96,13 +92,13 @@ class _TaskCache:
         return self._made.get(_json(config), lambda: make_task(config))[0]
 
 
-def plan(config: ml_collections.ConfigDict, tasks: _TaskCache | None = None) -> list[PlannedRun]:
+def plan(config: ml_collections.ConfigDict, tasks: TaskCache | None = None) -> list[PlannedRun]:
     """Expands and validates every run and resolves its shape; writes nothing.
 
     Raises:
       ValueError: naming the first invalid key.
     """
-    tasks = _TaskCache() if tasks is None else tasks
+    tasks = TaskCache() if tasks is None else tasks
     planned = []
     for run in expand(config):
         data = tasks.get_task(run.config.task)
@@ -175,7 +171,7 @@ def _step_bytes(compiled) -> int | None:
         return None
 
 
-def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: BuildOnce,
+def train_run(planned: PlannedRun, workdir: Path, tasks: TaskCache, compiled: BuildOnce,
               progress: bool, stop: threading.Event | None = None) -> dict[str, Any]:
     """Trains one run (resuming from its last checkpoint) and returns its metrics.
 
@@ -270,7 +266,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: _TaskCache, compiled: B
             row = language_row(eval_step, state, data, nnx.merge(graphdef, state["params"]), chunk, late,
                                done * c.train.batch_size * data.block_size, train_time,
                                nnx.merge(graphdef, initial))
-            row.update(_resolve_language(c, graphdef, state, data, mesh, compiled, row["val_loss"]))
+            row.update(resolve_language(c, graphdef, state, data, mesh, compiled, row["val_loss"]))
     if language:
         if not row.pop("solved_ok"):
             raise RunFailed("solver failed during evaluation")
@@ -339,35 +335,6 @@ def _evaluate_trained(c, graphdef, state, test_split, data, mesh, compiled: Buil
     return row
 
 
-def _resolve_language(c, graphdef, state, data: LanguageData, mesh, compiled: BuildOnce,
-                      val_loss: float) -> dict[str, Any]:
-    """A language model's validation loss under ``evaluate.solvers``
-    (``odeformer.experiment.evaluators.invariance``) over the first ``evaluate.chars``
-    characters of the validation split (all of them when 0). ``val_loss`` is the training
-    solver's over the same characters when they are a slice, the run's otherwise."""
-    if not c.evaluate.solvers:
-        return {}
-    t = time.perf_counter()
-    stream = data.validation["stream"]
-    stream = stream[:c.evaluate.chars] if c.evaluate.chars else stream
-    params, hyper, chunk = state["params"], state["hyper"], c.train.eval_batch_size
-
-    def evaluate_with(solved, values):
-        step, _ = compiled.get(("eval", solved, mesh), lambda: make_eval_step(solved, mesh))
-        return evaluate_stream(step, params, values, stream, data.block_size, chunk)
-
-    row = {}
-    if c.evaluate.chars:
-        own = evaluate_with(graphdef, hyper)
-        if not own["ok"]:
-            raise RunFailed("solver failed during evaluation")
-        val_loss = row["val_loss@train"] = own["loss"]
-    row.update(solver_report(parse_solvers(c.evaluate.solvers), graphdef, params, hyper, val_loss,
-                             evaluate_with, split="val", gap="loss"))
-    row["evaluate_s"] = time.perf_counter() - t
-    return row
-
-
 def _late_means(logged: list[dict], num_steps: int, names) -> dict[str, float | None]:
     """Means of the logged values ``names`` over the last quarter of training (None where
     none was logged)."""
@@ -429,7 +396,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
     workdir = Path(workdir)
     progress = not quiet and sys.stderr.isatty()
     if config.experiment == "train":
-        tasks, compiled = _TaskCache(), BuildOnce()
+        tasks, compiled = TaskCache(), BuildOnce()
         items = shard(plan(config, tasks), shard_index, shard_count)
         run_progress = progress and workers == 1  # one bar per run only when runs take turns
 
