@@ -106,15 +106,17 @@ WIDTHS = {(25_000, 1): 46, (25_000, 2): 32, (25_000, 4): 23, (25_000, 8): 16,
           (75_000, 1): 80, (75_000, 2): 56, (75_000, 4): 40, (75_000, 8): 28}
 
 
-def _main_table(slope: float, closer_is_better: bool = True, seeds: int = 5) -> pd.DataFrame:
+def _main_table(slope: float, closer_is_better: bool = True, seeds: int = 5,
+                shift: float = 0.0) -> pd.DataFrame:
     """Runs whose test and validation loss move by ``slope`` per doubling of depth, with seed noise
-    that also moves their distance from a flow (with the loss, or against it)."""
+    that also moves their distance from a flow (with the loss, or against it); the tied ODE's losses
+    are ``shift`` higher than the others'."""
     rows = []
     rng = np.random.default_rng(0)
 
     def add(family, depth, budget, width, seed):
         noise = 0.002 * rng.normal()
-        loss = 2.0 + slope * np.log2(depth) + noise
+        loss = 2.0 + slope * np.log2(depth) + noise + (shift if family == "ode" else 0.0)
         far = 0.1 * depth + (5 if closer_is_better else -5) * noise  # distance on the K-scaled scale
         rows.append({"model.family": family, "model.layers": depth if family == "gpt" else 4,
                      "solver.steps": depth if family != "gpt" else 4, "model.param_budget": budget,
@@ -175,6 +177,30 @@ def test_the_rules_read_the_contrasts_and_correlations(slope, closer_is_better, 
     ode = closeness(table, "ode", 75_000)
     assert ode["n"] == 4 * 5 and ode["best_depth"] == (1 if slope > 0 else 8)
     assert ode["deep_distance"] == pytest.approx(0.8, abs=0.05)
+
+
+@pytest.mark.parametrize("shift, ode", [(0.05, "**gpt is better**"), (-0.05, "**ode is better**"),
+                                        (0.0, "**no difference**")])
+def test_the_families_are_compared_at_their_best_depths_and_at_a_gpt_s_width(shift, ode):
+    from odeformer.analysis.lm_depth_vs_width import family_contrasts, family_verdict, render
+    table = _main_table(0.05, shift=shift)
+    (best,) = family_contrasts(table, "ode", "params", 25_000)
+    assert (best["depth"], best["gpt_depth"], best["ci"].n) == (1, 1, 5)  # deeper is worse here
+    assert best["ci"].mean == pytest.approx(shift, abs=0.005)
+    narrow = family_contrasts(table, "ode", "flops", 75_000)
+    assert [(r["depth"], r["gpt_depth"]) for r in narrow] == [(2, 2), (4, 4), (8, 8)]
+    # The smooth family at K <= 4 is at gpt's width at equal parameters; here depth 8 is too.
+    assert [r["depth"] for r in family_contrasts(table, "smooth", "flops", 25_000)] == [2, 4, 8]
+    text = render(table)
+    assert f"- Tied ODE against gpt at equal parameters: {ode}; at equal FLOPs: {ode}." in text
+    # The smooth family has no depth 1 (the tied ODE): its best, depth 2, is 0.05 behind gpt-1.
+    assert ("- Smooth ODE against gpt at equal parameters: **gpt is better**; at equal FLOPs: "
+            "**no difference**.") in text
+    assert "| ode | equal FLOPs | 75,000 | 8 | 8 | 5 (0) |" in text
+    # One contrast the other way, or straddling the margin: no verdict.
+    rows = family_contrasts(table, "ode", "params", 25_000) + family_contrasts(
+        _main_table(0.05, shift=-shift), "ode", "params", 75_000)
+    assert family_verdict(rows) == ("**no difference**" if shift == 0 else "**inconclusive**")
 
 
 def test_depth_alone_does_not_make_a_correlation():

@@ -29,6 +29,12 @@ better approximate the continuous process*. Rules, fixed before the test runs (m
   supports nor contradicts. **Reproduced** if the gpt outcome is reproduced (there is an advantage
   to explain), some family supports the mechanism and none contradicts it; **not supported** if
   every family contradicts it; else **inconclusive**.
+- *The families*: ``family - gpt`` test loss paired by seed, at each budget. At equal parameters
+  each family at its own best depth there (lowest mean validation loss; judged on test loss); at
+  equal FLOPs, at each depth K >= 2, the family at gpt-K's width against gpt-K. Per family and
+  comparison: **the family is better** if every interval lies below minus the margin, **gpt is
+  better** if every one lies above the margin, **no difference** if every one lies inside ±margin,
+  else **inconclusive**.
 """
 
 from __future__ import annotations
@@ -233,6 +239,58 @@ def mechanism(rows: list[dict], outcome_verdict: str) -> str:
     return "**inconclusive**"
 
 
+def _best_depth(done: pd.DataFrame) -> int:
+    """The depth with the lowest mean validation loss (ties: the shallower)."""
+    means = done.groupby("depth")["val_loss"].mean()
+    return int(means[means == means.min()].index.min())
+
+
+def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float) -> list[dict]:
+    """``family - gpt`` test loss, paired by seed, at ``budget``.
+
+    ``kind="params"``: each family at its own best depth at that budget (chosen on mean validation
+    loss, then judged on test loss), both at equal parameters. ``kind="flops"``: at each depth
+    K >= 2, the family at gpt-K's width (equal FLOPs per token, fewer parameters for the tied ODE)
+    against gpt-K; the smooth family at K <= 4 has that width at equal parameters already."""
+    done = arms(table)
+    done = done[done["budget"] == budget]
+    gpt = done[(done["model.family"] == "gpt") & (done["kind"] == "params")]
+    mine = done[done["model.family"] == family]
+    if kind == "params":
+        mine = mine[mine["kind"] == "params"]
+        pairs = [(_best_depth(mine), _best_depth(gpt))] if len(mine) and len(gpt) else []
+    else:
+        narrow = mine[mine["kind"] == "flops"]
+        wide = mine[(mine["kind"] == "params") & ~mine["depth"].isin(narrow["depth"])]
+        same_width = wide[wide["shape.width"].to_numpy() == wide["depth"].map(
+            gpt.groupby("depth")["shape.width"].first()).to_numpy()]
+        mine = pd.concat([narrow, same_width])
+        pairs = [(k, k) for k in sorted(set(mine["depth"]) & set(gpt["depth"])) if k >= 2]
+    out = []
+    for depth, gpt_depth in pairs:
+        ours = _per_seed(mine[mine["depth"] == depth], "test_loss")
+        theirs = _per_seed(gpt[gpt["depth"] == gpt_depth], "test_loss")
+        seeds = ours.index.intersection(theirs.index)
+        out.append({"family": family, "kind": kind, "budget": budget, "depth": depth, "gpt_depth": gpt_depth,
+                    "ci": mean_ci((ours[seeds] - theirs[seeds]).to_numpy()),
+                    "unpaired": len(ours) + len(theirs) - 2 * len(seeds)})
+    return out
+
+
+_FAMILY_WINNER = {"above": "gpt", "below": "family", "inside": "none", "straddles": "unknown"}
+
+
+def family_verdict(rows: list[dict]) -> str:
+    """Which family wins every ``family - gpt`` contrast beyond the margin: the family, gpt, neither
+    (every interval inside the margin), or **inconclusive** (mixed, or an interval straddling it)."""
+    sides = {_FAMILY_WINNER[side(r["ci"], MARGIN)] for r in rows}
+    if not rows or len(sides) != 1 or sides == {"unknown"}:
+        return "**inconclusive**"
+    family = rows[0]["family"]
+    return {"gpt": "**gpt is better**", "family": f"**{family} is better**",
+            "none": "**no difference**"}[sides.pop()]
+
+
 _KIND = {"params": "equal params", "flops": "equal FLOPs"}
 
 
@@ -266,14 +324,24 @@ def render(table: pd.DataFrame) -> str:
             f"{format_ci(mean_ci(runs['test_loss']))} | {'—' if np.isnan(change) else f'{change:.3f}'} | "
             f"{resolve} |")
     results = {}
-    contrast_lines = ["| family | compared at | budget | shallow | depth 8 − shallow (test loss) |",
-                      "|---|---|---|---|---|"]
+    contrast_lines = ["| family | compared at | budget | shallow | pairs (unpaired) | "
+                      "depth 8 − shallow (test loss) |", "|---|---|---|---|---|---|"]
     for family, kind in (("gpt", "params"), ("ode", "params"), ("smooth", "params"), ("ode", "flops")):
         rows = [r for b in budgets for r in contrasts(table, family, kind, b)]
         results[family, kind] = outcome(rows)
         for r in rows:
             contrast_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['shallow']} | "
-                                  f"{format_ci(r['ci'], 4, True)} |")
+                                  f"{r['ci'].n} ({r['unpaired']}) | {format_ci(r['ci'], 4, True)} |")
+    family_lines = ["| family | compared at | budget | its depth | gpt's depth | pairs (unpaired) | "
+                    "family − gpt (test loss) |", "|---|---|---|---|---|---|---|"]
+    versus = {}
+    for family, kind in (("ode", "params"), ("smooth", "params"), ("ode", "flops"), ("smooth", "flops")):
+        rows = [r for b in budgets for r in family_contrasts(table, family, kind, b)]
+        versus[family, kind] = family_verdict(rows)
+        for r in rows:
+            family_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['depth']} | "
+                                f"{r['gpt_depth']} | {r['ci'].n} ({r['unpaired']}) | "
+                                f"{format_ci(r['ci'], 4, True)} |")
     corr = [closeness(table, f, b) for f in ("gpt", "ode", "smooth") for b in budgets]
     corr_lines = ["| family | budget | models | Spearman ρ within depths (distance, val loss) | "
                   "best depth | its distance | depth 8's distance |", "|---|---|---|---|---|---|---|"]
@@ -282,13 +350,20 @@ def render(table: pd.DataFrame) -> str:
                           f"{r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | {r['best_depth']} | "
                           f"{r['best_distance']:.4f} | {r['deep_distance']:.4f} |")
     return "\n".join([
-        *lines, "", "Test loss of depth 8 minus that of the better of depths 1 and 2 on validation (paired "
-        f"by seed; positive: the shallow model wins; margin {MARGIN}):", "", *contrast_lines, "",
-        "Closeness to a flow against validation loss at each budget (equal parameters; bootstrap over "
-        "models):", "", *corr_lines, "",
+        *lines, "", "Test loss of depth 8 minus that of depth 1 and of depth 2, each paired by seed "
+        f"(positive: the shallow model wins; margin {MARGIN}):", "", *contrast_lines, "",
+        "The ODE families against gpt, test loss paired by seed (negative: the ODE family wins): at equal "
+        "parameters each family at its best depth on validation; at equal FLOPs at gpt's width and depth:",
+        "", *family_lines, "",
+        "Closeness to a flow against validation loss at each budget (equal parameters; seeds resampled "
+        "within depths):", "", *corr_lines, "",
         f"- Fewer, wider layers beat many narrow ones at equal parameters (gpt): {results['gpt', 'params']}.",
         f"- The same within the tied ODE at equal parameters: {results['ode', 'params']}; at equal FLOPs: "
         f"{results['ode', 'flops']}; within the smooth ODE: {results['smooth', 'params']}.",
         f"- Because they better approximate the continuous process: "
         f"{mechanism(corr, results['gpt', 'params'])}.",
+        f"- Tied ODE against gpt at equal parameters: {versus['ode', 'params']}; at equal FLOPs: "
+        f"{versus['ode', 'flops']}.",
+        f"- Smooth ODE against gpt at equal parameters: {versus['smooth', 'params']}; at equal FLOPs: "
+        f"{versus['smooth', 'flops']}.",
     ])
