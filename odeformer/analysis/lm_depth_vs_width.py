@@ -145,6 +145,8 @@ def contrasts(table: pd.DataFrame, family: str, kind: str, budget: float) -> lis
         return done[(done["depth"] == depth) & done["kind"].isin(kinds)]
 
     out = []
+    if not len(arm(8)):  # a table without depth 8 (a tiny variant) has no contrast
+        return out
     deep = _per_seed(arm(8), "test_loss")
     for shallow in (d for d in (1, 2) if len(arm(d))):
         base = _per_seed(arm(shallow), "test_loss")
@@ -216,7 +218,7 @@ def closeness(table: pd.DataFrame, family: str, budget: float, seed: int = 0) ->
     return {"family": family, "budget": budget, "n": len(x), "rho": rho(np.arange(len(x))),
             "low": float(low), "high": float(high), "best_depth": best,
             "best_distance": float(means.loc[best, "distance"]),
-            "deep_distance": float(means.loc[8, "distance"])}
+            "deep_distance": float(means["distance"].get(8, np.nan))}
 
 
 def mechanism(rows: list[dict], outcome_verdict: str) -> str:
@@ -294,6 +296,10 @@ def family_verdict(rows: list[dict]) -> str:
 _KIND = {"params": "equal params", "flops": "equal FLOPs"}
 
 
+def _number(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:.4f}"
+
+
 def render(table: pd.DataFrame) -> str:
     """The docs block of the main sweep: every arm's losses, costs and closeness, the contrasts,
     the correlations and the verdicts."""
@@ -301,6 +307,9 @@ def render(table: pd.DataFrame) -> str:
     budgets = sorted(done["budget"].dropna().unique())
     first = done[(done["model.family"] == "gpt") & (done["depth"] == 1)]
     gpt1 = first.groupby("budget")["flops_per_token"].mean()
+
+    def ratio(flops, base):
+        return "—" if base is None else f"{flops / base:.2f}"  # no 1-layer gpt at this budget
     lines = [f"Runs: {len(done)} finished of {len(table)} recorded; validation and test loss over the whole "
              "splits (nats per character), Student-t 95% intervals over seeds; FLOPs per token forward "
              "(odeformer.language.flops), relative to the 1-layer gpt of the budget.", "",
@@ -318,7 +327,7 @@ def render(table: pd.DataFrame) -> str:
         lines.append(
             f"| {int(budget):,} | {_KIND[kind]} | {family} | {depth} | "
             f"{int(runs['shape.width'].iloc[0])} ({int(runs['shape.heads'].iloc[0])}) | "
-            f"{int(runs['params'].mean()):,} | {runs['flops_per_token'].mean() / gpt1[budget]:.2f} | "
+            f"{int(runs['params'].mean()):,} | {ratio(runs['flops_per_token'].mean(), gpt1.get(budget))} | "
             f"{runs['train.learning_rate'].iloc[0]:g} | {len(runs)} | "
             f"{format_ci(mean_ci(runs['val_loss']))} | "
             f"{format_ci(mean_ci(runs['test_loss']))} | {'—' if np.isnan(change) else f'{change:.3f}'} | "
@@ -348,7 +357,7 @@ def render(table: pd.DataFrame) -> str:
     for r in corr:
         corr_lines.append(f"| {r['family']} | {int(r['budget']):,} | {r['n']} | "
                           f"{r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | {r['best_depth']} | "
-                          f"{r['best_distance']:.4f} | {r['deep_distance']:.4f} |")
+                          f"{_number(r['best_distance'])} | {_number(r['deep_distance'])} |")
     return "\n".join([
         *lines, "", "Test loss of depth 8 minus that of depth 1 and of depth 2, each paired by seed "
         f"(positive: the shallow model wins; margin {MARGIN}):", "", *contrast_lines, "",
