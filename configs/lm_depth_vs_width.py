@@ -29,7 +29,7 @@ in depth (Chebyshev, ``min(K, 4)`` coefficients; K = 1 would be the tied ODE and
 
 The default variant, the pilot, chooses the learning rate of each arm (family, depth, equal
 parameters or equal FLOPs) on validation loss: one seed (100), the two smaller budgets, learning
-rates 1e-3, 3e-3, 1e-2 (the grid is extended where a choice lies on its edge); the largest budget
+rates 1e-3, 3e-3, 1e-2, 3e-2 (the grid is extended where a choice lies on its edge); the largest budget
 takes the rate chosen at the smaller two. ``:test`` trains every arm at its chosen rate
 (:data:`LEARNING_RATES`) over seeds 0-4. ``:tiny``: a few steps on a slice of the text.
 """
@@ -41,7 +41,7 @@ from configs import base, lm_quick
 DEPTHS = (1, 2, 4, 8)
 BUDGETS = (25_000, 75_000, 200_000)
 PILOT_BUDGETS = (25_000, 75_000)
-PILOT_RATES = (1e-3, 3e-3, 1e-2)
+PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 PILOT_SEED = 100
 SEEDS = (0, 1, 2, 3, 4)
 # (budget, depth) -> (width, heads) of the gpt resolved from that budget (tests/test_lm_depth_vs_width.py).

@@ -31,7 +31,7 @@ def test_the_pilot_covers_every_arm_at_every_rate_and_the_smooth_arms_at_most_fo
     runs = plan(experiment.get_config())
     arms = {(p.run.config.model.family, p.shape.layers if p.run.config.model.family == "gpt"
              else p.run.config.solver.steps) for p in runs}
-    assert arms == set(experiment.families()) and len(runs) == (11 + 4) * 3 * 2
+    assert arms == set(experiment.families()) and len(runs) == (11 + 4) * len(experiment.PILOT_RATES) * 2
     narrow = {(p.run.config.model.family, p.run.config.solver.steps, p.shape.width)
               for p in runs if p.run.config.model.param_budget == 0}
     assert narrow == {(f, k, experiment.GPT_WIDTHS[b, k][0])
