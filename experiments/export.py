@@ -6,7 +6,8 @@ the command of each row, and prints (or writes) the docs block rendered from tha
 
 The table is ``results/<config.name>.csv``: the config's planned runs, in grid order, with the
 number planned (``odeformer.experiment.provenance.export_rows``); a sweep still running is
-exported only with ``--allow_partial``. When ``odeformer.analysis.sections``
+exported only with ``--allow_partial`` (its docs block waits for the last run; the table is what
+``python -m experiments.run --resume_from`` goes on from). When ``odeformer.analysis.sections``
 renders that experiment, its block between ``<!-- results:<name>:begin -->`` and
 ``<!-- results:<name>:end -->`` is printed; ``--update_docs`` writes it into docs/results.md,
 and a test fails while the docs and the table disagree. ``--print_only`` reads the committed
@@ -62,7 +63,12 @@ def main(argv):
     name = out.stem
     if name not in sections.RENDERERS:
         return 0
-    block = sections.render(name, pd.read_csv(out))
+    table = pd.read_csv(out)
+    if len(table) < int(table["planned_runs"].iloc[0]):
+        print(f"{name} is partial ({len(table)} of {table['planned_runs'].iloc[0]} planned runs): its block "
+              "is rendered once every run has finished", file=sys.stderr)
+        return 0
+    block = sections.render(name, table)
     if _UPDATE_DOCS.value:
         page = Path("docs/results.md")
         results.write_atomic(page, sections.replace_block(page.read_text(), name, block))

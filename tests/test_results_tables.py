@@ -132,18 +132,27 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 
 # --- the committed tables and docs/results.md -----------------------------------------------------
 
-# Rendered experiments whose sweeps have not finished: no committed table, no block yet.
-PENDING = {"lm_depth_vs_width", "lm_depth_vs_width_test"}
+# Rendered experiments whose sweeps have not finished: no block yet, and no table or a partial one
+# (fewer rows than planned_runs, committed so that the sweep goes on from it with --resume_from).
+PENDING = {"lm_depth_vs_width", "lm_depth_vs_width_test", "lm_param_efficiency",
+           "lm_param_efficiency_test"}
+
+
+def _partial(path: Path) -> bool:
+    table = pd.read_csv(path)
+    return len(table) < int(table["planned_runs"].iloc[0])
 
 
 def test_every_rendered_experiment_has_its_table_and_block_or_is_pending():
     found = sections.blocks((REPO / "docs" / "results.md").read_text())
     for name in sections.RENDERERS:
-        table = (REPO / "results" / f"{name}.csv").exists()
+        path = REPO / "results" / f"{name}.csv"
         if name in PENDING:
-            assert not table and name not in found, f"{name} has landed: take it off PENDING"
+            assert name not in found and (not path.exists() or _partial(path)), (
+                f"{name} has landed: take it off PENDING")
         else:
-            assert table and name in found, f"{name}: results/{name}.csv and its docs block are missing"
+            assert path.exists() and not _partial(path) and name in found, (
+                f"{name}: results/{name}.csv (every planned run) and its docs block are missing")
 
 
 def test_every_generated_block_of_the_results_page_is_its_committed_table_rendered():
@@ -155,7 +164,8 @@ def test_every_generated_block_of_the_results_page_is_its_committed_table_render
         assert body == rendered, (f"docs/results.md disagrees with results/{name}.csv: run python -m "
                                   f"experiments.export --config configs/{name}.py --print_only --update_docs")
     for name in sections.RENDERERS:
-        if (REPO / "results" / f"{name}.csv").exists():
+        path = REPO / "results" / f"{name}.csv"
+        if path.exists() and not _partial(path):
             assert name in found, f"results/{name}.csv is committed but docs/results.md has no block for it"
 
 
@@ -185,8 +195,9 @@ def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
     assert filled == "a\n<!-- results:x:begin -->\ny\n<!-- results:x:end -->\n"
     with pytest.raises(ValueError, match="the results block of .x. appears twice"):
         sections.blocks(page + page)
-    with pytest.raises(KeyError, match="no renderer for 'y'; rendered experiments: lm_depth_vs_width, "
-                                      "lm_depth_vs_width_test, lm_invariance"):
+    with pytest.raises(KeyError, match="no renderer for .y.; rendered experiments: lm_depth_vs_width, "
+                                      "lm_depth_vs_width_test, lm_invariance, lm_param_efficiency, "
+                                      "lm_param_efficiency_test"):
         sections.render("y", pd.DataFrame())
 
 
@@ -213,6 +224,15 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
     head = "From `results/lm_invariance.csv` (6 rows made by 1 commit, each row with its commit and command;"
     assert result.stdout.startswith(head)
     assert "| Euler, 2 steps | 1/2 | 2 | 2 (0) |" in result.stdout
+    # Two runs fewer: refused, or (--allow_partial) written without a block.
+    for run_dir in sorted((workdir / "runs").iterdir())[:2]:
+        (run_dir / "result.json").unlink()
+    refused = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode != 0 and "2 of the 6 planned runs have not finished" in refused.stderr
+    partial = subprocess.run([*export, "--allow_partial"], cwd=REPO, capture_output=True, text=True)
+    assert partial.returncode == 0, partial.stderr
+    assert "lm_invariance is partial (4 of 6 planned runs)" in partial.stderr and not partial.stdout
+    assert len(pd.read_csv(out)) == 4
 
 
 def test_the_language_invariance_prose_quotes_its_table():
