@@ -115,7 +115,6 @@ def test_the_sample_command_prints_the_same_text_for_the_same_seed(tmp_path):
                                    r"task\); use one of gpt, ode, smooth, rk2_gated"),
     ({"model.family": "ode", "model.form": "strang", "solver.adaptive": True, "solver.name": "dopri5"},
      r"model.form='strang' splits each fixed step: solver.adaptive=True needs model.form='parallel'"),
-    ({"evaluate.stability": True}, r"evaluate.stability measures classifiers; leave it off"),
     ({"model.family": "ode", "model.form": "strang", "evaluate.solvers": ("euler:4", "dopri5:1e-3")},
      r"evaluate.solvers \['dopri5:1e-3'\] are adaptive, and model.form='strang' splits each fixed step"),
     ({"model.family": "ode", "solver.adaptive": True, "solver.name": "dopri5",
@@ -212,3 +211,34 @@ def test_the_quick_sweep_figures_in_the_docs_are_the_committed_table():
 
 def test_the_anchor_figures_in_the_docs_are_the_committed_table():
     assert _quick_table(REPO / "results" / "lm_baby.csv") in (REPO / "docs" / "language.md").read_text()
+
+
+@pytest.mark.parametrize("family", ["gpt", "ode"])
+def test_a_language_run_measures_robustness_on_the_same_corrupted_text(tmp_path, family):
+    """evaluate.stability on a language model: the robustness columns, recomputed from the kept
+    parameters by odeformer.language.robustness on the test split's first windows."""
+    from odeformer.experiment import language
+    from odeformer.language.robustness import forward_mode, make_robustness_step
+
+    c = _config(**{"model.family": family, "evaluate.stability": True, "evaluate.examples": 3,
+                   "evaluate.power_iterations": 4, "evaluate.epsilon": 0.5})
+    row = run_sweep(c, tmp_path, quiet=True).table.iloc[0]
+    assert row["status"] == "ok" and row["robust.windows"] == 3
+    attacks = [row[f"robust.attack_delta@{0.5 * k:g}"] for k in language.ATTACK_MULTIPLES]
+    assert attacks[0] > 0 and np.all(np.diff(attacks) >= 0)  # the best iterate of a larger ball
+    assert all(np.isfinite(row[f"robust.sub_delta@{r:g}"]) for r in language.SUBSTITUTION_RATES)
+    assert row["robust.jacobian_norm"] > 0 and np.isfinite(row["robust.lyapunov"])
+    # The same numbers from the kept parameters, windows and key.
+    model, _, values = load_trained(tmp_path, row["run_id"])
+    graphdef, params = nnx.split(model)
+    params = jax.device_get(params)  # as the run measures: off the mesh the parameters were saved from
+    stream = make_task(c.task).test["stream"]
+    n = c.task.block_size
+    budgets = tuple(0.5 * k for k in language.ATTACK_MULTIPLES)
+    step = make_robustness_step(graphdef, forward_mode(graphdef, params), language.SUBSTITUTION_RATES,
+                                0.5 / math.sqrt(model.width), budgets, language.ATTACK_STEPS, 4)
+    out = step(params, values, stream[:3 * n].reshape(3, n),
+               stream[1:3 * n + 1].reshape(3, n), jax.random.key(language.ROBUSTNESS_KEY))
+    assert float(out["clean_loss"].mean()) == pytest.approx(row["robust.clean_loss"], rel=1e-5)
+    assert float((out["sub_loss@0.1"] - out["clean_loss"]).mean()) == pytest.approx(
+        row["robust.sub_delta@0.1"], rel=1e-4, abs=1e-6)

@@ -378,9 +378,6 @@ def _check_family(c: ml_collections.ConfigDict) -> None:
     if c.model.family in ("ode", "smooth") and c.model.form != "parallel" and c.solver.adaptive:
         raise ValueError(f"model.form={c.model.form!r} splits each fixed step: solver.adaptive=True "
                          "needs model.form='parallel'")
-    if c.evaluate.stability:
-        raise ValueError("evaluate.stability measures classifiers; leave it off "
-                         f"for task.name={c.task.name!r}")
     adaptive = [s.spec for s in parse_solvers(c.evaluate.solvers) if s.rtol is not None]
     if adaptive and c.model.form != "parallel":
         raise ValueError(f"evaluate.solvers {adaptive} are adaptive, and model.form={c.model.form!r} "

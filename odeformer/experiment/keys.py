@@ -181,10 +181,13 @@ TRAIN: dict[str, Key] = {
                             "'name:rtol'; the last is the reference of the invariance gap.", "evaluation"),
     "evaluate.chars": _non_negative(0, "Language models: the first characters of the validation split "
                                     "that evaluate.solvers re-solves; 0 = the whole split.", "evaluation"),
-    "evaluate.stability": Key(False, "After training: measure the flow map's stability.", "evaluation"),
-    "evaluate.epsilon": _positive(1e-2, "Stability: perturbation norm relative to the input's.",
-                                  "evaluation"),
+    "evaluate.stability": Key(False, "After training: measure the flow map's stability (language models: "
+                              "robustness, odeformer.experiment.language.robustness_row).", "evaluation"),
+    "evaluate.epsilon": _positive(1e-2, "Stability: perturbation norm relative to the input's (language "
+                                  "models: absolute, per position: the embedding noise's, and the unit of "
+                                  "the attack budgets).", "evaluation"),
     "evaluate.power_iterations": Key(20, "Stability: power iterations for the Jacobian's spectral "
                                      "norm (>= 2).", "evaluation", minimum=(2, False)),
-    "evaluate.examples": _positive(64, "Stability: the first test examples measured.", "evaluation"),
+    "evaluate.examples": _positive(64, "Stability: the first test examples (language models: windows) "
+                                   "measured.", "evaluation"),
 }

@@ -1,6 +1,6 @@
 """Language-model runs: whole-split evaluation, counted compute, re-solves under other solvers
-(:func:`resolve_language`), and the trained parameters a run keeps so that it can be sampled later
-(:func:`load_trained`)."""
+(:func:`resolve_language`), robustness (:func:`robustness_row`), and the trained parameters a run
+keeps so that it can be sampled later (:func:`load_trained`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -25,9 +27,14 @@ from odeformer.language.closeness import adjacent_change
 from odeformer.language.corpus import CharVocabulary
 from odeformer.language.flops import forward_flops_per_token, nominal_nfe
 from odeformer.language.models import LanguageModel
+from odeformer.language.robustness import forward_mode, make_robustness_step, summarise_robustness
 
 PARAMS_DIR = "params"  # a finished language run's final parameters (orbax), in its run dir
 TRAIN_FLOPS_FACTOR = 3  # training FLOPs = 3 x forward (odeformer.language.flops)
+SUBSTITUTION_RATES = (0.01, 0.02, 0.05, 0.1)  # fractions of the context replaced
+ATTACK_MULTIPLES = (1, 2, 4, 8)  # attack budgets, in units of evaluate.epsilon
+ATTACK_STEPS = 10
+ROBUSTNESS_KEY = 0  # one key for every run: every model meets the same corrupted text
 
 
 def language_row(eval_step, state: dict, data: LanguageData, model: LanguageModel, chunk: int,
@@ -94,6 +101,40 @@ def resolve_language(c, graphdef, state, data: LanguageData, mesh, compiled: Bui
                              evaluate_with, split="val", gap="loss"))
     row["evaluate_s"] = time.perf_counter() - t
     return row
+
+
+def robustness_row(c, graphdef, state, data: LanguageData, compiled: BuildOnce) -> dict[str, Any]:
+    """``evaluate.stability`` of a language model (``odeformer.language.robustness``) over the
+    first ``evaluate.examples`` windows of the test split (consecutive, ``block_size`` characters
+    each): loss under character substitution at :data:`SUBSTITUTION_RATES`, under embedding
+    noise, and under a PGD attack of :data:`ATTACK_STEPS` steps at budgets ``evaluate.epsilon``
+    times :data:`ATTACK_MULTIPLES`, and the depth map's Jacobian norm and Lyapunov exponent
+    (``evaluate.power_iterations``). Noise and budgets are absolute, one scale for every model:
+    the noise has standard deviation ``epsilon / sqrt(width)`` per entry, so about ``epsilon``
+    per position at any width, and a budget is an RMS norm per position. Every run draws from
+    the same key (:data:`ROBUSTNESS_KEY`). The jitted step is cached by graphdef."""
+    if not c.evaluate.stability:
+        return {}
+    e, n = c.evaluate, data.block_size
+    stream = data.test["stream"]
+    windows = min(e.examples, (stream.shape[0] - 1) // n)
+    tokens = jnp.asarray(stream[:windows * n]).reshape(windows, n)
+    targets = jnp.asarray(stream[1:windows * n + 1]).reshape(windows, n)
+    # A few windows on one device, outside the training mesh (its explicit shardings would meet the
+    # unsharded windows inside the solves' checkpointed loops).
+    params, hyper = jax.device_get((state["params"], state["hyper"]))
+    width = nnx.merge(graphdef, params).width
+    t = time.perf_counter()
+    step, _ = compiled.get(
+        ("robustness", graphdef, e.epsilon, e.power_iterations),
+        lambda: make_robustness_step(graphdef, forward_mode(graphdef, params), SUBSTITUTION_RATES,
+                                     e.epsilon / math.sqrt(width),
+                                     tuple(e.epsilon * k for k in ATTACK_MULTIPLES), ATTACK_STEPS,
+                                     e.power_iterations))
+    row = summarise_robustness(step(params, hyper, tokens, targets, jax.random.key(ROBUSTNESS_KEY)))
+    if not row.pop("robust.solved_ok"):
+        raise RunFailed("solver failed during the robustness evaluation")
+    return {**row, "robust_s": time.perf_counter() - t}
 
 
 def _layer_change(model: LanguageModel, hyper: dict, initial: LanguageModel | None = None) -> float:

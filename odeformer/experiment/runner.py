@@ -46,7 +46,7 @@ from odeformer.experiment.executor import (
     sigterm_as_interrupt,
     start_order,
 )
-from odeformer.experiment.language import language_row, resolve_language, save_params
+from odeformer.experiment.language import language_row, resolve_language, robustness_row, save_params
 from odeformer.experiment.models import ModelShape, SolverSpec, build_model
 from odeformer.experiment.provenance import code_commit
 from odeformer.experiment.sparse_training import sparse_tables
@@ -270,6 +270,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: TaskCache, compiled: Bu
     if language:
         if not row.pop("solved_ok"):
             raise RunFailed("solver failed during evaluation")
+        row.update(robustness_row(c, graphdef, state, data, compiled))  # off the mesh: a few windows
         if primary:
             save_params(rdir, state["params"])
         return {**row, "train_time_s": train_time, "step_ms": 1000 * train_time / done if done else None,
