@@ -34,10 +34,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from odeformer import configure_compilation_cache
+from odeformer.experiment.executor import check_workers
 from odeformer.experiment.grid import format_grid
 from odeformer.experiment.paths import flatten
 from odeformer.experiment.provenance import adopt_table
-from odeformer.experiment.runner import plan, run_sweep
+from odeformer.experiment.runner import run_sweep
 from odeformer.experiment.summary import SweepInterrupted, format_summary
 from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
 from odeformer.parallel.host_memory import reuse_host_memory
@@ -121,7 +122,8 @@ def main(argv) -> int:
         if _RESUME_FROM.value is not None:
             if jax.process_count() != 1:
                 raise ValueError("--resume_from works in a single-process sweep; resume with one process")
-            print(f"note: {adopt_table(_RESUME_FROM.value, [p.run.run_id for p in plan(config)], workdir)}")
+            check_workers(_WORKERS.value, jax.process_count())  # refused before the table is adopted
+            print(f"note: {adopt_table(_RESUME_FROM.value, [r.run_id for r in expand(config)], workdir)}")
         # Every process reads the cache; JAX writes from process 0.
         cache_notes = configure_compilation_cache(_CACHE.value, _CACHE_DIR.value)
         for note in cache_notes if primary else ():

@@ -275,8 +275,13 @@ def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
     subprocess.run([sys.executable, "-m", "experiments.run", *config, f"--workdir={lost}"], cwd=REPO,
                    check=True, capture_output=True)
     full = results.load(lost)
-    table = export_rows(full.assign(commit="abc1234"), list(full["run_id"]), "cmd").iloc[:4]
-    table.to_csv(tmp_path / "partial.csv", index=False)
+    # An all-digit commit stays a string; a failed run is adopted as failed; a crashed one is retried.
+    table = export_rows(full.assign(commit="0123456"), list(full["run_id"]), "cmd").iloc[:4]
+    table.loc[1, "status"] = "failed: non-finite loss at step 2"
+    table.to_csv(tmp_path / "partial.csv", index=False, float_format="%.10g")
+    crashed = table.assign(crashed=[False, False, False, True])
+    crashed.loc[3, "status"] = "failed: RuntimeError: out of memory"
+    crashed.to_csv(tmp_path / "crashed.csv", index=False, float_format="%.10g")
 
     def resume(path):
         return subprocess.run([sys.executable, "-m", "experiments.run", *config, f"--workdir={fresh}",
@@ -291,15 +296,22 @@ def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
     missing = resume(tmp_path / "none.csv")
     assert missing.returncode == 2 and "which is not a file" in missing.stderr
 
-    done = resume(tmp_path / "partial.csv")
+    done = resume(tmp_path / "crashed.csv")
     assert done.returncode == 0, done.stderr
-    assert "recorded 4 finished run(s)" in done.stdout
+    assert "recorded 3 finished run(s)" in done.stdout
     resumed = results.load(fresh).set_index("run_id").loc[full["run_id"]]
     full = full.set_index("run_id")
-    adopted, trained = table["run_id"], full.index[4:]
-    assert (resumed.loc[adopted, "commit"] == "abc1234").all()
-    assert (resumed.loc[adopted, "train_time_s"] == full.loc[adopted, "train_time_s"]).all()
-    assert (resumed.loc[trained, "commit"] != "abc1234").all()
-    np.testing.assert_allclose(resumed["val_loss"], full["val_loss"], rtol=1e-6)
+    adopted, trained = table["run_id"][:3], full.index[3:]
+    assert (resumed.loc[adopted, "commit"] == "0123456").all()
+    assert resumed.loc[adopted, "status"].tolist() == ["ok", "failed: non-finite loss at step 2", "ok"]
+    np.testing.assert_allclose(resumed.loc[adopted, "train_time_s"], full.loc[adopted, "train_time_s"],
+                               rtol=1e-9)
+    assert (resumed.loc[trained, "commit"] != "0123456").all()
+    assert (resumed.loc[trained, "status"] == "ok").all()  # the crashed run trained again
+    ok = resumed.index != table["run_id"][1]
+    np.testing.assert_allclose(resumed.loc[ok, "val_loss"], full.loc[ok, "val_loss"], rtol=1e-6)
     again = resume(tmp_path / "partial.csv")
     assert "recorded 0 finished run(s)" in again.stdout and "4 it had already" in again.stdout
+    # Re-exported, the adopted rows come back as they were committed.
+    back = export_rows(results.load(fresh), list(adopted), "cmd")
+    assert back["commit"].tolist() == ["0123456"] * 3 and back["run_id"].tolist() == list(adopted)

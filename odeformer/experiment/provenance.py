@@ -45,8 +45,9 @@ def code_commit(root: str | Path | None = None) -> str:
 
 def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.DataFrame:
     """The committed table of a sweep: the rows of ``run_ids`` (the config's planned runs, in
-    grid order; finished ones only) with ``command`` and ``planned_runs``, how many runs the
-    config plans (so a table exported before the sweep finished says so).
+    grid order; finished ones only, ok or failed, never a crashed run, which the next rerun
+    retries) with ``command`` and ``planned_runs``, how many runs the config plans (so a table
+    exported before the sweep finished says so).
 
     Raises:
       ValueError: no planned run has finished (an empty table would replace a committed one), or
@@ -55,6 +56,8 @@ def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.Dat
     """
     order = {run_id: i for i, run_id in enumerate(run_ids)}
     rows = table[table["run_id"].isin(order)].copy() if "run_id" in table else table
+    if "crashed" in rows:  # a crashed run is retried by the next rerun: not finished
+        rows = rows[~rows["crashed"].fillna(False).astype(bool)]
     if rows.empty:
         raise ValueError(f"none of the {len(order)} planned runs has finished in this workdir (a change "
                          "of the config schema renames every run): nothing to export")
@@ -77,16 +80,17 @@ EXPORT_COLUMNS = ("command", "planned_runs")  # what export_rows adds to a run's
 def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> tuple[int, int]:
     """Records the rows of a committed table (:func:`export_rows`) as finished runs of ``workdir``,
     so that a sweep whose workdir was lost (a fresh checkout) trains only the runs its table lacks.
-    Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is.
-    Everything is checked before anything is written.
+    Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is, and
+    a crashed row is left out (the sweep retries it). An adopted run has its record only, no
+    ``config.json`` or parameters. Everything is checked before anything is written.
 
     Returns:
       (rows recorded, rows left alone because ``workdir`` had them).
 
     Raises:
-      ValueError: the table has no ``run_id`` column, repeats a run, or holds runs that
-        ``run_ids`` (the config's planned runs) does not: another config, variant, override or
-        schema.
+      ValueError: the table has no ``run_id`` column or a row without a status, repeats a run, or
+        holds runs that ``run_ids`` (the config's planned runs) does not: another config, variant,
+        override or schema.
     """
     if "run_id" not in table:
         raise ValueError("the table has no run_id column: not a table of python -m experiments.export")
@@ -99,7 +103,12 @@ def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> 
         raise ValueError(f"{len(stray)} of the table's {len(table)} runs are not planned by this config "
                          f"({', '.join(stray[:5])}{', ...' if len(stray) > 5 else ''}): it was made by "
                          "another config, variant, override or schema")
+    if "status" not in table or table["status"].isna().any():
+        raise ValueError("every row of the table needs a status (ok or failed: ...): not a table of "
+                         "python -m experiments.export")
     rows = table.drop(columns=[c for c in EXPORT_COLUMNS if c in table])
+    if "crashed" in rows:  # a crash is retried, never adopted as a result
+        rows = rows[~rows["crashed"].fillna(False).astype(bool)]
     recorded = kept = 0
     for row in rows.to_dict("records"):
         if results.is_finished(workdir, row["run_id"]):
@@ -120,7 +129,9 @@ def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path) -> st
     """
     if not Path(path).is_file():
         raise ValueError(f"--resume_from names {path}, which is not a file (a results/<name>.csv table)")
-    recorded, kept = adopt_rows(pd.read_csv(path), run_ids, workdir)
+    # Ids, commits (an all-digit short hash) and statuses stay strings.
+    table = pd.read_csv(path, dtype={"run_id": str, "commit": str, "status": str})
+    recorded, kept = adopt_rows(table, run_ids, workdir)
     return (f"recorded {recorded} finished run(s) of {path} in {workdir}"
             + (f"; {kept} it had already" if kept else ""))
 
