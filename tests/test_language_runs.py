@@ -223,7 +223,8 @@ def test_a_language_run_measures_robustness_on_the_same_corrupted_text(tmp_path,
     c = _config(**{"model.family": family, "evaluate.stability": True, "evaluate.examples": 3,
                    "evaluate.power_iterations": 4, "evaluate.epsilon": 0.5})
     row = run_sweep(c, tmp_path, quiet=True).table.iloc[0]
-    assert row["status"] == "ok" and row["robust.windows"] == 3
+    assert row["status"] == "ok" and row["robust.windows"] == 3 and row["robust.solved_ok"]
+    assert row["robust.embed_rms"] > 0
     attacks = [row[f"robust.attack_delta@{0.5 * k:g}"] for k in language.ATTACK_MULTIPLES]
     assert attacks[0] > 0 and np.all(np.diff(attacks) >= 0)  # the best iterate of a larger ball
     assert all(np.isfinite(row[f"robust.sub_delta@{r:g}"]) for r in language.SUBSTITUTION_RATES)

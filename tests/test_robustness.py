@@ -221,6 +221,8 @@ def test_robustness_step_measures_the_same_perturbations_for_every_model(x64, fa
     assert row["robust.jacobian_norm"] == pytest.approx(out["sigma"].mean())
     assert row["robust.jacobian_norm_change"] == out["sigma_change"].max()
     assert row["robust.lyapunov"] == pytest.approx(out["lyapunov"].mean())
+    rms = np.sqrt(np.square(np.asarray(x0)).sum(-1).mean(-1)).mean()  # per position, then per window
+    assert row["robust.embed_rms"] == pytest.approx(rms, rel=1e-10)
     assert [k for k in row if "@" in k] == ["robust.sub_delta@0.1", "robust.sub_delta@0.5",
                                             "robust.attack_delta@0.05", "robust.attack_delta@0.2"]
 

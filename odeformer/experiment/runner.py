@@ -270,9 +270,9 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: TaskCache, compiled: Bu
     if language:
         if not row.pop("solved_ok"):
             raise RunFailed("solver failed during evaluation")
-        row.update(robustness_row(c, graphdef, state, data, compiled))  # off the mesh: a few windows
         if primary:
             save_params(rdir, state["params"])
+        row.update(robustness_row(c, graphdef, state, data, compiled))  # off the mesh: a few windows
         return {**row, "train_time_s": train_time, "step_ms": 1000 * train_time / done if done else None,
                 "compile_s": compile_s, "compile_reused": reused, "step_bytes": _step_bytes(train_step),
                 "resumed_from_step": start, "devices": mesh.size,

@@ -247,7 +247,8 @@ def make_robustness_step(graphdef: nnx.GraphDef, forward_graphdef: nnx.GraphDef,
       iterations: power iterations for ``sigma``, >= 2.
 
     The step returns arrays ``[B]``: ``clean_loss``, the losses above, ``sigma``,
-    ``sigma_change``, ``lyapunov`` and ``ok`` (every solve of the clean, substituted and noisy
+    ``sigma_change``, ``lyapunov``, ``embed_rms`` (the clean embeddings' RMS norm per position, the
+    scale the absolute perturbations meet) and ``ok`` (every solve of the clean, substituted and noisy
     windows succeeded). The clean, substituted and noisy windows go through one forward pass, and
     every budget's attack through one PGD loop (``len(budgets) B`` windows). All arguments are
     structural; ``hyper`` and ``key`` are traced.
@@ -278,6 +279,7 @@ def make_robustness_step(graphdef: nnx.GraphDef, forward_graphdef: nnx.GraphDef,
         loss, ok = losses(jnp.concatenate(inputs), jnp.tile(targets, (len(inputs), 1)))
         loss = loss.reshape(len(inputs), batch)
         out = {"clean_loss": loss[0], "noise_loss": loss[-1],
+               "embed_rms": _norm(x0) / math.sqrt(x0.shape[1]),
                **{f"sub_loss@{_tag(r)}": loss[1 + i] for i, r in enumerate(rates)},
                "ok": ok.reshape(len(inputs), batch).all(0)}
         if budgets:
@@ -295,8 +297,8 @@ def make_robustness_step(graphdef: nnx.GraphDef, forward_graphdef: nnx.GraphDef,
 def summarise_robustness(measured: dict) -> dict[str, float]:
     """Per-window measurements -> the ``robust.*`` columns: the clean loss, each perturbation's
     mean loss change from it (``sub_delta@<rate>``, ``noise_delta``, ``attack_delta@<budget>``),
-    the mean ``jacobian_norm`` and ``lyapunov``, the largest ``jacobian_norm_change`` (the worst
-    converged window), ``windows`` and ``solved_ok``."""
+    the mean ``jacobian_norm``, ``lyapunov`` and ``embed_rms``, the largest ``jacobian_norm_change``
+    (the worst converged window), ``windows`` and ``solved_ok``."""
     m = {k: np.asarray(v, np.float64) for k, v in jax.device_get(measured).items()}
     clean = m["clean_loss"]
     row: dict = {"robust.windows": int(clean.shape[0]), "robust.clean_loss": float(clean.mean())}
@@ -308,5 +310,7 @@ def summarise_robustness(measured: dict) -> dict[str, float]:
     row.update({**deltas("sub"), "robust.noise_delta": float((m["noise_loss"] - clean).mean()),
                 **deltas("attack"), "robust.jacobian_norm": float(m["sigma"].mean()),
                 "robust.jacobian_norm_change": float(m["sigma_change"].max()),
-                "robust.lyapunov": float(m["lyapunov"].mean()), "robust.solved_ok": bool(m["ok"].all())})
+                "robust.lyapunov": float(m["lyapunov"].mean()),
+                "robust.embed_rms": float(m["embed_rms"].mean()),
+                "robust.solved_ok": bool(m["ok"].all())})
     return row
