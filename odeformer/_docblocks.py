@@ -1,8 +1,8 @@
 """Generated blocks of a Markdown page: the text between ``<!-- <kind>:<name>:begin -->`` and
 ``<!-- <kind>:<name>:end -->``, written by code and compared with its source by tests.
 
-Two kinds are in use: ``costs`` (``python -m experiments.costs``, counted FLOPs of the toy
-sweeps) and ``results`` (``python -m experiments.export``, committed results tables).
+A kind names who writes the blocks (``costs`` and ``results`` in docs/results.md); a name is an
+experiment's, lower case, digits and underscores.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 
 
 def _pattern(kind: str) -> re.Pattern:
+    kind = re.escape(kind)
     return re.compile(rf"<!-- {kind}:(?P<name>[a-z0-9_]+):begin -->\n(?:(?P<body>.*?)\n)?"
                       rf"<!-- {kind}:(?P=name):end -->", re.DOTALL)
 
@@ -26,7 +27,7 @@ def blocks(text: str, kind: str) -> dict[str, str]:
         if match["name"] in found:
             raise ValueError(f"the {kind} block of {match['name']!r} appears twice")
         found[match["name"]] = match["body"] or ""
-    for name in re.findall(rf"<!-- {kind}:([a-z0-9_]+):begin -->", text):
+    for name in re.findall(rf"<!-- {re.escape(kind)}:([a-z0-9_]+):begin -->", text):
         if name not in found:
             raise ValueError(f"the {kind} block {name!r} has no end marker <!-- {kind}:{name}:end --> "
                              "on a line of its own after its begin marker")
