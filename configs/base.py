@@ -42,3 +42,14 @@ def with_variant(c: ml_collections.ConfigDict, variant: str,
         c.name = f"{c.name}_{variant}"
     c.lock()
     return c
+
+
+def zipped_sweep(paths: tuple[str, ...], arms: list[tuple],
+                 seeds: tuple[int, ...]) -> ml_collections.ConfigDict:
+    """A sweep whose ``arms`` (one value per dotted path of ``paths`` each) are zipped, crossed with
+    ``seeds``; the config sets ``sweep_zip = (paths,)``."""
+    sweep: dict = {}
+    for path, values in zip(paths, zip(*arms, strict=True), strict=True):
+        section, key = path.split(".")
+        sweep.setdefault(section, {})[key] = tuple(values)
+    return ml_collections.ConfigDict({**sweep, "seed": seeds})

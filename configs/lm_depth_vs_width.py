@@ -29,7 +29,8 @@ in depth (Chebyshev, ``min(K, 4)`` coefficients; K = 1 would be the tied ODE and
 
 The default variant, the pilot, chooses the learning rate of each arm (family, depth, equal
 parameters or equal FLOPs) on validation loss: one seed (100), the two smaller budgets, learning
-rates 1e-3, 3e-3, 1e-2, 3e-2 (the grid is extended where a choice lies on its edge); the largest budget
+rates 1e-3, 3e-3, 1e-2, 3e-2, and 1e-1 for the arms whose choice lay on that grid's edge
+(:data:`EXTENDED_RATES`); the largest budget
 takes the rate chosen at the smaller two. ``:test`` trains every arm at its chosen rate
 (:data:`LEARNING_RATES`) over seeds 0-4. ``:tiny``: a few steps on a slice of the text.
 """
@@ -42,6 +43,8 @@ DEPTHS = (1, 2, 4, 8)
 BUDGETS = (25_000, 75_000, 200_000)
 PILOT_BUDGETS = (25_000, 75_000)
 PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+# Arms whose choice lay on the grid's top edge, and the rates added for them (pilot only).
+EXTENDED_RATES = {("gpt", 8, "params"): (1e-1,), ("ode", 4, "flops"): (1e-1,), ("ode", 8, "flops"): (1e-1,)}
 PILOT_SEED = 100
 SEEDS = (0, 1, 2, 3, 4)
 # (budget, depth) -> (width, heads) of the gpt resolved from that budget (tests/test_lm_depth_vs_width.py).
@@ -75,12 +78,7 @@ def equal_flops_arms() -> list[tuple[str, int]]:
 
 
 def _sweep(arms: list[tuple], seeds: tuple[int, ...]) -> ml_collections.ConfigDict:
-    columns = list(zip(*arms, strict=True))
-    sweep = {}
-    for path, values in zip(_ZIPPED, columns, strict=True):
-        section, key = path.split(".")
-        sweep.setdefault(section, {})[key] = tuple(values)
-    return ml_collections.ConfigDict({**sweep, "seed": seeds})
+    return base.zipped_sweep(_ZIPPED, arms, seeds)
 
 
 def arm_keys() -> list[tuple[str, int, str]]:
@@ -97,6 +95,10 @@ def _arms(budgets: tuple[int, ...], rate) -> list[tuple]:
 
 def _pilot(c: ml_collections.ConfigDict) -> None:
     arms = [arm for rate in PILOT_RATES for arm in _arms(PILOT_BUDGETS, lambda key, rate=rate: rate)]
+    for (family, depth, kind), rates in EXTENDED_RATES.items():
+        arms += [_arm(family, depth, rate, budget) if kind == "params"
+                 else _arm(family, depth, rate, 0, GPT_WIDTHS[budget, depth])
+                 for rate in rates for budget in PILOT_BUDGETS]
     c.sweep = _sweep(arms, (PILOT_SEED,))
 
 
@@ -117,13 +119,18 @@ def _test(c: ml_collections.ConfigDict) -> None:
     c.sweep = _sweep(_arms(BUDGETS, LEARNING_RATES.__getitem__), SEEDS)
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    c = base.get_config()
-    c.name = "lm_depth_vs_width"
+def training(c: ml_collections.ConfigDict) -> None:
+    """The model form and training of this experiment, shared by configs/lm_param_efficiency.py."""
     lm_quick.language_model(c)
     c.model.update(family="gpt", heads=4, form="sequential", param_budget=25_000)
     c.solver.update(name="euler", steps=4)
     c.train.update(num_steps=800, batch_size=16, warmup_steps=80, log_every=100, eval_batch_size=256)
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base.get_config()
+    c.name = "lm_depth_vs_width"
+    training(c)
     c.evaluate.update(solvers=("train:x2", "train:x8"), chars=32_768)
     c.sweep_zip = (_ZIPPED,)
     _pilot(c)

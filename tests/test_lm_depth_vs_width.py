@@ -31,7 +31,9 @@ def test_the_pilot_covers_every_arm_at_every_rate_and_the_smooth_arms_at_most_fo
     runs = plan(experiment.get_config())
     arms = {(p.run.config.model.family, p.shape.layers if p.run.config.model.family == "gpt"
              else p.run.config.solver.steps) for p in runs}
-    assert arms == set(experiment.families()) and len(runs) == (11 + 4) * len(experiment.PILOT_RATES) * 2
+    extended = sum(len(rates) for rates in experiment.EXTENDED_RATES.values())
+    assert arms == set(experiment.families())
+    assert len(runs) == ((11 + 4) * len(experiment.PILOT_RATES) + extended) * 2
     narrow = {(p.run.config.model.family, p.run.config.solver.steps, p.shape.width)
               for p in runs if p.run.config.model.param_budget == 0}
     assert narrow == {(f, k, experiment.GPT_WIDTHS[b, k][0])
@@ -78,6 +80,7 @@ def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flag
     assert choice["at_edge"].tolist() == [False, True]
     assert choice["val_loss"].tolist() == pytest.approx([1.925, 1.75])
     text = render_choice(table)
+    assert text.startswith("Runs: 12 finished of 12 recorded (seed 100; budgets 25,000, 75,000, the ")
     assert "| gpt | 1 | equal params | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
     assert "| ode | 2 | equal params | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
     assert np.array_equal(with_depth(table)["depth"].unique(), [1, 2])
@@ -181,11 +184,14 @@ def test_the_rules_read_the_contrasts_and_correlations(slope, closer_is_better, 
 
 @pytest.mark.parametrize("shift, ode", [(0.05, "**gpt is better**"), (-0.05, "**ode is better**"),
                                         (0.0, "**no difference**")])
-def test_the_families_are_compared_at_their_best_depths_and_at_a_gpt_s_width(shift, ode):
+def test_the_families_are_compared_at_their_pilot_depths_and_at_a_gpt_s_width(shift, ode, monkeypatch):
+    from odeformer.analysis import lm_depth_vs_width as analysis
     from odeformer.analysis.lm_depth_vs_width import family_contrasts, family_verdict, render
     table = _main_table(0.05, shift=shift)
+    assert family_contrasts(table, "ode", "params", 25_000) == []  # no depth chosen on a pilot yet
+    monkeypatch.setattr(analysis, "BEST_DEPTHS", {"gpt": 1, "ode": 1, "smooth": 2})
     (best,) = family_contrasts(table, "ode", "params", 25_000)
-    assert (best["depth"], best["gpt_depth"], best["ci"].n) == (1, 1, 5)  # deeper is worse here
+    assert (best["depth"], best["gpt_depth"], best["ci"].n) == (1, 1, 5)
     assert best["ci"].mean == pytest.approx(shift, abs=0.005)
     narrow = family_contrasts(table, "ode", "flops", 75_000)
     assert [(r["depth"], r["gpt_depth"]) for r in narrow] == [(2, 2), (4, 4), (8, 8)]
@@ -201,6 +207,17 @@ def test_the_families_are_compared_at_their_best_depths_and_at_a_gpt_s_width(shi
     rows = family_contrasts(table, "ode", "params", 25_000) + family_contrasts(
         _main_table(0.05, shift=-shift), "ode", "params", 75_000)
     assert family_verdict(rows) == ("**no difference**" if shift == 0 else "**inconclusive**")
+    # The pilot chooses the depth: the test seeds' own losses do not.
+    (deep,) = family_contrasts(table, "ode", "params", 25_000, depths={"gpt": 1, "ode": 8})
+    assert deep["depth"] == 8 and deep["ci"].mean == pytest.approx(3 * 0.05 + shift, abs=0.005)
+
+
+def test_the_pilot_s_best_depth_per_family_is_at_its_chosen_rate():
+    from odeformer.analysis.lm_depth_vs_width import best_depths
+    table = _pilot({("gpt", 1, 1e-3): [2.0, 2.0], ("gpt", 1, 3e-3): [1.9, 1.9],
+                    ("gpt", 2, 1e-3): [1.85, 1.85], ("gpt", 2, 3e-3): [2.2, 2.2],
+                    ("ode", 2, 1e-3): [2.0, 2.0], ("ode", 4, 1e-3): [2.0, 2.0]})
+    assert best_depths(table) == {"gpt": 2, "ode": 2}  # gpt-2 at its own rate; a tie: the shallower
 
 
 def test_depth_alone_does_not_make_a_correlation():
@@ -217,11 +234,15 @@ def test_depth_alone_does_not_make_a_correlation():
 def test_the_config_s_learning_rates_are_the_committed_pilot_s_choice():
     from pathlib import Path
     pilot = Path(__file__).resolve().parents[1] / "results" / "lm_depth_vs_width.csv"
-    if not pilot.exists():  # the pilot has not been exported: no rate may be set by hand
-        assert experiment.LEARNING_RATES == {}
+    table = pd.read_csv(pilot) if pilot.exists() else None
+    if table is None or len(table) < table["planned_runs"].iloc[0]:  # no finished pilot: nothing set by hand
+        from odeformer.analysis.lm_depth_vs_width import BEST_DEPTHS
+        assert experiment.LEARNING_RATES == {} and BEST_DEPTHS == {}
         return
-    choice = choose_learning_rates(pd.read_csv(pilot))
+    choice = choose_learning_rates(table)
     assert not choice["at_edge"].any(), "a choice lies on the edge of its grid: extend the grid there"
     chosen = {(r["model.family"], int(r["depth"]), r["kind"]): float(r["learning_rate"])
               for _, r in choice.iterrows()}
     assert experiment.LEARNING_RATES == chosen
+    from odeformer.analysis.lm_depth_vs_width import BEST_DEPTHS, best_depths
+    assert BEST_DEPTHS == best_depths(table)
