@@ -55,7 +55,13 @@ GPT_WIDTHS = {
 }
 # (family, depth, kind) -> the learning rate the pilot chose (odeformer.analysis.lm_depth_vs_width);
 # kind "params" (width from the budget) or "flops" (at a gpt's width).
-LEARNING_RATES: dict[tuple[str, int, str], float] = {}
+LEARNING_RATES: dict[tuple[str, int, str], float] = {
+    ("gpt", 1, "params"): 0.01, ("gpt", 2, "params"): 0.01, ("gpt", 4, "params"): 0.01,
+    ("gpt", 8, "params"): 0.03, ("ode", 1, "params"): 0.01, ("ode", 2, "params"): 0.01,
+    ("ode", 4, "params"): 0.01, ("ode", 8, "params"): 0.01, ("smooth", 2, "params"): 0.003,
+    ("smooth", 4, "params"): 0.01, ("smooth", 8, "params"): 0.01, ("ode", 2, "flops"): 0.01,
+    ("ode", 4, "flops"): 0.03, ("ode", 8, "flops"): 0.03, ("smooth", 8, "flops"): 0.01,
+}
 _ZIPPED = ("model.family", "model.layers", "solver.steps", "model.basis", "model.param_budget", "model.width",
            "model.heads", "train.learning_rate")
 

@@ -188,7 +188,8 @@ def test_the_families_are_compared_at_their_pilot_depths_and_at_a_gpt_s_width(sh
     from odeformer.analysis import lm_depth_vs_width as analysis
     from odeformer.analysis.lm_depth_vs_width import family_contrasts, family_verdict, render
     table = _main_table(0.05, shift=shift)
-    assert family_contrasts(table, "ode", "params", 25_000) == []  # no depth chosen on a pilot yet
+    monkeypatch.setattr(analysis, "BEST_DEPTHS", {})
+    assert family_contrasts(table, "ode", "params", 25_000) == []  # no depth chosen on a pilot
     monkeypatch.setattr(analysis, "BEST_DEPTHS", {"gpt": 1, "ode": 1, "smooth": 2})
     (best,) = family_contrasts(table, "ode", "params", 25_000)
     assert (best["depth"], best["gpt_depth"], best["ci"].n) == (1, 1, 5)

@@ -30,8 +30,9 @@ better approximate the continuous process*. Rules, fixed before the test runs (m
   to explain), some family supports the mechanism and none contradicts it; **not supported** if
   every family contradicts it; else **inconclusive**.
 - *The families*: ``family - gpt`` test loss paired by seed, at each budget. At equal parameters
-  each family at its own best depth there (lowest mean validation loss; judged on test loss); at
-  equal FLOPs, at each depth K >= 2, the family at gpt-K's width against gpt-K. Per family and
+  each family at its depth chosen on the pilot (:data:`BEST_DEPTHS`: lowest pilot validation loss
+  at the chosen learning rate, so the test seeds do not pick the depths they judge); at equal
+  FLOPs, at each depth K >= 2, the family at gpt-K's width against gpt-K. Per family and
   comparison: **the family is better** if every interval lies below minus the margin, **gpt is
   better** if every one lies above the margin, **no difference** if every one lies inside ±margin,
   else **inconclusive**.
@@ -46,6 +47,9 @@ from odeformer.analysis.protocol import MeanCI, format_ci, mean_ci, select_by_va
 from odeformer.analysis.tables import ok_rows
 
 MARGIN = 0.01  # nats per character
+# family -> its depth at equal parameters chosen on the pilot (best_depths of the committed pilot table;
+# a test checks), for the families' comparison at equal parameters.
+BEST_DEPTHS: dict[str, int] = {"gpt": 1, "ode": 1, "smooth": 2}
 RESAMPLES = 2000
 FAMILY_ORDER = {"gpt": 0, "ode": 1, "smooth": 2}
 
@@ -93,9 +97,11 @@ def render_choice(table: pd.DataFrame) -> str:
     choice = choose_learning_rates(table)
     rates = sorted(table["train.learning_rate"].unique())
     done = table[table["status"] == "ok"]
-    lines = [f"Runs: {len(done)} finished of {len(table)} recorded (seed {sorted(table['seed'].unique())}, "
-             f"budgets {', '.join(f'{b:,}' for b in sorted(table['model.param_budget'].unique()))}); mean "
-             "validation loss over the budgets, nats per character:",
+    seeds = ", ".join(str(int(s)) for s in sorted(table["seed"].unique()))
+    budgets = ", ".join(f"{int(b):,}" for b in sorted(table["model.param_budget"].unique()) if b > 0)
+    lines = [f"Runs: {len(done)} finished of {len(table)} recorded (seed {seeds}; budgets {budgets}, the "
+             "equal-FLOPs arms at the widths of those budgets' gpt); mean validation loss over the budgets, "
+             "nats per character:",
              "",
              "| family | depth | arm | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
              "|---|---|---|" + "---|" * len(rates) + "---|"]
@@ -241,26 +247,36 @@ def mechanism(rows: list[dict], outcome_verdict: str) -> str:
     return "**inconclusive**"
 
 
-def _best_depth(done: pd.DataFrame) -> int:
-    """The depth with the lowest mean validation loss (ties: the shallower)."""
-    means = done.groupby("depth")["val_loss"].mean()
-    return int(means[means == means.min()].index.min())
+def best_depths(pilot: pd.DataFrame) -> dict[str, int]:
+    """Each family's depth at equal parameters with the lowest pilot validation loss, at the learning
+    rate chosen for it (:func:`choose_learning_rates`; ties: the shallower): chosen on the pilot's
+    seed, so the test seeds that judge the families did not pick their depths."""
+    choice = choose_learning_rates(pilot)
+    choice = choice[choice["kind"] == "params"]
+    out = {}
+    for family, rows in choice.groupby("model.family", sort=False):
+        best = rows[rows["val_loss"] == rows["val_loss"].min()]
+        out[family] = int(best["depth"].min())
+    return dict(sorted(out.items(), key=lambda kv: FAMILY_ORDER[kv[0]]))
 
 
-def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float) -> list[dict]:
+def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float,
+                     depths: dict[str, int] | None = None) -> list[dict]:
     """``family - gpt`` test loss, paired by seed, at ``budget``.
 
-    ``kind="params"``: each family at its own best depth at that budget (chosen on mean validation
-    loss, then judged on test loss), both at equal parameters. ``kind="flops"``: at each depth
-    K >= 2, the family at gpt-K's width (equal FLOPs per token, fewer parameters for the tied ODE)
-    against gpt-K; the smooth family at K <= 4 has that width at equal parameters already."""
+    ``kind="params"``: each family at its depth in ``depths`` (default :data:`BEST_DEPTHS`, chosen
+    on the pilot: :func:`best_depths`), both at equal parameters; none without a chosen depth.
+    ``kind="flops"``: at each depth K >= 2, the family at gpt-K's width (equal FLOPs per token,
+    fewer parameters for the tied ODE) against gpt-K; the smooth family at K <= 4 has that width
+    at equal parameters already."""
+    depths = BEST_DEPTHS if depths is None else depths
     done = arms(table)
     done = done[done["budget"] == budget]
     gpt = done[(done["model.family"] == "gpt") & (done["kind"] == "params")]
     mine = done[done["model.family"] == family]
     if kind == "params":
         mine = mine[mine["kind"] == "params"]
-        pairs = [(_best_depth(mine), _best_depth(gpt))] if len(mine) and len(gpt) else []
+        pairs = [(depths[family], depths["gpt"])] if family in depths and "gpt" in depths else []
     else:
         narrow = mine[mine["kind"] == "flops"]
         wide = mine[(mine["kind"] == "params") & ~mine["depth"].isin(narrow["depth"])]
@@ -273,6 +289,9 @@ def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float)
         ours = _per_seed(mine[mine["depth"] == depth], "test_loss")
         theirs = _per_seed(gpt[gpt["depth"] == gpt_depth], "test_loss")
         seeds = ours.index.intersection(theirs.index)
+        if seeds.empty:
+            raise ValueError(f"{family} at depth {depth} and gpt at depth {gpt_depth} ({kind}, budget "
+                             f"{budget:,.0f}) share no finished seed")
         out.append({"family": family, "kind": kind, "budget": budget, "depth": depth, "gpt_depth": gpt_depth,
                     "ci": mean_ci((ours[seeds] - theirs[seeds]).to_numpy()),
                     "unpaired": len(ours) + len(theirs) - 2 * len(seeds)})
@@ -362,7 +381,7 @@ def render(table: pd.DataFrame) -> str:
         *lines, "", "Test loss of depth 8 minus that of depth 1 and of depth 2, each paired by seed "
         f"(positive: the shallow model wins; margin {MARGIN}):", "", *contrast_lines, "",
         "The ODE families against gpt, test loss paired by seed (negative: the ODE family wins): at equal "
-        "parameters each family at its best depth on validation; at equal FLOPs at gpt's width and depth:",
+        "parameters each family at the depth its pilot chose; at equal FLOPs at gpt's width and depth:",
         "", *family_lines, "",
         "Closeness to a flow against validation loss at each budget (equal parameters; seeds resampled "
         "within depths):", "", *corr_lines, "",

@@ -14,12 +14,14 @@ from collections.abc import Callable
 import pandas as pd
 
 from odeformer import _docblocks
-from odeformer.analysis import lm_depth_vs_width, lm_invariance
+from odeformer.analysis import lm_depth_vs_width, lm_invariance, lm_param_efficiency
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_invariance": lm_invariance.render,
     "lm_depth_vs_width": lm_depth_vs_width.render_choice,
     "lm_depth_vs_width_test": lm_depth_vs_width.render,
+    "lm_param_efficiency": lm_param_efficiency.render_pilot,
+    "lm_param_efficiency_test": lm_param_efficiency.render,
 }
 
 
