@@ -84,6 +84,7 @@ def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flag
     assert "| gpt | 1 | equal params | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
     assert "| ode | 2 | equal params | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
     assert np.array_equal(with_depth(table)["depth"].unique(), [1, 2])
+    assert text.endswith("(the families are compared at these depths): gpt 1, ode 2.")
 
 
 def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):

@@ -114,6 +114,9 @@ def render_choice(table: pd.DataFrame) -> str:
         edge = " (edge of the grid)" if row["at_edge"] else ""
         lines.append(f"| {row['model.family']} | {row['depth']} | {_KIND[row['kind']]} | "
                      f"{' | '.join(cells)} | {row['learning_rate']:g}{edge} |")
+    depths = ", ".join(f"{family} {depth}" for family, depth in best_depths(table).items())
+    lines += ["", f"Each family's depth at equal parameters, lowest validation loss at its chosen rate (the "
+              f"families are compared at these depths): {depths}."]
     return "\n".join(lines)
 
 
