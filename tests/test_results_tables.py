@@ -134,8 +134,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 
 # Rendered experiments whose sweeps have not finished: no block yet, and no table or a partial one
 # (fewer rows than planned_runs, committed so that the sweep goes on from it with --resume_from).
-PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency",
-           "lm_param_efficiency_test"}
+PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency", "lm_param_efficiency_test", "lm_stability"}
 
 
 def _partial(path: Path) -> bool:
@@ -197,7 +196,7 @@ def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
         sections.blocks(page + page)
     with pytest.raises(KeyError, match="no renderer for .y.; rendered experiments: lm_depth_vs_width, "
                                       "lm_depth_vs_width_test, lm_invariance, lm_param_efficiency, "
-                                      "lm_param_efficiency_test"):
+                                      "lm_param_efficiency_test, lm_stability"):
         sections.render("y", pd.DataFrame())
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from odeformer import _docblocks
-from odeformer.analysis import lm_depth_vs_width, lm_invariance, lm_param_efficiency
+from odeformer.analysis import lm_depth_vs_width, lm_invariance, lm_param_efficiency, lm_stability
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_invariance": lm_invariance.render,
@@ -22,6 +22,7 @@ RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "lm_depth_vs_width_test": lm_depth_vs_width.render,
     "lm_param_efficiency": lm_param_efficiency.render_pilot,
     "lm_param_efficiency_test": lm_param_efficiency.render,
+    "lm_stability": lm_stability.render,
 }
 
 

@@ -1,0 +1,194 @@
+"""Stability on language modelling (``configs/lm_stability.py``): the rules of its verdicts, fixed
+before its runs.
+
+The claim: the ODE's stability *explains* its robustness to perturbations. Measures of robustness
+(:data:`MEASURES`): the mean loss change under substitution of 5% of the characters, under the
+embedding noise, and under the attack at twice the noise's scale (``robust.*`` columns of
+``odeformer.experiment.language.robustness_row``).
+
+- *Outcome, at matched validation loss*: each family's seed-mean measure is joined linearly against
+  its seed-mean validation loss across its budgets and read at :data:`POINTS` losses spread evenly
+  inside the range every family covers; ``family - gpt`` at each, with a 95% percentile bootstrap
+  that resamples the seeds of every (family, budget) point (:data:`RESAMPLES`). An ODE family is
+  *more robust* if every interval (every measure, every matched loss) lies below 0, *less robust* if
+  every one lies above 0. **Reproduced** if every ODE family is more robust; **not supported** if no
+  interval of any ODE family lies below 0; else **inconclusive** (also when the families' loss
+  ranges do not overlap).
+- *Mechanism, stability varied within a family*: over the tied ODE trained at several
+  Jacobian-regulariser weights, the Spearman correlation of the Jacobian norm with each measure,
+  partial on validation loss (both ranks less their linear fit on the loss's rank, since the
+  regulariser also moves the loss), with a 95% percentile bootstrap over models. The manipulation
+  must work: the correlation of the weight with the Jacobian norm must lie below 0, else
+  **inconclusive**. **Reproduced** if the outcome is reproduced and every partial correlation's
+  interval lies above 0 (a smaller Jacobian, a smaller loss change); **not supported** if every
+  interval lies below :data:`WEAK` (at most a weak relation); else **inconclusive**.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from odeformer.analysis.tables import ok_rows
+
+MEASURES = ("robust.sub_delta@0.05", "robust.noise_delta", "robust.attack_delta@0.2")
+POINTS = 3
+RESAMPLES = 2000
+WEAK = 0.3
+FAMILIES = ("gpt", "ode", "smooth")
+
+
+def families_part(table: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs of the families' comparison: every run without the Jacobian regulariser in
+    the sequential form."""
+    done = ok_rows(table)
+    return done[(done["train.jacobian"] == 0) & (done["model.form"] == "sequential")]
+
+
+def varied_part(table: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs of the tied ODE in the parallel form (the regulariser's weights varied)."""
+    done = ok_rows(table)
+    return done[(done["model.family"] == "ode") & (done["model.form"] == "parallel")]
+
+
+def _curve(points: pd.DataFrame, measure: str, at: np.ndarray) -> np.ndarray:
+    """A family's (loss, measure) points, by loss, read at the losses ``at`` (linear)."""
+    points = points.sort_values("loss")
+    return np.interp(at, points["loss"].to_numpy(), points[measure].to_numpy())
+
+
+def matched_losses(done: pd.DataFrame) -> np.ndarray:
+    """:data:`POINTS` validation losses spread inside the range every family covers (its budgets'
+    seed-mean losses); empty where the ranges do not overlap."""
+    means = done.groupby(["model.family", "model.param_budget"])["val_loss"].mean()
+    low = max(means[f].min() for f in FAMILIES if f in means)
+    high = min(means[f].max() for f in FAMILIES if f in means)
+    if not low < high:
+        return np.array([])
+    return np.linspace(low, high, POINTS + 2)[1:-1]
+
+
+def matched_differences(table: pd.DataFrame, family: str, measure: str, *, resamples: int = RESAMPLES,
+                        seed: int = 0) -> pd.DataFrame:
+    """``family - gpt`` of ``measure`` at the matched losses, with bootstrap intervals.
+
+    Returns:
+      Columns ``loss``, ``difference``, ``low``, ``high``; no rows without matched losses.
+    """
+    done = families_part(table)
+    at = matched_losses(done)
+    if at.size == 0:
+        return pd.DataFrame(columns=["loss", "difference", "low", "high"])
+    groups = {f: [g for _, g in done[done["model.family"] == f].groupby("model.param_budget")]
+              for f in (family, "gpt")}
+
+    def difference(pick) -> np.ndarray:
+        curves = []
+        for f in (family, "gpt"):
+            samples = [pick(g) for g in groups[f]]  # one draw of seeds per point: loss and measure
+            points = pd.DataFrame([{"loss": g["val_loss"].mean(), measure: g[measure].mean()}
+                                   for g in samples])
+            curves.append(_curve(points, measure, at))
+        return curves[0] - curves[1]
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([difference(lambda g: g.iloc[rng.integers(0, len(g), len(g))])
+                      for _ in range(resamples)])
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    return pd.DataFrame({"loss": at, "difference": difference(lambda g: g), "low": low, "high": high})
+
+
+def outcome(differences: dict[str, list[pd.DataFrame]]) -> str:
+    """The outcome rule over each ODE family's :func:`matched_differences` (one frame per measure)."""
+    frames = {f: pd.concat(v) for f, v in differences.items()}
+    if not frames or any(frame.empty for frame in frames.values()):
+        return "**inconclusive**"
+    if all((frame["high"] < 0).all() for frame in frames.values()):
+        return "**reproduced**"
+    if not any((frame["high"] < 0).any() for frame in frames.values()):
+        return "**not supported**"
+    return "**inconclusive**"
+
+
+def _ranks(x) -> np.ndarray:
+    return pd.Series(np.asarray(x, float)).rank().to_numpy()
+
+
+def _residual(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``y`` less its least-squares line on ``z``."""
+    slope, intercept = np.polyfit(z, y, 1) if np.ptp(z) > 0 else (0.0, y.mean())
+    return y - (slope * z + intercept)
+
+
+def partial_spearman(x, y, control) -> float:
+    """Spearman correlation of ``x`` and ``y`` with the ranks of ``control`` partialled out."""
+    z = _ranks(control)
+    rx, ry = _residual(_ranks(x), z), _residual(_ranks(y), z)
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def mechanism(table: pd.DataFrame, outcome_verdict: str, *, resamples: int = RESAMPLES,
+              seed: int = 0) -> tuple[str, pd.DataFrame]:
+    """The mechanism rule over the regulariser-varied models: the verdict and a frame of
+    correlations (``relation``, ``rho``, ``low``, ``high``): the manipulation check (weight with
+    Jacobian norm, plain Spearman) and each measure's partial correlation with the Jacobian norm."""
+    done = varied_part(table).reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    index = [rng.integers(0, len(done), len(done)) for _ in range(resamples)]
+
+    def row(name, statistic):
+        draws = np.array([statistic(done.iloc[i]) for i in index])
+        low, high = np.nanpercentile(draws, [2.5, 97.5]) if np.isfinite(draws).any() else (np.nan, np.nan)
+        return {"relation": name, "rho": statistic(done), "low": float(low), "high": float(high)}
+
+    rows = [row("regulariser weight, Jacobian norm",
+                lambda d: partial_spearman(d["train.jacobian"], d["robust.jacobian_norm"], np.zeros(len(d))))]
+    rows += [row(f"Jacobian norm, {m} (partial on validation loss)",
+                 lambda d, m=m: partial_spearman(d["robust.jacobian_norm"], d[m], d["val_loss"]))
+             for m in MEASURES]
+    frame = pd.DataFrame(rows)
+    if len(done) < 4 or not frame.loc[0, "high"] < 0:
+        return "**inconclusive**", frame
+    measures = frame.iloc[1:]
+    if outcome_verdict == "**reproduced**" and (measures["low"] > 0).all():
+        return "**reproduced**", frame
+    if (measures["high"] < WEAK).all():
+        return "**not supported**", frame
+    return "**inconclusive**", frame
+
+
+def render(table: pd.DataFrame, *, resamples: int = RESAMPLES) -> str:
+    """The docs block: each arm's robustness, the matched-loss differences, the correlations and
+    the verdicts."""
+    done = ok_rows(table)
+    columns = ["val_loss", *MEASURES, "robust.jacobian_norm", "robust.lyapunov", "robust.embed_rms"]
+    lines = [f"Runs: {len(done)} finished of {len(table)} recorded; means over seeds.", "",
+             "| family | form | budget | Jacobian weight | seeds | val loss | substitution 5% | noise | "
+             "attack | Jacobian norm | Lyapunov | embedding RMS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = ["model.family", "model.form", "model.param_budget", "train.jacobian"]
+    for key, runs in done.groupby(keys, sort=True):
+        means = runs[columns].mean()
+        lines.append(f"| {key[0]} | {key[1]} | {int(key[2]):,} | {key[3]:g} | {len(runs)} | "
+                     + " | ".join(f"{means[c]:.4f}" for c in columns) + " |")
+    differences = {f: [matched_differences(table, f, m, resamples=resamples) for m in MEASURES]
+                   for f in ("ode", "smooth") if f in set(done["model.family"])}
+    lines += ["", "ODE family − gpt at matched validation loss (95% bootstrap over seeds; negative: the ODE "
+              "family's loss moves less):", "", "| family | measure | validation loss | difference |",
+              "|---|---|---|---|"]
+    for family, frames in differences.items():
+        for measure, frame in zip(MEASURES, frames, strict=True):
+            for _, r in frame.iterrows():
+                lines.append(f"| {family} | {measure} | {r['loss']:.3f} | {r['difference']:+.4f} "
+                             f"[{r['low']:+.4f}, {r['high']:+.4f}] |")
+    verdict = outcome(differences)
+    explained, correlations = mechanism(table, verdict, resamples=resamples)
+    lines += ["", "The tied ODE at every Jacobian-regulariser weight (Spearman; 95% bootstrap over models):",
+              "", "| relation | ρ |", "|---|---|"]
+    lines += [f"| {r['relation']} | {r['rho']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] |"
+              for _, r in correlations.iterrows()]
+    lines += ["", f"- ODE transformers are more robust than gpt at matched validation loss: {verdict}.",
+              f"- Their stability explains it: {explained}."]
+    return "\n".join(lines)
