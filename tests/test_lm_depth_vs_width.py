@@ -84,7 +84,7 @@ def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flag
     assert "| gpt | 1 | equal params | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
     assert "| ode | 2 | equal params | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
     assert np.array_equal(with_depth(table)["depth"].unique(), [1, 2])
-    assert text.endswith("(the families are compared at these depths): gpt 1, ode 2.")
+    assert text.endswith("the tied ODE is the 1-layer gpt): gpt 1, ode 2.")
 
 
 def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):
@@ -218,8 +218,9 @@ def test_the_pilot_s_best_depth_per_family_is_at_its_chosen_rate():
     from odeformer.analysis.lm_depth_vs_width import best_depths
     table = _pilot({("gpt", 1, 1e-3): [2.0, 2.0], ("gpt", 1, 3e-3): [1.9, 1.9],
                     ("gpt", 2, 1e-3): [1.85, 1.85], ("gpt", 2, 3e-3): [2.2, 2.2],
-                    ("ode", 2, 1e-3): [2.0, 2.0], ("ode", 4, 1e-3): [2.0, 2.0]})
-    assert best_depths(table) == {"gpt": 2, "ode": 2}  # gpt-2 at its own rate; a tie: the shallower
+                    ("ode", 1, 1e-3): [1.5, 1.5], ("ode", 2, 1e-3): [2.0, 2.0], ("ode", 4, 1e-3): [2.0, 2.0]})
+    # gpt-2 at its own rate; the ODE among depths >= 2 (depth 1 is gpt-1), a tie going to the shallower
+    assert best_depths(table) == {"gpt": 2, "ode": 2}
 
 
 def test_depth_alone_does_not_make_a_correlation():

@@ -31,7 +31,8 @@ better approximate the continuous process*. Rules, fixed before the test runs (m
   every family contradicts it; else **inconclusive**.
 - *The families*: ``family - gpt`` test loss paired by seed, at each budget. At equal parameters
   each family at its depth chosen on the pilot (:data:`BEST_DEPTHS`: lowest pilot validation loss
-  at the chosen learning rate, so the test seeds do not pick the depths they judge); at equal
+  at the chosen learning rate, so the test seeds do not pick the depths they judge; the ODE families
+  at depth 2 or more, since at depth 1 the tied ODE is the 1-layer gpt); at equal
   FLOPs, at each depth K >= 2, the family at gpt-K's width against gpt-K. Per family and
   comparison: **the family is better** if every interval lies below minus the margin, **gpt is
   better** if every one lies above the margin, **no difference** if every one lies inside ±margin,
@@ -49,7 +50,7 @@ from odeformer.analysis.tables import ok_rows
 MARGIN = 0.01  # nats per character
 # family -> its depth at equal parameters chosen on the pilot (best_depths of the committed pilot table;
 # a test checks), for the families' comparison at equal parameters.
-BEST_DEPTHS: dict[str, int] = {"gpt": 1, "ode": 1, "smooth": 2}
+BEST_DEPTHS: dict[str, int] = {"gpt": 1, "ode": 2, "smooth": 2}
 RESAMPLES = 2000
 FAMILY_ORDER = {"gpt": 0, "ode": 1, "smooth": 2}
 
@@ -116,7 +117,8 @@ def render_choice(table: pd.DataFrame) -> str:
                      f"{' | '.join(cells)} | {row['learning_rate']:g}{edge} |")
     depths = ", ".join(f"{family} {depth}" for family, depth in best_depths(table).items())
     lines += ["", f"Each family's depth at equal parameters, lowest validation loss at its chosen rate (the "
-              f"families are compared at these depths): {depths}."]
+              f"families are compared at these depths; the ODE families at 2 or more, since at depth 1 the "
+              f"tied ODE is the 1-layer gpt): {depths}."]
     return "\n".join(lines)
 
 
@@ -253,9 +255,11 @@ def mechanism(rows: list[dict], outcome_verdict: str) -> str:
 def best_depths(pilot: pd.DataFrame) -> dict[str, int]:
     """Each family's depth at equal parameters with the lowest pilot validation loss, at the learning
     rate chosen for it (:func:`choose_learning_rates`; ties: the shallower): chosen on the pilot's
-    seed, so the test seeds that judge the families did not pick their depths."""
+    seed, so the test seeds that judge the families did not pick their depths. The ODE families
+    choose among depths of at least 2: at depth 1 the tied ODE is the 1-layer gpt itself."""
     choice = choose_learning_rates(pilot)
-    choice = choice[choice["kind"] == "params"]
+    flows = (choice["model.family"] == "gpt") | (choice["depth"] >= 2)
+    choice = choice[(choice["kind"] == "params") & flows]
     out = {}
     for family, rows in choice.groupby("model.family", sort=False):
         best = rows[rows["val_loss"] == rows["val_loss"].min()]
