@@ -14,11 +14,11 @@ Jacobian norm and Lyapunov exponent.
 
 - *Families at matched loss*: gpt, the tied ODE and the smooth ODE, all at depth 4 (so every family
   has a depth map of 4 steps to be stable or not), at 25,000, 75,000 and 200,000 non-embedding
-  parameters, seeds 0-2; robustness is compared at equal validation loss by interpolating each
+  parameters, seeds 0-4; robustness is compared at equal validation loss by interpolating each
   family's curve (``odeformer.analysis.lm_stability``).
 - *Stability varied within a family*: the tied ODE in the parallel form (the form the Jacobian
   regulariser integrates), 4 Euler steps, 75,000 parameters, Jacobian-regulariser weights
-  :data:`JACOBIAN_WEIGHTS`, seeds 0-2: 15 models whose Jacobian norms differ by design.
+  :data:`JACOBIAN_WEIGHTS`, seeds 0-4: 25 models whose Jacobian norms differ by design.
 
 ``:tiny``: a few steps on a slice of the text.
 """
@@ -29,7 +29,7 @@ from configs import base, lm_depth_vs_width, lm_quick
 
 DEPTH = 4
 BUDGETS = (25_000, 75_000, 200_000)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 EPSILON = 0.1  # RMS per position of the embedding noise, and the attack budgets' unit
 JACOBIAN_WEIGHTS = (0.0, 0.01, 0.1, 1.0, 10.0)
 VARIED_BUDGET = 75_000

@@ -96,3 +96,29 @@ def test_the_sweep_measures_every_arm_at_its_chosen_rate():
         assert c.train.learning_rate == lm_depth_vs_width.LEARNING_RATES[c.model.family, 4, "params"]
         assert (c.train.jacobian > 0) <= (c.model.form == "parallel")
         assert abs(p.params - c.model.param_budget) <= 0.05 * c.model.param_budget
+
+
+def test_a_missing_family_too_few_seeds_or_models_or_a_failed_solve_decide_nothing():
+    table = _table(-0.05, 0.1)
+    no_smooth = table[table["model.family"] != "smooth"]
+    assert "at matched validation loss: **inconclusive**." in analysis.render(no_smooth, resamples=50)
+    two_seeds = table[table["seed"] < 2]
+    assert analysis.matched_differences(two_seeds, "ode", analysis.MEASURES[0], resamples=10).empty
+    assert analysis.mechanism(two_seeds, "**reproduced**", resamples=50)[0] == "**inconclusive**"  # 10 models
+    failed = table.assign(**{"robust.solved_ok": True})
+    failed.loc[failed.index[0], "robust.solved_ok"] = False
+    failed.loc[failed.index[1], analysis.MEASURES[1]] = np.nan
+    assert len(analysis.usable(failed)) == len(table) - 2
+
+
+def test_a_relation_that_only_the_loss_carries_is_suggestive_at_most():
+    """The regulariser moves the loss with the Jacobian: the plain correlation holds, the partial one
+    (given the loss) has little left, and the verdict says so."""
+    table = _table(-0.05, 0.1)
+    varied = table["model.form"] == "parallel"
+    table.loc[varied, "val_loss"] = 2.0 - 0.1 * table.loc[varied, "robust.jacobian_norm"]
+    verdict, frame = analysis.mechanism(table, "**reproduced**", resamples=200)
+    plain, partial = frame[frame["kind"] == "plain"], frame[frame["kind"] == "partial"]
+    assert (plain["low"] > 0).all() and not (partial["low"] > 0).all()
+    assert verdict == "**suggestive**"
+    assert set(frame["kind"]) == {"check", "plain", "partial", "reported"}
