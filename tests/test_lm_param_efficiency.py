@@ -86,6 +86,11 @@ def test_a_family_that_never_reaches_a_target_is_not_supported():
     assert all(math.isinf(r.numerator_budget) for r in ratios)
     assert analysis.verdict(ratios) == "**not supported**"
     assert "| ode | 2.20 | never reached |" in analysis.render(table, (2.2, 2.3), resamples=100)
+    # A budget point whose every seed failed is not a curve that never reaches the target.
+    lost = table.copy()
+    top = (lost["model.family"] == "ode") & (lost["model.param_budget"] == BUDGETS[-1])
+    lost.loc[top, "status"] = "failed: x"
+    assert "at equal validation loss: **inconclusive**." in analysis.render(lost, (2.2, 2.3), resamples=50)
     # A target gpt never reaches either decides nothing.
     beyond = [analysis.ratio(table, "ode", 1.0, resamples=50)]
     assert math.isinf(beyond[0].denominator_budget) and analysis.verdict(beyond) == "**inconclusive**"

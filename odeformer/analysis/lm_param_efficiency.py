@@ -168,7 +168,9 @@ def render(table: pd.DataFrame, targets: tuple[float, ...] | None = None, resamp
               f"claim: ≤ {CLAIM:.2f} in parameters):", "",
               "| family | target | parameters ÷ gpt | FLOPs per token ÷ gpt |", "|---|---|---|---|"]
     verdicts = {}
-    seeds = int(done.groupby(["model.family", "model.param_budget"]).size().min())
+    grid = pd.MultiIndex.from_product([families, budgets], names=["model.family", "model.param_budget"])
+    # Every planned point counts: a point whose every seed failed has 0, not no entry.
+    seeds = int(done.groupby(["model.family", "model.param_budget"]).size().reindex(grid, fill_value=0).min())
     for family in (f for f in families if f != "gpt"):
         by_params = [ratio(table, family, t, "params", resamples=resamples) for t in targets]
         by_flops = [ratio(table, family, t, "flops", resamples=resamples) for t in targets]
