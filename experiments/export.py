@@ -18,7 +18,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import pandas as pd
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -63,7 +62,7 @@ def main(argv):
     name = out.stem
     if name not in sections.RENDERERS:
         return 0
-    table = pd.read_csv(out)
+    table = results.read_table(out)
     if len(table) < int(table["planned_runs"].iloc[0]):
         print(f"{name} is partial ({len(table)} of {table['planned_runs'].iloc[0]} planned runs): its block "
               "is rendered once every run has finished", file=sys.stderr)

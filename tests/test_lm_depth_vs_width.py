@@ -10,6 +10,7 @@ import pytest
 from configs import lm_depth_vs_width as experiment
 from odeformer.analysis.lm_depth_vs_width import choose_learning_rates, render_choice, with_depth
 from odeformer.experiment import config as run_config
+from odeformer.experiment import results
 from odeformer.experiment.budgets import resolve_budget
 from odeformer.experiment.models import ModelShape
 from odeformer.experiment.runner import plan, run_sweep
@@ -237,7 +238,7 @@ def test_depth_alone_does_not_make_a_correlation():
 def test_the_config_s_learning_rates_are_the_committed_pilot_s_choice():
     from pathlib import Path
     pilot = Path(__file__).resolve().parents[1] / "results" / "lm_depth_vs_width.csv"
-    table = pd.read_csv(pilot) if pilot.exists() else None
+    table = results.read_table(pilot) if pilot.exists() else None
     if table is None or len(table) < table["planned_runs"].iloc[0]:  # no finished pilot: nothing set by hand
         from odeformer.analysis.lm_depth_vs_width import BEST_DEPTHS
         assert experiment.LEARNING_RATES == {} and BEST_DEPTHS == {}

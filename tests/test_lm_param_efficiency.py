@@ -12,6 +12,7 @@ import pytest
 from configs import lm_depth_vs_width
 from configs import lm_param_efficiency as experiment
 from odeformer.analysis import lm_param_efficiency as analysis
+from odeformer.experiment import results
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = experiment.BUDGETS
@@ -145,7 +146,7 @@ def test_the_arms_left_out_of_the_pilot_are_exactly_those_no_width_can_meet():
 
 def test_the_chosen_depths_and_targets_are_the_committed_pilot_s():
     pilot = REPO / "results" / "lm_param_efficiency.csv"
-    table = pd.read_csv(pilot) if pilot.exists() else None
+    table = results.read_table(pilot) if pilot.exists() else None
     if table is None or len(table) < table["planned_runs"].iloc[0]:  # no finished pilot: nothing set by hand
         assert experiment.DEPTHS == {} and analysis.TARGETS == ()
         return

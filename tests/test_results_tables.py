@@ -138,7 +138,7 @@ PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency", "lm_param_efficiency
 
 
 def _partial(path: Path) -> bool:
-    table = pd.read_csv(path)
+    table = results.read_table(path)
     return len(table) < int(table["planned_runs"].iloc[0])
 
 
@@ -159,7 +159,7 @@ def test_every_generated_block_of_the_results_page_is_its_committed_table_render
     for name, body in found.items():
         table = REPO / "results" / f"{name}.csv"
         assert table.exists(), f"docs/results.md has a block for {name!r} but {table} is missing"
-        rendered = sections.render(name, pd.read_csv(table))
+        rendered = sections.render(name, results.read_table(table))
         assert body == rendered, (f"docs/results.md disagrees with results/{name}.csv: run python -m "
                                   f"experiments.export --config configs/{name}.py --print_only --update_docs")
     for name in sections.RENDERERS:
@@ -173,7 +173,7 @@ def test_a_committed_table_names_a_commit_and_the_command_of_every_row():
         path = REPO / "results" / f"{name}.csv"
         if not path.exists():
             continue
-        table = pd.read_csv(path)
+        table = results.read_table(path)
         assert table["commit"].str.fullmatch(r"[0-9a-f]{7,40}").all(), name
         # configs/<file>.py[:<variant>] names the sweep <file>[_<variant>], the table's name
         configs = table["command"].str.extract(r"^python -m experiments\.run --config configs/(\S+)")[0]
@@ -215,7 +215,7 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
         return
     assert result.returncode == 0, result.stderr
     assert "wrote 6 of 6 planned runs" in result.stderr
-    table = pd.read_csv(out)
+    table = results.read_table(out)
     assert set(table["command"]) == {"python -m experiments.run --config configs/lm_invariance.py:tiny "
                                      "--config.train.num_steps=3"}
     assert set(table["commit"]) == {code_commit()} and set(table["planned_runs"]) == {6}
@@ -231,12 +231,12 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
     partial = subprocess.run([*export, "--allow_partial"], cwd=REPO, capture_output=True, text=True)
     assert partial.returncode == 0, partial.stderr
     assert "lm_invariance is partial (4 of 6 planned runs)" in partial.stderr and not partial.stdout
-    assert len(pd.read_csv(out)) == 4
+    assert len(results.read_table(out)) == 4
 
 
 def test_the_language_invariance_prose_quotes_its_table():
     """The numbers the lm_invariance section's text quotes, recomputed from the committed table."""
-    table = pd.read_csv(REPO / "results" / "lm_invariance.csv")
+    table = results.read_table(REPO / "results" / "lm_invariance.csv")
     text = (REPO / "docs" / "results.md").read_text()
     prose = text[text.index("## Solver invariance on language modelling"):text.index("## Depth vs width at")]
     prose = prose[prose.index("<!-- results:lm_invariance:end -->"):]

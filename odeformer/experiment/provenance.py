@@ -129,9 +129,7 @@ def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path) -> st
     """
     if not Path(path).is_file():
         raise ValueError(f"--resume_from names {path}, which is not a file (a results/<name>.csv table)")
-    # Ids, commits (an all-digit short hash) and statuses stay strings.
-    table = pd.read_csv(path, dtype={"run_id": str, "commit": str, "status": str})
-    recorded, kept = adopt_rows(table, run_ids, workdir)
+    recorded, kept = adopt_rows(results.read_table(path), run_ids, workdir)
     return (f"recorded {recorded} finished run(s) of {path} in {workdir}"
             + (f"; {kept} it had already" if kept else ""))
 

@@ -191,6 +191,15 @@ def _table(workdirs, with_config: Iterable[str] = ()) -> tuple[pd.DataFrame, lis
     return frame.drop_duplicates("run_id", keep="last").reset_index(drop=True), unreadable
 
 
+TEXT_COLUMNS = {"run_id": str, "commit": str, "status": str}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A results table from CSV, its ids, commits and statuses as text (a short commit hash of
+    digits only would otherwise be read as a number)."""
+    return pd.read_csv(path, dtype=TEXT_COLUMNS)
+
+
 def write_table(workdir: Path) -> pd.DataFrame:
     """Rebuilds ``results.csv`` (and ``.parquet`` if possible) from the run records; a
     record that cannot be read is left out quietly (the sweep reports it when it reruns
