@@ -27,7 +27,7 @@ def test_end_to_end_sweep_writes_one_row_per_run(tmp_path):
     c = tiny_config()
     summary = run_sweep(c, tmp_path, quiet=True)
     assert summary.ran == 2 and not summary.failed and summary.exit_code == 0
-    table = pd.read_csv(tmp_path / "results.csv")
+    table = results.read_table(tmp_path / "results.csv")
     assert sorted(table.run_id) == sorted(r.run.run_id for r in runner.plan(c))
     assert set(table.status) == {"ok"}
     for column in ("solver.steps", "shape.width", "params", "train_loss", "test_accuracy",

@@ -275,7 +275,7 @@ def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float,
     on the pilot: :func:`best_depths`), both at equal parameters; none without a chosen depth.
     ``kind="flops"``: at each depth K >= 2, the family at gpt-K's width (equal FLOPs per token,
     fewer parameters for the tied ODE) against gpt-K; the smooth family at K <= 4 has that width
-    at equal parameters already."""
+    at equal parameters already. A pair one of whose arms has no finished run is left out."""
     depths = BEST_DEPTHS if depths is None else depths
     done = arms(table)
     done = done[done["budget"] == budget]
@@ -295,6 +295,8 @@ def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float,
     for depth, gpt_depth in pairs:
         ours = _per_seed(mine[mine["depth"] == depth], "test_loss")
         theirs = _per_seed(gpt[gpt["depth"] == gpt_depth], "test_loss")
+        if ours.empty or theirs.empty:  # an arm without a finished run (the arms' table shows which)
+            continue
         seeds = ours.index.intersection(theirs.index)
         if seeds.empty:
             raise ValueError(f"{family} at depth {depth} and gpt at depth {gpt_depth} ({kind}, budget "
