@@ -18,11 +18,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from odeformer.analysis import sections
 from odeformer.experiment import results
+from odeformer.experiment.cli import parse_flags
 from odeformer.experiment.provenance import export_rows
 from odeformer.experiment.runner import plan
 
@@ -47,18 +48,28 @@ def _run_command() -> str:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
+    try:
+        return _export(_CONFIG.value)
+    except ValueError as error:  # an invalid config, nothing to export, or rows that cannot be traced
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _export(config) -> int:
     out = Path(_OUT.value or f"results/{config.name}.csv")
     if not _PRINT_ONLY.value:
         planned = plan(config)
         table = results.load(_WORKDIR.value or f"runs/{config.name}")
         rows = export_rows(table, [p.run.run_id for p in planned], _run_command())
         if len(rows) < len(planned) and not _ALLOW_PARTIAL.value:
-            raise SystemExit(f"error: {len(planned) - len(rows)} of the {len(planned)} planned runs have not "
+            raise ValueError(f"{len(planned) - len(rows)} of the {len(planned)} planned runs have not "
                              "finished; finish the sweep, or export what there is with --allow_partial")
         out.parent.mkdir(parents=True, exist_ok=True)
         results.write_atomic(out, rows.to_csv(index=False, float_format="%.10g"))
         print(f"wrote {len(rows)} of {len(planned)} planned runs to {out}", file=sys.stderr)
+    elif not out.is_file():
+        raise ValueError(f"--print_only reads {out}, which is not a file: export the sweep first")
     name = out.stem
     if name not in sections.RENDERERS:
         return 0
@@ -76,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -9,7 +9,7 @@
 An override of a swept key (``--config.solver.name=rk4`` where the config sweeps
 ``solver.name``) replaces that sweep axis with the one value, and the output says so.
 ``--dry_run`` prints the resolved grid (run ids, swept values, compiles, parameters, cost)
-and exits without training or writing anything.
+and exits without training or writing anything (with ``--resume_from`` it checks the table too).
 
 ``--resume_from results/<name>.csv`` first records the rows of that committed table (written by
 ``python -m experiments.export``, ``--allow_partial`` while the sweep runs) as finished runs of
@@ -34,10 +34,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from odeformer import configure_compilation_cache
-from odeformer.experiment.executor import check_workers
+from odeformer.experiment.cli import parse_flags, resume_from
 from odeformer.experiment.grid import format_grid
 from odeformer.experiment.paths import flatten
-from odeformer.experiment.provenance import adopt_table
 from odeformer.experiment.runner import run_sweep
 from odeformer.experiment.summary import SweepInterrupted, format_summary
 from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
@@ -56,7 +55,8 @@ _WORKERS = flags.DEFINE_integer(
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the resolved grid (run ids, swept values, compiled steps, parameter counts, "
-    "relative cost) and exit without training or writing anything.")
+    "relative cost) and exit without training or writing anything; with --resume_from, check the table "
+    "too.")
 _REUSE_HOST_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory", True, "Keep freed host buffers for reuse instead of page-faulting them in at "
     "every step (glibc malloc; odeformer.parallel.reuse_host_memory). --noreuse_host_memory: system "
@@ -71,25 +71,6 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config"])
-
-
-def parse_flags(argv):
-    """absl's parser; every bad flag or override is one line on stderr and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:  # a malformed value, e.g. a string for an int key
-        text = str(error)
-        if "Traceback" in text:  # an error raised by the config file: its last line says what
-            text = f"{text.splitlines()[0].split(': Error whilst')[0]}: {text.strip().splitlines()[-1]}"
-        print(f"error: {text}", file=sys.stderr)
-        sys.exit(2)
-    except (AttributeError, KeyError) as error:
-        detail = error
-        while isinstance(detail, BaseException) and detail.args:  # KeyError inside AttributeError
-            detail = detail.args[0]
-        detail = str(detail).replace("\n", ". ")
-        print(f"error: the config has no such key: {detail}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv) -> int:
@@ -115,15 +96,12 @@ def main(argv) -> int:
         for note in unread if primary else ():
             print(f"note: {note}")
         notes += unread
+        workdir = _WORKDIR.value or f"runs/{config.name}"
+        if _RESUME_FROM.value is not None:
+            print(f"note: {resume_from(_RESUME_FROM.value, config, workdir, _WORKERS.value, _DRY_RUN.value)}")
         if _DRY_RUN.value:
             print(format_grid(config, index, count))
             return 0
-        workdir = _WORKDIR.value or f"runs/{config.name}"
-        if _RESUME_FROM.value is not None:
-            if jax.process_count() != 1:
-                raise ValueError("--resume_from works in a single-process sweep; resume with one process")
-            check_workers(_WORKERS.value, jax.process_count())  # refused before the table is adopted
-            print(f"note: {adopt_table(_RESUME_FROM.value, [r.run_id for r in expand(config)], workdir)}")
         # Every process reads the cache; JAX writes from process 0.
         cache_notes = configure_compilation_cache(_CACHE.value, _CACHE_DIR.value)
         for note in cache_notes if primary else ():

@@ -13,7 +13,7 @@ build on it and are imported explicitly:
 Importing ``odeformer`` registers nothing and needs neither pandas nor ml_collections.
 """
 
-from odeformer._block import ODEBlock, count_params, vector_field
+from odeformer._block import ODEBlock, count_params, forward_mode, vector_field
 from odeformer._compile_options import (
     compiler_options,
     configure_compilation_cache,
@@ -39,6 +39,6 @@ __all__ = [
     "AttentionField",
     "MultiHeadAttention", "ODEBlock", "SeedAttentionField", "Solution", "TimeLayerNorm", "TimeLinear",
     "TimeParam", "TimeSpec", "TransformerBlockField", "attend", "compiler_options",
-    "configure_compilation_cache", "count_params", "default_cache_dir", "solve", "solver_order",
-    "use_compilation_cache", "vector_field",
+    "configure_compilation_cache", "count_params", "default_cache_dir", "forward_mode", "solve",
+    "solver_order", "use_compilation_cache", "vector_field",
 ]

@@ -113,3 +113,14 @@ def count_params(module: nnx.Module) -> int:
     """Number of scalar entries in the module's ``nnx.Param`` variables."""
     state = nnx.state(module, nnx.Param)
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(state)))
+
+
+def forward_mode(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:
+    """The same model with every :class:`ODEBlock` solved by Diffrax's ``DirectAdjoint``, so it
+    can be differentiated in forward mode (``jvp``): the checkpointed solves of training support
+    only reverse mode. A model without an ODE block is returned as it is."""
+    model = nnx.merge(graphdef, params)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, ODEBlock):
+            module.adjoint = "direct"
+    return nnx.graphdef(model)

@@ -126,3 +126,37 @@ def test_model_with_block_trains_a_step():
 
     step(model, optimizer)
     assert float(model(x)) < float(before)
+
+
+def test_forward_mode_makes_every_block_differentiable_forward_and_leaves_the_model_alone(x64):
+    class TwoBlocks(nnx.Module):
+        def __init__(self, rngs):
+            self.first = odeformer.ODEBlock(odeformer.TransformerBlockField(8, 2, rngs=rngs), solver="rk4",
+                                            steps=3)
+            self.second = odeformer.ODEBlock(odeformer.AttentionField(8, 2, rngs=rngs), solver="euler",
+                                             steps=2)
+
+        def __call__(self, x):
+            return self.second(self.first(x))
+
+    graphdef, params = nnx.split(_f64(TwoBlocks(nnx.Rngs(0))))
+    forward = odeformer.forward_mode(graphdef, params)
+    keys = jax.random.split(jax.random.key(1), 3)
+    y, v, u = (jax.random.normal(k, (4, 8), jnp.float64) for k in keys)
+
+    def depth_map(g):
+        return lambda x: nnx.merge(g, params)(x)
+
+    with pytest.raises(TypeError):  # the checkpointed solves of training are reverse-mode only
+        jax.jvp(depth_map(graphdef), (y,), (v,))
+    switched = nnx.merge(forward, params)
+    assert (switched.first.adjoint, switched.second.adjoint) == ("direct", "direct")
+    out, tangent = jax.jvp(depth_map(forward), (y,), (v,))
+    same, pullback = jax.vjp(depth_map(graphdef), y)
+    np.testing.assert_allclose(out, same, rtol=1e-12)
+    # <u, J v> = <Jᵀ u, v>: the forward-mode Jacobian is the reverse-mode one.
+    np.testing.assert_allclose(jnp.vdot(u, tangent), jnp.vdot(pullback(u)[0], v), rtol=1e-10)
+    original = nnx.merge(graphdef, params)
+    assert (original.first.adjoint, original.second.adjoint) == ("checkpoint", "checkpoint")
+    plain = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    assert odeformer.forward_mode(*plain) == plain[0]  # no ODE block: unchanged

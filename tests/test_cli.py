@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from odeformer.experiment import results
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,7 +62,7 @@ def test_an_override_of_a_swept_key_replaces_the_axis_in_a_real_run(tmp_path):
                  "'discrete')",
                  "note: --config.solver.rtol is read by no run of this sweep (each run resets or drops it)"):
         assert line in result.stdout
-    table = pd.read_csv(tmp_path / "runs" / "results.csv")
+    table = results.read_table(tmp_path / "runs" / "results.csv")
     assert sorted(table["solver.steps"]) == [2, 4] and set(table["status"]) == {"ok"}
     assert "solver.name" not in table
     assert table["nfe_forward"].tolist() == [4 * s for s in table["solver.steps"]]
@@ -91,7 +93,7 @@ def test_a_second_process_reads_the_compiled_steps_back_with_the_same_results(tm
     fresh = tmp_path / "untouched"
     assert _cli(*config[:-1], f"--compilation_cache_dir={fresh}", "--dry_run").returncode == 0
     assert not fresh.exists()
-    a, b = (pd.read_csv(tmp_path / w / "results.csv") for w in ("a", "b"))
+    a, b = (results.read_table(tmp_path / w / "results.csv") for w in ("a", "b"))
     for column in ("run_id", "train_loss", "test_loss", "test_accuracy", "nfe_forward"):
         pd.testing.assert_series_equal(a[column], b[column])
 

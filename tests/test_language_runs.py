@@ -217,8 +217,9 @@ def test_the_anchor_figures_in_the_docs_are_the_committed_table():
 def test_a_language_run_measures_robustness_on_the_same_corrupted_text(tmp_path, family):
     """evaluate.stability on a language model: the robustness columns, recomputed from the kept
     parameters by odeformer.language.robustness on the test split's first windows."""
+    from odeformer import forward_mode
     from odeformer.experiment import language
-    from odeformer.language.robustness import forward_mode, make_robustness_step
+    from odeformer.language.robustness import make_robustness_step
 
     c = _config(**{"model.family": family, "evaluate.stability": True, "evaluate.examples": 3,
                    "evaluate.power_iterations": 4, "evaluate.epsilon": 0.5})

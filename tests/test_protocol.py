@@ -206,3 +206,15 @@ def test_format_ci_writes_mean_and_interval_or_marks_one_seed():
     assert format_ci(MeanCI(0.25, 0.2, 0.3, 5, 0.95, 0.05)) == "0.250 [0.200, 0.300]"
     assert format_ci(MeanCI(0.25, -0.2, 0.3, 5, 0.95, 0.05), 2, sign=True) == "+0.25 [-0.20, +0.30]"
     assert format_ci(MeanCI(1.5, math.nan, math.nan, 1, 0.95, math.nan)) == "1.500 (1 seed)"
+
+
+def test_lowest_skips_non_finite_scores_and_breaks_ties_to_the_smaller_index():
+    from odeformer.analysis.protocol import lowest
+
+    chosen = lowest(pd.Series({1: 2.0, 2: 1.5, 4: 1.7}))
+    assert chosen == 2 and type(chosen) is int
+    assert lowest(pd.Series({2: 1.0 + 1e-10, 8: 1.0})) == 8  # outside 1e-12: the lower score
+    assert lowest(pd.Series({8: 1.0, 2: 1.0 + 1e-13, 4: 1.2})) == 2  # within 1e-12: the shallower
+    assert lowest(pd.Series({1: np.nan, 2: np.inf, 4: 3.0})) == 4
+    with pytest.raises(ValueError, match="no finite validation loss of gpt to choose from"):
+        lowest(pd.Series({1: np.nan}), "validation loss of gpt")

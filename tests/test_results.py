@@ -4,7 +4,6 @@ import json
 import re
 import warnings
 
-import pandas as pd
 import pytest
 
 from odeformer.experiment import results
@@ -61,7 +60,7 @@ def test_an_unreadable_record_is_unfinished_skipped_by_load_with_a_warning_namin
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(results.write_table(tmp_path).run_id) == ["b"]
-    assert list(pd.read_csv(tmp_path / "results.csv").run_id) == ["b"]
+    assert list(results.read_table(tmp_path / "results.csv").run_id) == ["b"]
     results.record(tmp_path, {"run_id": "a", "status": "ok"})  # the rerun's record replaces it
     assert results.is_finished(tmp_path, "a") and not results.is_unreadable(tmp_path, "a")
 
@@ -74,7 +73,7 @@ def test_load_merges_workdirs_and_rebuilds_the_table(tmp_path):
     merged = results.load([tmp_path / "s0", str(tmp_path / "s1")])
     assert sorted(merged.run_id) == ["r0", "r1", "r2"]
     assert results.is_finished(tmp_path / "s1", "r2") and not results.is_finished(tmp_path / "s0", "r2")
-    table = pd.read_csv(tmp_path / "s1" / "results.csv")
+    table = results.read_table(tmp_path / "s1" / "results.csv")
     assert list(table.run_id) == ["r1"]  # the table is rebuilt on demand, records are the truth
     assert results.load(tmp_path / "empty").empty
 

@@ -208,9 +208,14 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
                    capture_output=True)
     export = [sys.executable, "-m", "experiments.export", "--config", "configs/lm_invariance.py:tiny",
               "--config.train.num_steps=3", f"--workdir={workdir}", f"--out={out}"]
+    empty = subprocess.run([*export[:-2], f"--workdir={tmp_path / 'none'}", f"--out={out}"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "none of the 6 planned runs has finished" in empty.stderr
+    assert "Traceback" not in empty.stderr and not out.exists()
     result = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
     if code_commit().endswith("+uncommitted"):  # a development tree: the rows are not traceable
-        assert result.returncode != 0 and "record no commit or uncommitted code" in result.stderr
+        assert result.returncode == 2 and "error: " in result.stderr and "Traceback" not in result.stderr
+        assert "record no commit or uncommitted code" in result.stderr
         assert not out.exists()
         return
     assert result.returncode == 0, result.stderr
@@ -227,7 +232,7 @@ def test_the_tiny_sweep_exports_with_its_command_and_renders(tmp_path):
     for run_dir in sorted((workdir / "runs").iterdir())[:2]:
         (run_dir / "result.json").unlink()
     refused = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
-    assert refused.returncode != 0 and "2 of the 6 planned runs have not finished" in refused.stderr
+    assert refused.returncode == 2 and "2 of the 6 planned runs have not finished" in refused.stderr
     partial = subprocess.run([*export, "--allow_partial"], cwd=REPO, capture_output=True, text=True)
     assert partial.returncode == 0, partial.stderr
     assert "lm_invariance is partial (4 of 6 planned runs)" in partial.stderr and not partial.stdout
@@ -282,9 +287,9 @@ def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
     crashed.loc[3, "status"] = "failed: RuntimeError: out of memory"
     crashed.to_csv(tmp_path / "crashed.csv", index=False, float_format="%.10g")
 
-    def resume(path):
+    def resume(path, *flags):
         return subprocess.run([sys.executable, "-m", "experiments.run", *config, f"--workdir={fresh}",
-                               f"--resume_from={path}"], cwd=REPO, capture_output=True, text=True)
+                               f"--resume_from={path}", *flags], cwd=REPO, capture_output=True, text=True)
 
     stray = table.assign(run_id=["nope", *table["run_id"][1:]])
     stray.to_csv(tmp_path / "stray.csv", index=False)
@@ -294,6 +299,11 @@ def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
     assert not fresh.exists()  # refused before anything is written
     missing = resume(tmp_path / "none.csv")
     assert missing.returncode == 2 and "which is not a file" in missing.stderr
+    checked = resume(tmp_path / "stray.csv", "--dry_run")
+    assert checked.returncode == 2 and "not planned by this config (nope)" in checked.stderr
+    checked = resume(tmp_path / "crashed.csv", "--dry_run")
+    assert checked.returncode == 0 and "would record 3 finished run(s)" in checked.stdout
+    assert not fresh.exists()  # a dry run writes nothing
 
     done = resume(tmp_path / "crashed.csv")
     assert done.returncode == 0, done.stderr

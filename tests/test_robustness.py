@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from odeformer import forward_mode
 from odeformer.language.models import LanguageModel
 from odeformer.language.robustness import (
     attack,
     embedding_noise,
-    forward_mode,
     horizon,
     jacobian_norm,
     make_robustness_step,

@@ -336,10 +336,10 @@ def test_cli_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
     proc.wait()
     finished = {p.parent.name for p in workdir.glob("runs/*/result.json")}
     assert 2 <= len(finished) < 5
-    pd.read_csv(workdir / "results.csv")  # never corrupt
+    results.read_table(workdir / "results.csv")  # never corrupt
     out = _cli(*TINY_FLAGS, f"--workdir={workdir}")
     assert out.returncode == 0, out.stderr
-    table = pd.read_csv(workdir / "results.csv")
+    table = results.read_table(workdir / "results.csv")
     assert len(table) == 5 and table.run_id.is_unique and set(table.status) == {"ok"}
     assert finished <= set(table.run_id)
     assert f"{5 - len(finished)} run(s) trained, {len(finished)} already finished" in out.stdout
@@ -401,11 +401,11 @@ def test_cli_stops_on_sigterm_like_ctrl_c_and_a_rerun_resumes(tmp_path):
     assert (f"sweep interrupted by SIGTERM: {len(finished)} of 5 run(s) finished and recorded in "
             f"{workdir}; rerun the same command to resume") in stderr
     assert "Traceback" not in stderr
-    assert set(pd.read_csv(workdir / "results.csv", dtype={"run_id": str}).run_id) == finished
+    assert set(results.read_table(workdir / "results.csv").run_id) == finished
     out = _cli(*flags)
     assert out.returncode == 0, out.stderr
     assert f"{5 - len(finished)} run(s) trained, {len(finished)} already finished" in out.stdout
-    table = pd.read_csv(workdir / "results.csv")
+    table = results.read_table(workdir / "results.csv")
     assert len(table) == 5 and table.run_id.is_unique and set(table.status) == {"ok"}
 
 

@@ -164,3 +164,15 @@ def test_mesh_errors():
         sh.join_processes("localhost", 2, 0)
     with pytest.raises(ValueError, match=r"--process_id=2 must lie in \[0, --num_processes=2\)"):
         sh.join_processes("localhost:1234", 2, 2)
+
+
+def test_to_host_returns_whole_arrays_and_keeps_keys_and_other_leaves():
+    mesh = sh.make_mesh(2, 4, devices=CPUS[:8])
+    rows = jax.device_put(jnp.arange(32.0).reshape(8, 4), jax.sharding.NamedSharding(mesh, P(sh.MODEL)))
+    key = jax.random.key(3)
+    out = sh.to_host({"rows": rows, "key": key, "steps": 4, "none": None})
+    assert isinstance(out["rows"], np.ndarray)
+    np.testing.assert_array_equal(out["rows"], np.arange(32.0).reshape(8, 4))
+    assert jnp.issubdtype(out["key"].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(out["key"]), jax.random.key_data(key))
+    assert out["steps"] == 4 and out["none"] is None

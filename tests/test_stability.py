@@ -10,10 +10,9 @@ import pytest
 import scipy.linalg
 from flax import nnx
 
-from odeformer import solve
+from odeformer import forward_mode, solve
 from odeformer.experiment.evaluators.stability import (
     example_flow,
-    forward_mode,
     lyapunov_exponent,
     make_stability_step,
     perturbation_gain,

@@ -44,23 +44,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.protocol import MeanCI, format_ci, mean_ci, select_by_validation, side
-from odeformer.analysis.tables import ok_rows
+from odeformer.analysis.protocol import MeanCI, format_ci, lowest, mean_ci, select_by_validation, side
+from odeformer.analysis.tables import FAMILY_ORDER, lm_depth, ok_rows
 
 MARGIN = 0.01  # nats per character
 # family -> its depth at equal parameters chosen on the pilot (best_depths of the committed pilot table;
 # a test checks), for the families' comparison at equal parameters.
 BEST_DEPTHS: dict[str, int] = {"gpt": 1, "ode": 2, "smooth": 2}
 RESAMPLES = 2000
-FAMILY_ORDER = {"gpt": 0, "ode": 1, "smooth": 2}
 
 
 def with_depth(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with ``depth`` (gpt's layers, the ODE families' solver steps) and ``kind``
     (``params``: width resolved from the budget; ``flops``: at a gpt's width)."""
     out = table.copy()
-    gpt = out["model.family"] == "gpt"
-    out["depth"] = np.where(gpt, out["model.layers"], out["solver.steps"]).astype(int)
+    out["depth"] = lm_depth(out)
     out["kind"] = np.where(out["model.param_budget"] > 0, "params", "flops")
     return out
 
@@ -215,7 +213,7 @@ def closeness(table: pd.DataFrame, family: str, budget: float, seed: int = 0) ->
                 & (done["kind"] == "params")]
     done = done.assign(distance=distance(done))
     means = done.groupby("depth")[["val_loss", "distance"]].mean()
-    best = int(means["val_loss"].idxmin())
+    best = int(lowest(means["val_loss"], f"validation loss of {family} at budget {budget}"))
     done = done[np.isfinite(done["distance"])]
     x, y, depth = (done[c].to_numpy(float) for c in ("distance", "val_loss", "depth"))
     rng = np.random.default_rng(seed)
@@ -262,8 +260,7 @@ def best_depths(pilot: pd.DataFrame) -> dict[str, int]:
     choice = choice[(choice["kind"] == "params") & flows]
     out = {}
     for family, rows in choice.groupby("model.family", sort=False):
-        best = rows[rows["val_loss"] == rows["val_loss"].min()]
-        out[family] = int(best["depth"].min())
+        out[family] = int(lowest(rows.set_index("depth")["val_loss"], f"pilot validation loss of {family}"))
     return dict(sorted(out.items(), key=lambda kv: FAMILY_ORDER[kv[0]]))
 
 

@@ -28,23 +28,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
-from odeformer.analysis.tables import Ratio, budget_ratio, ok_rows
+from odeformer.analysis.protocol import lowest
+from odeformer.analysis.tables import FAMILY_ORDER, Ratio, budget_ratio, lm_depth, ok_rows
 
 CLAIM = 1 / 1.3
 MIN_SEEDS = 3  # per budget point, for a bootstrap interval to mean anything
 TARGET_BUDGETS = (25_000, 50_000, 100_000)
 # Validation-loss targets, nats per character: choose_targets of the committed pilot (a test checks).
 TARGETS: tuple[float, ...] = ()
-FAMILY_ORDER = {"gpt": 0, "ode": 1, "smooth": 2}
 _AXES = {"params": "params", "flops": "flops_per_token"}
-
-
-def _depth(table: pd.DataFrame) -> pd.Series:
-    return pd.Series(np.where(table["model.family"] == "gpt", table["model.layers"], table["solver.steps"]),
-                     index=table.index).astype(int)
 
 
 def choose_depths(pilot: pd.DataFrame) -> dict[tuple[str, int], int]:
@@ -53,15 +47,15 @@ def choose_depths(pilot: pd.DataFrame) -> dict[tuple[str, int], int]:
     Raises:
       ValueError: naming a (family, budget) without a finished run.
     """
-    done = ok_rows(pilot).assign(depth=lambda t: _depth(t))
+    done = ok_rows(pilot).assign(depth=lm_depth)
     chosen = {}
     for family, budget in pilot[["model.family", "model.param_budget"]].drop_duplicates().itertuples(
             index=False):
         runs = done[(done["model.family"] == family) & (done["model.param_budget"] == budget)]
         if runs.empty:
             raise ValueError(f"no finished pilot run of {family} at budget {budget}")
-        means = runs.groupby("depth")["val_loss"].mean()
-        chosen[family, int(budget)] = int(means[means == means.min()].index.min())
+        chosen[family, int(budget)] = int(lowest(runs.groupby("depth")["val_loss"].mean(),
+                                                f"validation loss of {family} at budget {budget}"))
     return dict(sorted(chosen.items(), key=lambda kv: (FAMILY_ORDER[kv[0][0]], kv[0][1])))
 
 
@@ -119,7 +113,7 @@ def _ratio_cell(r: Ratio) -> str:
 def render_pilot(pilot: pd.DataFrame) -> str:
     """The docs block of the pilot: validation loss per family, depth and budget, the chosen
     depths and the targets."""
-    done = ok_rows(pilot).assign(depth=lambda t: _depth(t))
+    done = ok_rows(pilot).assign(depth=lm_depth)
     budgets = sorted(pilot["model.param_budget"].unique())
     chosen = choose_depths(pilot)
     seeds = ", ".join(str(int(s)) for s in sorted(pilot["seed"].unique()))
@@ -146,7 +140,7 @@ def render(table: pd.DataFrame, targets: tuple[float, ...] | None = None, resamp
     targets = TARGETS if targets is None else targets
     if not targets:
         raise ValueError("no targets: set TARGETS from the pilot (choose_targets) before reading test runs")
-    done = ok_rows(table).assign(depth=lambda t: _depth(t))
+    done = ok_rows(table).assign(depth=lm_depth)
     budgets = sorted(table["model.param_budget"].unique())
     families = sorted(done["model.family"].unique(), key=FAMILY_ORDER.get)
     lines = [f"Runs: {len(done)} finished of {len(table)} recorded; validation loss (nats per character), "

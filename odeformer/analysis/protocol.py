@@ -143,6 +143,20 @@ def _require(table: pd.DataFrame, cols: Sequence[str]) -> None:
         raise ValueError(f"results table has no column(s) {missing}")
 
 
+def lowest(scores: pd.Series, what: str = "scores"):
+    """The index of the lowest finite score; scores within a relative 1e-12 tie, and the smallest
+    index wins (the smaller learning rate, the shallower depth).
+
+    Raises:
+      ValueError: no score is finite (the message names ``what`` was scored).
+    """
+    scores = scores[np.isfinite(scores.to_numpy(float))]
+    if scores.empty:
+        raise ValueError(f"no finite {what} to choose from")
+    best = scores.min()
+    return min(scores.index[(scores - best).abs() <= 1e-12 * abs(best)])
+
+
 def select_by_validation(table: pd.DataFrame, group_by: Sequence[str], axis: str = "train.learning_rate",
                          metric: str = "val_loss", report: Sequence[str] = ("test_loss",)) -> pd.DataFrame:
     """Choose, per group, the ``axis`` value (e.g. the learning rate) with the lowest seed-mean
@@ -176,8 +190,7 @@ def select_by_validation(table: pd.DataFrame, group_by: Sequence[str], axis: str
         if not scores:
             empty.append(_where(group_by, key))
             continue
-        best = min(scores.values())
-        value = min(v for v, s in scores.items() if abs(s - best) <= 1e-12 * abs(best))
+        value = lowest(pd.Series(scores))
         rows = part[part[axis] == value].copy()
         bad = [r for r in report if not np.isfinite(rows[r].to_numpy(float)).all()]
         if bad:

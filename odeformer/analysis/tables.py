@@ -12,6 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+FAMILY_ORDER = {"gpt": 0, "ode": 1, "smooth": 2, "rk2_gated": 3}  # the language families, as tables list them
+_LAYERED = ("gpt", "rk2_gated")  # families whose depth is their layer count
+
+
+def lm_depth(table: pd.DataFrame) -> pd.Series:
+    """A language model's depth: the layers of gpt and rk2_gated, the ODE families' solver steps."""
+    layered = table["model.family"].isin(_LAYERED)
+    depth = np.where(layered, table["model.layers"], table["solver.steps"])
+    return pd.Series(depth, index=table.index).astype(int)
+
 
 def ok_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The finished, successful runs (failed runs stay in the table, recorded)."""

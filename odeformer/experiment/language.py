@@ -17,6 +17,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from odeformer import forward_mode
 from odeformer.experiment import results
 from odeformer.experiment.evaluators.invariance import parse_solvers, solver_report
 from odeformer.experiment.executor import BuildOnce, RunFailed
@@ -27,7 +28,8 @@ from odeformer.language.closeness import adjacent_change
 from odeformer.language.corpus import CharVocabulary
 from odeformer.language.flops import forward_flops_per_token, nominal_nfe
 from odeformer.language.models import LanguageModel
-from odeformer.language.robustness import forward_mode, make_robustness_step, summarise_robustness
+from odeformer.language.robustness import make_robustness_step, summarise_robustness
+from odeformer.parallel.mesh import to_host
 
 PARAMS_DIR = "params"  # a finished language run's final parameters (orbax), in its run dir
 TRAIN_FLOPS_FACTOR = 3  # training FLOPs = 3 x forward (odeformer.language.flops)
@@ -128,8 +130,8 @@ def robustness_row(c, graphdef, state, data: LanguageData, compiled: BuildOnce) 
     tokens = jnp.asarray(stream[:windows * n]).reshape(windows, n)
     targets = jnp.asarray(stream[1:windows * n + 1]).reshape(windows, n)
     # A few windows on one device, outside the training mesh (its explicit shardings would meet the
-    # unsharded windows inside the solves' checkpointed loops).
-    params, hyper = jax.device_get((state["params"], state["hyper"]))
+    # unsharded windows inside the solves' checkpointed loops): every process measures the whole model.
+    params, hyper = to_host((state["params"], state["hyper"]))
     width = nnx.merge(graphdef, params).width
     t = time.perf_counter()
     step, _ = compiled.get(

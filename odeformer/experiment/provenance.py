@@ -77,15 +77,9 @@ def export_rows(table: pd.DataFrame, run_ids: list[str], command: str) -> pd.Dat
 EXPORT_COLUMNS = ("command", "planned_runs")  # what export_rows adds to a run's row
 
 
-def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> tuple[int, int]:
-    """Records the rows of a committed table (:func:`export_rows`) as finished runs of ``workdir``,
-    so that a sweep whose workdir was lost (a fresh checkout) trains only the runs its table lacks.
-    Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is, and
-    a crashed row is left out (the sweep retries it). An adopted run has its record only, no
-    ``config.json`` or parameters. Everything is checked before anything is written.
-
-    Returns:
-      (rows recorded, rows left alone because ``workdir`` had them).
+def adoptable_rows(table: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
+    """The rows of a committed table (:func:`export_rows`) that :func:`adopt_rows` records: every
+    row but a crashed one (the sweep retries it), without the export's own columns.
 
     Raises:
       ValueError: the table has no ``run_id`` column or a row without a status, repeats a run, or
@@ -109,8 +103,25 @@ def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> 
     rows = table.drop(columns=[c for c in EXPORT_COLUMNS if c in table])
     if "crashed" in rows:  # a crash is retried, never adopted as a result
         rows = rows[~rows["crashed"].fillna(False).astype(bool)]
+    return rows
+
+
+def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> tuple[int, int]:
+    """Records the rows of a committed table (:func:`export_rows`) as finished runs of ``workdir``,
+    so that a sweep whose workdir was lost (a fresh checkout) trains only the runs its table lacks.
+    Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is, and
+    a crashed row is left out (the sweep retries it). An adopted run has its record only, no
+    ``config.json`` or parameters. Everything is checked before anything is written.
+
+    Returns:
+      (rows recorded, rows left alone because ``workdir`` had them).
+
+    Raises:
+      ValueError: as :func:`adoptable_rows`: no ``run_id`` column, a row without a status, a run
+        listed twice, or runs this config does not plan.
+    """
     recorded = kept = 0
-    for row in rows.to_dict("records"):
+    for row in adoptable_rows(table, run_ids).to_dict("records"):
         if results.is_finished(workdir, row["run_id"]):
             kept += 1
             continue
@@ -121,16 +132,24 @@ def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> 
     return recorded, kept
 
 
-def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path) -> str:
-    """:func:`adopt_rows` of the table at ``path``; returns a line saying what was recorded.
+def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path, dry_run: bool = False) -> str:
+    """:func:`adopt_rows` of the table at ``path``; returns a line saying what was recorded. With
+    ``dry_run`` the table is checked and nothing is written.
 
     Raises:
       ValueError: ``path`` is not a file, or as :func:`adopt_rows`.
     """
     if not Path(path).is_file():
         raise ValueError(f"--resume_from names {path}, which is not a file (a results/<name>.csv table)")
-    recorded, kept = adopt_rows(results.read_table(path), run_ids, workdir)
-    return (f"recorded {recorded} finished run(s) of {path} in {workdir}"
+    table = results.read_table(path)
+    if dry_run:
+        ids = adoptable_rows(table, run_ids)["run_id"]
+        kept = sum(results.is_finished(Path(workdir), run_id) for run_id in ids)
+        recorded, verb = len(ids) - kept, "would record"
+    else:
+        recorded, kept = adopt_rows(table, run_ids, workdir)
+        verb = "recorded"
+    return (f"{verb} {recorded} finished run(s) of {path} in {workdir}"
             + (f"; {kept} it had already" if kept else ""))
 
 

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from odeformer import forward_mode
 from odeformer._regularisers import PENALTIES
 from odeformer._regularisers import weights as penalty_weights
 from odeformer._solvers import solver_info
@@ -35,7 +36,7 @@ from odeformer.experiment import config as run_config
 from odeformer.experiment import results
 from odeformer.experiment.budgets import model_params, resolve_budget
 from odeformer.experiment.evaluators.invariance import parse_solvers, solver_report
-from odeformer.experiment.evaluators.stability import forward_mode, make_stability_step, summarise
+from odeformer.experiment.evaluators.stability import make_stability_step, summarise
 from odeformer.experiment.executor import (
     BuildOnce,
     RunFailed,

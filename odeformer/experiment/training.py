@@ -18,12 +18,11 @@ import numpy as np
 import optax
 import pandas as pd
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from odeformer._checks import is_int
 from odeformer._compile_options import compiler_options
 from odeformer.experiment.microbatch import accumulate
-from odeformer.parallel.mesh import DATA, EmbeddingRows, batch_sharding
+from odeformer.parallel.mesh import DATA, EmbeddingRows, batch_sharding, to_host
 
 FAILURE_SOLVER, FAILURE_LOSS = 1, 2  # codes of state["failure"]
 
@@ -323,13 +322,6 @@ def make_eval_step(graphdef, mesh: jax.sharding.Mesh | None = None) -> Callable:
     return jax.jit(eval_step, compiler_options=compiler_options(mesh))
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    """The whole array on this host, also when it is split across processes."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of binary ``labels`` ranked by ``scores`` (Mann–Whitney U,
     ties counted as one half); NaN when a class is absent."""
@@ -362,7 +354,7 @@ def evaluate(eval_step: Callable, params, hyper, split: dict, chunk: int,
         out = eval_step(params, hyper, _take(split, index), weight)
         totals["loss"] += float(out["loss"])
         totals["correct"] += float(out["correct"])
-        scores.append(_to_host(out["score"]))
+        scores.append(np.asarray(to_host(out["score"])))
         nfe = max(nfe, int(out["nfe"]))
         ok = ok and bool(out["ok"])
     result = {"loss": totals["loss"] / n, "accuracy": totals["correct"] / n, "nfe": nfe, "ok": ok}

@@ -23,9 +23,10 @@ are Frobenius norms over a window's ``[n, width]``. Measured per window:
   each projected onto the ball; the best iterate (``δ = 0`` included) is kept, so an attack never
   reports a loss below the clean one.
 - Jacobian (``sigma``, ``sigma_change``, ``lyapunov``): ``σ_max(∂Φ/∂x0)`` by power iteration on
-  ``JᵀJ`` (``jvp`` through a forward-mode copy of the solve, :func:`forward_mode`; ``vjp`` through
-  the trained one), its relative change over the last iteration (a convergence check), and the
-  largest finite-time Lyapunov exponent ``λ = log(σ_max) / T``.
+  ``JᵀJ`` (``jvp`` through a forward-mode copy of the solve,
+  :func:`odeformer.forward_mode`; ``vjp`` through the trained one), its relative change
+  over the last iteration (a convergence check), and the largest finite-time Lyapunov exponent
+  ``λ = log(σ_max) / T``.
 
 Every random draw comes from the ``key`` argument only, never from the model: models of the same
 vocabulary and block size are compared on the same corrupted text (and, at equal width, the same
@@ -183,23 +184,13 @@ def window_losses(model: LanguageModel, hyper: dict) -> Callable:
     return jax.vmap(one)
 
 
-def forward_mode(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:
-    """The same model with a forward-differentiable solve (Diffrax's ``DirectAdjoint``: the
-    checkpointed solves of training support only reverse mode); ``gpt`` and ``rk2_gated``
-    unchanged."""
-    model = nnx.merge(graphdef, params)
-    if model.family not in ("gpt", "rk2_gated"):
-        model.flow.adjoint = "direct"
-    return nnx.graphdef(model)
-
-
 def jacobian_norm(model: LanguageModel, forward: LanguageModel, hyper: dict, x0: jax.Array,
                   key: jax.Array, iterations: int) -> dict[str, jax.Array]:
     """``σ_max`` of each window's Jacobian of the depth map at ``x0`` and its Lyapunov exponent.
 
     Args:
       model: the trained model (its solve's ``vjp``).
-      forward: the same model with a forward-differentiable solve (:func:`forward_mode`).
+      forward: the same model with a forward-differentiable solve (:func:`odeformer._block.forward_mode`).
       hyper: solver values, as passed to :meth:`LanguageModel.body`.
       x0: initial states ``[B, n, width]``.
       key: draws the power iteration's random start vectors.
@@ -239,7 +230,7 @@ def make_robustness_step(graphdef: nnx.GraphDef, forward_graphdef: nnx.GraphDef,
     """``step(params, hyper, tokens, targets, key) -> per-window measurements`` (jitted).
 
     Args:
-      graphdef: the trained model's graph; ``forward_graphdef``: :func:`forward_mode` of it.
+      graphdef: the trained model's graph; ``forward_graphdef``: :func:`odeformer._block.forward_mode` of it.
       rates: substitution rates, each in ``[0, 1)``: ``sub_loss@<rate>``.
       noise: the embedding noise's absolute scale, >= 0: ``noise_loss``.
       budgets: attack budgets (RMS per position), each >= 0: ``attack_loss@<budget>``.

@@ -13,9 +13,11 @@ from odeformer.parallel.mesh import (
     place,
     replicated,
     state_shardings,
+    to_host,
 )
 
 __all__ = [
     "DATA", "MODEL", "EmbeddingRows", "batch_sharding", "compiler_options", "init_sharded", "join_processes",
     "make_mesh", "place", "replicated", "reuse_host_memory", "state_shardings",
+    "to_host",
 ]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -147,3 +148,21 @@ def place(tree, shardings):
     if isinstance(shardings, jax.sharding.Sharding):
         return jax.tree.map(lambda x: put(x, shardings), tree)
     return jax.tree.map(put, tree, shardings)
+
+
+def to_host(tree):
+    """Every array of ``tree`` whole on this host as a NumPy array, also one split across processes
+    (gathered from them: every process must call this together); typed PRNG keys stay key arrays,
+    other leaves are returned as they are."""
+    def gather(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(gather(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:  # every process holds it all: no collective needed
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(gather, tree)

@@ -52,18 +52,10 @@ def example_flow(model: nnx.Module, hyper: dict) -> Callable:
     return jax.vmap(lambda x: model.flow(x[None], **hyper)[0][0])
 
 
-def forward_mode(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:
-    """The same model with a forward-differentiable solve (Diffrax's ``DirectAdjoint``: the
-    checkpointed solves of training support only reverse mode)."""
-    model = nnx.merge(graphdef, params)
-    model.block.adjoint = "direct"
-    return nnx.graphdef(model)
-
-
 def make_stability_step(graphdef: nnx.GraphDef, forward: nnx.GraphDef, iterations: int) -> Callable:
     """``step(params, hyper, inputs, labels, key, epsilon) -> per-example measurements``.
 
-    ``forward`` is :func:`forward_mode` of ``graphdef``; ``inputs`` are the model's
+    ``forward`` is :func:`odeformer.forward_mode` of ``graphdef``; ``inputs`` are the model's
     keyword inputs (``tokens=`` or ``categorical=, numeric=``) of a few examples. The
     worst-case perturbation follows the gradient of each example's cross-entropy with
     respect to ``x0`` (the first-order worst case), of norm ``epsilon * ||x0||`` like the
