@@ -121,4 +121,16 @@ def test_a_relation_that_only_the_loss_carries_is_suggestive_at_most():
     plain, partial = frame[frame["kind"] == "plain"], frame[frame["kind"] == "partial"]
     assert (plain["low"] > 0).all() and not (partial["low"] > 0).all()
     assert verdict == "**suggestive**"
-    assert set(frame["kind"]) == {"check", "plain", "partial", "reported"}
+    assert set(frame["kind"]) == {"check", "plain", "partial", "reported", "post hoc"}
+
+
+def test_families_whose_losses_do_not_overlap_decide_nothing_and_each_pair_is_reported_apart():
+    table = _table(-0.05, 0.1)
+    table.loc[table["model.family"] == "smooth", "val_loss"] += 1.0  # far above the others
+    measure = analysis.MEASURES[0]
+    assert analysis.matched_differences(table, "ode", measure, resamples=10).empty
+    pair = analysis.matched_differences(table, "ode", measure, resamples=100, pairwise=True)
+    assert len(pair) == analysis.POINTS and (pair["high"] < 0).all()
+    text = analysis.render(table, resamples=50)
+    assert "No matched loss: the families' ranges do not overlap" in text
+    assert "at matched validation loss: **inconclusive**." in text
