@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odeformer.analysis import lm_invariance, sections
+from odeformer.analysis import lm_invariance, lm_stability, sections
 from odeformer.experiment import results
 from odeformer.experiment.provenance import UNKNOWN, code_commit, export_rows
 
@@ -134,7 +134,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 
 # Rendered experiments whose sweeps have not finished: no block yet, and no table or a partial one
 # (fewer rows than planned_runs, committed so that the sweep goes on from it with --resume_from).
-PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency", "lm_param_efficiency_test", "lm_stability"}
+PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency", "lm_param_efficiency_test"}
 
 
 def _partial(path: Path) -> bool:
@@ -324,3 +324,49 @@ def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
     # Re-exported, the adopted rows come back as they were committed.
     back = export_rows(results.load(fresh), list(adopted), "cmd")
     assert back["commit"].tolist() == ["0123456"] * 3 and back["run_id"].tolist() == list(adopted)
+
+
+def test_the_language_stability_prose_quotes_its_table():
+    """The numbers the lm_stability section's text quotes, recomputed from the committed table."""
+    table = results.read_table(REPO / "results" / "lm_stability.csv")
+    text = (REPO / "docs" / "results.md").read_text()
+    prose = text[text.index("## Stability on language modelling"):text.index("## Adaptive integration")]
+    prose = " ".join(prose[prose.index("<!-- results:lm_stability:end -->"):].split())
+    families = lm_stability.families_part(table)
+    ranges = lm_stability.loss_ranges(families)
+    resamples = lm_stability.RESAMPLES  # as the block: the intervals' signs are quoted
+    pairs = {f: [lm_stability.matched_differences(table, f, m, resamples=resamples, pairwise=True)
+                 for m in lm_stability.MEASURES] for f in ("ode", "smooth")}
+    assert all(lm_stability.matched_differences(table, f, m, resamples=10).empty
+               for f in ("ode", "smooth") for m in lm_stability.MEASURES)
+    assert all((frame["high"] <= 5e-5).all() for frame in pairs["ode"])  # "every interval at or below 0"
+    assert all(((frame["low"] < 0) & (frame["high"] > 0)).all() for frame in pairs["smooth"])
+    span = [f"{frame['difference'].min():.4f} to {frame['difference'].max():.4f}".replace("-", "−")
+            for frame in pairs["ode"]]
+    verdict, frame = lm_stability.mechanism(table, "**inconclusive**", resamples=resamples)
+    rho = {(r["kind"], r["relation"].split(", ")[1].split(" ")[0]): r for _, r in frame.iterrows()}
+
+    def r(kind, measure):
+        return f"{rho[kind, measure]['rho']:+.2f}".replace("-", "−")
+
+    a, b, c = lm_stability.MEASURES
+    varied = lm_stability.varied_part(table).groupby("train.jacobian")["robust.embed_rms"].mean()
+    norms = families.groupby(["model.family", "model.param_budget"])["robust.jacobian_norm"].mean()
+    quoted = [f"gpt {ranges.loc['gpt', 'min']:.3f}–{ranges.loc['gpt', 'max']:.3f}",
+              f"tied ODE {ranges.loc['ode', 'min']:.3f}–{ranges.loc['ode', 'max']:.3f}",
+              f"smooth ODE {ranges.loc['smooth', 'min']:.3f}–{ranges.loc['smooth', 'max']:.3f}",
+              f"5% substitution {span[0]}, noise {span[1]}, attack {span[2]} nats",
+              f"ρ = {frame.loc[0, 'rho']:+.2f}".replace("+", "").replace("-", "−"),
+              f"plain ρ {r('plain', a)}, {r('plain', b)}, {r('plain', c)}",
+              f"partial ρ {r('partial', b)} and {r('partial', c)}) and vanishes for substitution "
+              f"({r('partial', a).lstrip('+')})",
+              f"({varied.iloc[0]:.3f} at weight 0 to {varied.iloc[-1]:.3f} at weight 10)",
+              f"({r('post hoc', a)}, {r('post hoc', b)}, {r('post hoc', c)}, every interval spanning 0)",
+              f"largest norms ({norms['smooth'].min():,.0f} to {norms['smooth'].max():,.0f}), gpt "
+              f"{norms['gpt'].min():,.0f} to {norms['gpt'].max():,.0f}",
+              f"smallest ({norms['ode'].min():,.0f} to {norms['ode'].max():,.0f})"]
+    for snippet in quoted:
+        assert snippet in prose, snippet
+    assert verdict == "**inconclusive**"
+    post_hoc = frame[frame["kind"] == "post hoc"]
+    assert ((post_hoc["low"] < 0) & (post_hoc["high"] > 0)).all()
