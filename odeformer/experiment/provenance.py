@@ -106,15 +106,17 @@ def adoptable_rows(table: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
     return rows
 
 
-def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> tuple[int, int]:
+def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path,
+               dry_run: bool = False) -> tuple[int, int]:
     """Records the rows of a committed table (:func:`export_rows`) as finished runs of ``workdir``,
     so that a sweep whose workdir was lost (a fresh checkout) trains only the runs its table lacks.
     Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is, and
     a crashed row is left out (the sweep retries it). An adopted run has its record only, no
-    ``config.json`` or parameters. Everything is checked before anything is written.
+    ``config.json`` or parameters. Everything is checked before anything is written; with
+    ``dry_run`` nothing is.
 
     Returns:
-      (rows recorded, rows left alone because ``workdir`` had them).
+      (rows recorded, or that would be, rows left alone because ``workdir`` had them).
 
     Raises:
       ValueError: as :func:`adoptable_rows`: no ``run_id`` column, a row without a status, a run
@@ -125,9 +127,10 @@ def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path) -> 
         if results.is_finished(workdir, row["run_id"]):
             kept += 1
             continue
-        results.record(Path(workdir), {k: _plain(v) for k, v in row.items()})
+        if not dry_run:
+            results.record(Path(workdir), {k: _plain(v) for k, v in row.items()})
         recorded += 1
-    if recorded:
+    if recorded and not dry_run:
         results.write_table(Path(workdir))
     return recorded, kept
 
@@ -141,14 +144,8 @@ def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path, dry_r
     """
     if not Path(path).is_file():
         raise ValueError(f"--resume_from names {path}, which is not a file (a results/<name>.csv table)")
-    table = results.read_table(path)
-    if dry_run:
-        ids = adoptable_rows(table, run_ids)["run_id"]
-        kept = sum(results.is_finished(Path(workdir), run_id) for run_id in ids)
-        recorded, verb = len(ids) - kept, "would record"
-    else:
-        recorded, kept = adopt_rows(table, run_ids, workdir)
-        verb = "recorded"
+    recorded, kept = adopt_rows(results.read_table(path), run_ids, workdir, dry_run=dry_run)
+    verb = "would record" if dry_run else "recorded"
     return (f"{verb} {recorded} finished run(s) of {path} in {workdir}"
             + (f"; {kept} it had already" if kept else ""))
 

@@ -190,7 +190,7 @@ def jacobian_norm(model: LanguageModel, forward: LanguageModel, hyper: dict, x0:
 
     Args:
       model: the trained model (its solve's ``vjp``).
-      forward: the same model with a forward-differentiable solve (:func:`odeformer._block.forward_mode`).
+      forward: the same model with a forward-differentiable solve (:func:`odeformer.forward_mode`).
       hyper: solver values, as passed to :meth:`LanguageModel.body`.
       x0: initial states ``[B, n, width]``.
       key: draws the power iteration's random start vectors.
@@ -230,7 +230,7 @@ def make_robustness_step(graphdef: nnx.GraphDef, forward_graphdef: nnx.GraphDef,
     """``step(params, hyper, tokens, targets, key) -> per-window measurements`` (jitted).
 
     Args:
-      graphdef: the trained model's graph; ``forward_graphdef``: :func:`odeformer._block.forward_mode` of it.
+      graphdef: the trained model's graph; ``forward_graphdef``: :func:`odeformer.forward_mode` of it.
       rates: substitution rates, each in ``[0, 1)``: ``sub_loss@<rate>``.
       noise: the embedding noise's absolute scale, >= 0: ``noise_loss``.
       budgets: attack budgets (RMS per position), each >= 0: ``attack_loss@<budget>``.
