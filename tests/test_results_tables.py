@@ -352,6 +352,12 @@ def test_the_language_stability_prose_quotes_its_table():
     a, b, c = lm_stability.MEASURES
     varied = lm_stability.varied_part(table).groupby("train.jacobian")["robust.embed_rms"].mean()
     norms = families.groupby(["model.family", "model.param_budget"])["robust.jacobian_norm"].mean()
+    attack = lm_stability.varied_part(table).groupby("train.jacobian")["robust.attack_delta@0.8"].mean()
+    assert attack[0.0] < attack[[0.01, 0.1, 1.0]].min() and attack[10.0] < attack[0.0]  # "cross"
+    fades = {float(m.partition("@")[2]): f"{rho['post hoc' if m != c else 'plain', m]['rho']:+.2f}"
+             for m in [k for _, k in rho if k.startswith("robust.attack")]}
+    last = frame[frame["relation"] == "Jacobian norm, robust.attack_delta@0.8"].iloc[0]
+    assert last["low"] < 0 < last["high"]  # "the last interval spanning 0"
     quoted = [f"gpt {ranges.loc['gpt', 'min']:.3f}–{ranges.loc['gpt', 'max']:.3f}",
               f"tied ODE {ranges.loc['ode', 'min']:.3f}–{ranges.loc['ode', 'max']:.3f}",
               f"smooth ODE {ranges.loc['smooth', 'min']:.3f}–{ranges.loc['smooth', 'max']:.3f}",
@@ -364,9 +370,14 @@ def test_the_language_stability_prose_quotes_its_table():
               f"({r('post hoc', a)}, {r('post hoc', b)}, {r('post hoc', c)}, every interval spanning 0)",
               f"largest norms ({norms['smooth'].min():,.0f} to {norms['smooth'].max():,.0f}), gpt "
               f"{norms['gpt'].min():,.0f} to {norms['gpt'].max():,.0f}",
-              f"smallest ({norms['ode'].min():,.0f} to {norms['ode'].max():,.0f})"]
+              f"smallest ({norms['ode'].min():,.0f} to {norms['ode'].max():,.0f})",
+              f"(+{attack[0.01]:.2f}, +{attack[0.1]:.2f}, +{attack[1.0]:.2f}) than unregularised "
+              f"(+{attack[0.0]:.2f}), and only weight 10 less (+{attack[10.0]:.2f})",
+              f"{fades[0.1]} at 0.1, {fades[0.2]} at 0.2 (the rules' budget, fixed before the runs), "
+              f"{fades[0.4]} at 0.4 and {fades[0.8]} at 0.8"]
     for snippet in quoted:
         assert snippet in prose, snippet
     assert verdict == "**inconclusive**"
-    post_hoc = frame[frame["kind"] == "post hoc"]
+    post_hoc = frame[frame["relation"].str.endswith("(partial on embedding RMS)")]
+    assert len(post_hoc) == 3
     assert ((post_hoc["low"] < 0) & (post_hoc["high"] > 0)).all()

@@ -26,8 +26,9 @@ embedding noise, and under the attack at twice the noise's scale (``robust.*`` c
   is reproduced and every plain interval lies above 0 but a partial one does not; **not supported**
   if every plain interval lies below :data:`WEAK` (at most a weak relation); else **inconclusive**.
   The Lyapunov exponent is reported beside the Jacobian norm: at one horizon it ranks as log σ does.
-  So is (``post hoc``, outside the rules, added after the first runs were read) each correlation
-  partial on the clean embeddings' RMS, which the regulariser also moves.
+  So are (``post hoc``, outside the rules, added after the first runs were read) each correlation
+  partial on the clean embeddings' RMS, which the regulariser also moves, and the Jacobian norm's
+  correlation with the attack at its other budgets.
 """
 
 from __future__ import annotations
@@ -145,10 +146,13 @@ def _residual(y: np.ndarray, z: np.ndarray) -> np.ndarray:
     return y - (slope * z + intercept)
 
 
-def partial_spearman(x, y, control) -> float:
-    """Spearman correlation of ``x`` and ``y`` with the ranks of ``control`` partialled out."""
-    z = _ranks(control)
-    rx, ry = _residual(_ranks(x), z), _residual(_ranks(y), z)
+def partial_spearman(x, y, control=None) -> float:
+    """Spearman correlation of ``x`` and ``y``, with the ranks of ``control`` partialled out when
+    one is given."""
+    rx, ry = _ranks(x), _ranks(y)
+    if control is not None:
+        z = _ranks(control)
+        rx, ry = _residual(rx, z), _residual(ry, z)
     if np.std(rx) == 0 or np.std(ry) == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
@@ -165,10 +169,10 @@ def mechanism(table: pd.DataFrame, outcome_verdict: str, *, resamples: int = RES
     weights = done["train.jacobian"].to_numpy()
     levels = [np.flatnonzero(weights == w) for w in np.unique(weights)]
     index = [np.concatenate([rng.choice(rows, len(rows)) for rows in levels]) for _ in range(resamples)]
+    attacks = [c for c in _attack_curve(done) if c not in MEASURES]
     names = ["train.jacobian", "val_loss", "robust.jacobian_norm", "robust.lyapunov", "robust.embed_rms",
-             *MEASURES]
+             *MEASURES, *attacks]
     columns = {c: done[c].to_numpy(float) for c in names}  # the bootstrap slices arrays, not frames
-    columns["none"] = np.zeros(len(done))
 
     def row(name, kind, statistic):
         enough = len(done) > 2
@@ -179,21 +183,24 @@ def mechanism(table: pd.DataFrame, outcome_verdict: str, *, resamples: int = RES
                 "low": float(low), "high": float(high)}
 
     rows = [row("regulariser weight, Jacobian norm", "check",
-                lambda d: partial_spearman(d["train.jacobian"], d["robust.jacobian_norm"], d["none"]))]
+                lambda d: partial_spearman(d["train.jacobian"], d["robust.jacobian_norm"]))]
     for m in MEASURES:
         rows.append(row(f"Jacobian norm, {m}", "plain",
-                        lambda d, m=m: partial_spearman(d["robust.jacobian_norm"], d[m], d["none"])))
+                        lambda d, m=m: partial_spearman(d["robust.jacobian_norm"], d[m])))
         rows.append(row(f"Jacobian norm, {m} (partial on validation loss)", "partial",
                         lambda d, m=m: partial_spearman(d["robust.jacobian_norm"], d[m],
                                                         d["val_loss"])))
     rows += [row(f"Lyapunov exponent, {m}", "reported",
-                 lambda d, m=m: partial_spearman(d["robust.lyapunov"], d[m], d["none"]))
+                 lambda d, m=m: partial_spearman(d["robust.lyapunov"], d[m]))
              for m in MEASURES]
     # Added after the first runs were read, outside the rules: the regulariser also raises the
     # embeddings' RMS, against which the absolute noise and attack are smaller.
     rows += [row(f"Jacobian norm, {m} (partial on embedding RMS)", "post hoc",
                  lambda d, m=m: partial_spearman(d["robust.jacobian_norm"], d[m], d["robust.embed_rms"]))
              for m in MEASURES]
+    # Also post hoc: the attack's other budgets, since its curves cross at the largest.
+    rows += [row(f"Jacobian norm, {m}", "post hoc",
+                 lambda d, m=m: partial_spearman(d["robust.jacobian_norm"], d[m])) for m in attacks]
     frame = pd.DataFrame(rows)
     if len(done) < MIN_MODELS or not frame.loc[0, "high"] < 0:
         return "**inconclusive**", frame
@@ -203,6 +210,12 @@ def mechanism(table: pd.DataFrame, outcome_verdict: str, *, resamples: int = RES
     if (plain["high"] < WEAK).all():
         return "**not supported**", frame
     return "**inconclusive**", frame
+
+
+def _attack_curve(done: pd.DataFrame) -> list[str]:
+    """The attack's loss-change columns, from the smallest budget to the largest."""
+    return sorted((c for c in done if c.startswith("robust.attack_delta@")),
+                  key=lambda c: float(c.partition("@")[2]))
 
 
 def render(table: pd.DataFrame, *, resamples: int = RESAMPLES) -> str:
