@@ -4,7 +4,9 @@ import ml_collections
 import pytest
 from runner_helpers import tiny_config
 
+from odeformer.experiment import config as run_config
 from odeformer.experiment import sweeps
+from odeformer.experiment.keys import Key
 
 
 def test_grid_product_and_zipped_axes():
@@ -57,6 +59,19 @@ def test_run_id_is_stable_and_ignores_name():
     assert sweeps.run_id(a) == sweeps.run_id(b)
     assert sweeps.run_id(a) != sweeps.run_id(tiny_config(seed=1))
     assert len(sweeps.run_id(a)) == 12
+
+
+def test_a_key_added_at_its_default_keeps_every_run_id(monkeypatch):
+    """A key marked ``added`` (what earlier runs did, at its default) leaves committed ids as they
+    were, so a committed table still resumes; any other value, or an unmarked key, is a new run."""
+    before = sweeps.run_id(tiny_config())
+    for added in (True, False):
+        monkeypatch.setitem(run_config.TRAIN, "train.new_knob", Key(0.0, "a new knob", "traced", added=added))
+        c = tiny_config()
+        c.train.new_knob = 0.0
+        assert (sweeps.run_id(c) == before) is added
+        c.train.new_knob = 0.5
+        assert sweeps.run_id(c) != before
 
 
 ADAPTIVE = {"solver.adaptive": True, "solver.name": "tsit5"}

@@ -45,6 +45,9 @@ class Key:
       kind: one of :data:`KINDS`.
       choices: a function returning the allowed values (registries fill up at import), or None.
       minimum: ``(bound, strict)``: values must be > bound (strict) or >= bound; or None.
+      added: a key added after runs were committed: at its default it is left out of the run
+        id (``odeformer.experiment.sweeps.run_id``), so every earlier run keeps its id and a
+        committed table still resumes. Its default must be what earlier runs did.
     """
 
     default: Any
@@ -52,6 +55,7 @@ class Key:
     kind: str
     choices: Callable[[], tuple] | None = None
     minimum: tuple[float, bool] | None = None
+    added: bool = False
 
 
 def _positive(default, doc, kind="structural", **kw) -> Key:

@@ -35,8 +35,11 @@ class Run:
 
 
 def run_id(config: ml_collections.ConfigDict) -> str:
-    """Stable 12-hex-digit hash of everything that defines a run (not name/sweep)."""
-    payload = {k: v for k, v in flatten(config).items() if k.split(".")[0] not in run_config.META_SECTIONS}
+    """Stable 12-hex-digit hash of everything that defines a run (not name/sweep), leaving out
+    keys marked ``added`` while at their defaults (``odeformer.experiment.keys.Key``)."""
+    schema = run_config.schema(config.get("experiment", "train"))
+    payload = {k: v for k, v in flatten(config).items() if k.split(".")[0] not in run_config.META_SECTIONS
+               and not (k in schema and schema[k].added and v == schema[k].default)}
     blob = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
