@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from configs import lm_depth_vs_width as experiment
-from odeformer.analysis.lm_depth_vs_width import choose_learning_rates, render_choice, with_depth
+from odeformer.analysis.lm_depth_vs_width import choose_learning_rates, heads_line, render_choice, with_depth
 from odeformer.experiment import config as run_config
 from odeformer.experiment import results
 from odeformer.experiment.budgets import resolve_budget
@@ -68,7 +68,8 @@ def _pilot(losses: dict[tuple[str, int, float], list[float]]) -> pd.DataFrame:
         for budget, loss in zip((25_000, 75_000), values, strict=True):
             rows.append({"model.family": family, "model.layers": depth if family == "gpt" else 4,
                          "solver.steps": depth if family != "gpt" else 4, "train.learning_rate": rate,
-                         "model.param_budget": budget, "seed": 100, "val_loss": loss, "status": "ok"})
+                         "model.param_budget": budget, "seed": 100, "val_loss": loss, "status": "ok",
+                         "shape.width": 64, "shape.heads": 4})
     return pd.DataFrame(rows)
 
 
@@ -85,7 +86,23 @@ def test_the_rate_with_the_lowest_mean_over_budgets_is_chosen_and_edges_are_flag
     assert "| gpt | 1 | equal params | 1.9500 | **1.9250** | 2.1500 | 0.003 |" in text
     assert "| ode | 2 | equal params | 2.0000 | 1.9500 | **1.7500** | 0.01 (edge of the grid) |" in text
     assert np.array_equal(with_depth(table)["depth"].unique(), [1, 2])
-    assert text.endswith("the tied ODE is the 1-layer gpt): gpt 1, ode 2.")
+    assert text.endswith("the tied ODE is the 1-layer gpt): gpt 1, ode 2.\n\n"
+                         "Every model has 4 attention heads.")
+
+
+def test_the_arms_with_fewer_heads_are_named():
+    table = _pilot({("gpt", 1, 1e-3): [2.0, 1.9], ("gpt", 4, 1e-3): [2.0, 1.9], ("ode", 2, 1e-3): [2.0, 2.0]})
+    narrow = (table["model.param_budget"] == 25_000) & (table["model.family"] != "gpt")
+    table.loc[narrow, ["shape.width", "shape.heads"]] = [46, 2]
+    flops = table[narrow].assign(**{"model.param_budget": 0, "shape.width": 23, "shape.heads": 1})
+    deep = ((table["model.family"] == "gpt") & (table["model.layers"] == 4)
+            & (table["model.param_budget"] == 25_000))
+    table.loc[deep, ["shape.width", "shape.heads"]] = [23, 1]
+    flops["model.family"], flops["solver.steps"] = "ode", 4  # at the width of gpt-4 at 25,000
+    assert heads_line(pd.concat([table, flops], ignore_index=True)) == (
+        "Attention heads: 4 wherever the resolved width is a multiple of 4, else the width's largest divisor "
+        "below 4: gpt at depth 4, 25,000 parameters (width 23, 1 head); ode at depth 2, 25,000 parameters "
+        "(width 46, 2 heads); ode at depth 4, equal FLOPs at 25,000 (width 23, 1 head).")
 
 
 def test_the_main_sweep_refuses_to_run_without_chosen_rates(monkeypatch):

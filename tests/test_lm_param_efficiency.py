@@ -23,7 +23,7 @@ def _row(family, depth, budget, seed, loss):
     return {"model.family": family, "model.layers": depth if family == "gpt" else 4,
             "solver.steps": depth if family != "gpt" else 4, "model.param_budget": budget, "seed": seed,
             "params": budget, "flops_per_token": 2.0 * budget * (1 if family == "gpt" else 3),
-            "val_loss": loss, "status": "ok"}
+            "val_loss": loss, "status": "ok", "shape.width": 64, "shape.heads": 4}
 
 
 def _gpt_loss(budget):

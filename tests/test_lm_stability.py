@@ -25,7 +25,8 @@ def _table(ode_shift: float, slope: float, seeds: int = 3, manipulation: bool = 
         rows.append({"model.family": family, "model.form": form, "model.param_budget": budget,
                      "train.jacobian": weight, "seed": seed, "status": "ok", "val_loss": loss,
                      "robust.jacobian_norm": jacobian, "robust.lyapunov": np.log(jacobian) / 4,
-                     "robust.embed_rms": 1.0,
+                     "robust.embed_rms": 1.0, "model.layers": 4, "solver.steps": 4, "shape.width": 64,
+                     "shape.heads": 4,
                      **{m: measure * (k + 1) + 0.005 * rng.normal()
                         for k, m in enumerate(analysis.MEASURES)}})
 
@@ -58,6 +59,7 @@ def test_the_rules_read_matched_loss_differences_and_partial_correlations(shift,
     text = analysis.render(table, resamples=200)
     assert f"more robust than gpt at matched validation loss: {outcome}." in text
     assert f"Their stability explains it: {mechanism}." in text
+    assert "\nEvery model has 4 attention heads.\n" in text
 
 
 def test_a_regulariser_that_does_not_move_the_jacobian_decides_nothing():

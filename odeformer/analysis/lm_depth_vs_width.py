@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from odeformer.analysis.protocol import MeanCI, format_ci, lowest, mean_ci, select_by_validation, side
-from odeformer.analysis.tables import FAMILY_ORDER, lm_depth, ok_rows
+from odeformer.analysis.tables import FAMILY_ORDER, fewer_heads, lm_depth, ok_rows
 
 MARGIN = 0.01  # nats per character
 # family -> its depth at equal parameters chosen on the pilot (best_depths of the committed pilot table;
@@ -116,7 +116,7 @@ def render_choice(table: pd.DataFrame) -> str:
     depths = ", ".join(f"{family} {depth}" for family, depth in best_depths(table).items())
     lines += ["", f"Each family's depth at equal parameters, lowest validation loss at its chosen rate (the "
               f"families are compared at these depths; the ODE families at 2 or more, since at depth 1 the "
-              f"tied ODE is the 1-layer gpt): {depths}."]
+              f"tied ODE is the 1-layer gpt): {depths}.", "", heads_line(table)]
     return "\n".join(lines)
 
 
@@ -133,6 +133,14 @@ def arms(table: pd.DataFrame) -> pd.DataFrame:
     done["budget"] = [b if k == "params" else budget_of.get(tuple(key), np.nan)
                       for b, k, *key in done[["model.param_budget", "kind", *shape]].itertuples(index=False)]
     return done
+
+
+def heads_line(table: pd.DataFrame) -> str:
+    """The sentence naming the arms with fewer attention heads (``tables.fewer_heads``)."""
+    done = arms(table)
+    where = [(f"{b:,.0f} parameters" if k == "params" else f"equal FLOPs at {b:,.0f}") if b == b
+             else "equal FLOPs" for b, k in zip(done["budget"], done["kind"], strict=True)]
+    return fewer_heads(done, pd.Series(where, index=done.index))
 
 
 def _per_seed(runs: pd.DataFrame, metric: str) -> pd.Series:
@@ -390,7 +398,7 @@ def render(table: pd.DataFrame) -> str:
         "parameters each family at the depth its pilot chose; at equal FLOPs at gpt's width and depth:",
         "", *family_lines, "",
         "Closeness to a flow against validation loss at each budget (equal parameters; seeds resampled "
-        "within depths):", "", *corr_lines, "",
+        "within depths):", "", *corr_lines, "", heads_line(table), "",
         f"- Fewer, wider layers beat many narrow ones at equal parameters (gpt): {results['gpt', 'params']}.",
         f"- The same within the tied ODE at equal parameters: {results['ode', 'params']}; at equal FLOPs: "
         f"{results['ode', 'flops']}; within the smooth ODE: {results['smooth', 'params']}.",

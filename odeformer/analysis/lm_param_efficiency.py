@@ -31,7 +31,7 @@ import math
 import pandas as pd
 
 from odeformer.analysis.protocol import lowest
-from odeformer.analysis.tables import FAMILY_ORDER, Ratio, budget_ratio, lm_depth, ok_rows
+from odeformer.analysis.tables import FAMILY_ORDER, Ratio, budget_ratio, fewer_heads, lm_depth, ok_rows
 
 CLAIM = 1 / 1.3
 MIN_SEEDS = 3  # per budget point, for a bootstrap interval to mean anything
@@ -130,8 +130,12 @@ def render_pilot(pilot: pd.DataFrame) -> str:
         lines.append(f"| {family} | {depth} | {' | '.join(cells)} |")
     targets = choose_targets(pilot)
     lines += ["", f"Targets (gpt's best at {', '.join(f'{b:,}' for b in TARGET_BUDGETS)}, rounded up): "
-              f"{', '.join(f'{t:.2f}' for t in targets)} nats per character."]
+              f"{', '.join(f'{t:.2f}' for t in targets)} nats per character.", "", _heads_line(done)]
     return "\n".join(lines)
+
+
+def _heads_line(done: pd.DataFrame) -> str:
+    return fewer_heads(done, done["model.param_budget"].map(lambda b: f"{b:,.0f} parameters"))
 
 
 def render(table: pd.DataFrame, targets: tuple[float, ...] | None = None, resamples: int = 2000) -> str:
@@ -171,7 +175,7 @@ def render(table: pd.DataFrame, targets: tuple[float, ...] | None = None, resamp
         verdicts[family] = verdict(by_params, seeds)
         for t, p, f in zip(targets, by_params, by_flops, strict=True):
             lines.append(f"| {family} | {t:.2f} | {_ratio_cell(p)} | {_ratio_cell(f)} |")
-    lines.append("")
+    lines += ["", _heads_line(done), ""]
     lines += [f"- {family}: 30% more parameter-efficient than gpt at equal validation loss: {v}."
               for family, v in verdicts.items()]
     return "\n".join(lines)

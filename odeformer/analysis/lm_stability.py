@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.tables import ok_rows
+from odeformer.analysis.tables import fewer_heads, ok_rows
 
 MEASURES = ("robust.sub_delta@0.05", "robust.noise_delta", "robust.attack_delta@0.2")
 POINTS = 3
@@ -233,6 +233,8 @@ def render(table: pd.DataFrame, *, resamples: int = RESAMPLES) -> str:
         means = runs[columns].mean()
         lines.append(f"| {key[0]} | {key[1]} | {int(key[2]):,} | {key[3]:g} | {len(runs)} | "
                      + " | ".join(f"{means[c]:.4f}" for c in columns) + " |")
+    where = done["model.param_budget"].map(lambda b: f"{b:,.0f} parameters") + ", " + done["model.form"]
+    lines += ["", fewer_heads(done, where)]
     curves = sorted(c for c in done if c.startswith(("robust.sub_delta@", "robust.attack_delta@")))
     curves = sorted(curves, key=lambda c: (c.startswith("robust.attack"), float(c.partition("@")[2])))
     lines += ["", "Loss change against the substituted fraction and the attack budget (RMS per position), "

@@ -23,6 +23,24 @@ def lm_depth(table: pd.DataFrame) -> pd.Series:
     return pd.Series(depth, index=table.index).astype(int)
 
 
+def fewer_heads(runs: pd.DataFrame, where: pd.Series) -> str:
+    """One sentence naming the language models with fewer attention heads than the others: a
+    width resolved from a budget that is not a multiple of the configured heads keeps its
+    largest divisor below them (``odeformer.experiment.budgets``). ``where`` labels each row's
+    budget or arm."""
+    most = int(runs["shape.heads"].max())
+    runs = runs.assign(depth=lm_depth, where=where)  # before filtering: an empty frame adopts an index
+    few = runs[runs["shape.heads"] < most]
+    if few.empty:
+        return f"Every model has {most} attention heads."
+    few = few.drop_duplicates(["model.family", "depth", "where", "shape.width", "shape.heads"])
+    few = few.iloc[np.lexsort((few["depth"], few["model.family"].map(FAMILY_ORDER), few["where"]))]
+    cells = [f"{r['model.family']} at depth {r['depth']}, {r['where']} (width {int(r['shape.width'])}, "
+             f"{int(r['shape.heads'])} head{'s' if r['shape.heads'] > 1 else ''})" for _, r in few.iterrows()]
+    return (f"Attention heads: {most} wherever the resolved width is a multiple of {most}, else the width's "
+            f"largest divisor below {most}: {'; '.join(cells)}.")
+
+
 def ok_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The finished, successful runs (failed runs stay in the table, recorded)."""
     if table.empty or "status" not in table:
