@@ -15,7 +15,8 @@ parameters, doubling.
 The default variant, the pilot (seed 100), trains gpt and the tied ODE at depths 1, 2, 4, 8 and
 the smooth ODE at 2, 4, 8 at every budget. From it, fixed before any test run
 (``odeformer.analysis.lm_param_efficiency``): each family's depth at each budget (lowest validation
-loss; :data:`DEPTHS`), so every family, gpt included, is tuned the same way; and the targets
+loss, the ODE families' among depths of at least 2; :data:`DEPTHS`), so every family, gpt included, is
+tuned the same way; and the targets
 (``odeformer.analysis.lm_param_efficiency.TARGETS``), gpt's best validation loss at the budgets
 25,000, 50,000 and 100,000, rounded up to 0.01 nats. ``:test`` trains each family at its depth at
 every budget over seeds 0-4.
@@ -33,8 +34,11 @@ PILOT_SEED = 100
 # No width meets these budgets within 5% at that depth (tests/test_lm_param_efficiency.py): not piloted.
 UNMET = {("gpt", 8, 12_500)}
 SEEDS = (0, 1, 2, 3, 4)
-# (family, budget) -> the depth the pilot chose (odeformer.analysis.lm_param_efficiency.choose_depths).
-DEPTHS: dict[tuple[str, int], int] = {}
+# (family, budget) -> the depth the pilot chose (odeformer.analysis.lm_param_efficiency.choose_depths),
+# one per entry of BUDGETS.
+_CHOSEN = {"gpt": (1, 1, 2, 1, 1, 1), "ode": (4, 2, 4, 2, 2, 2), "smooth": (4, 2, 4, 2, 2, 2)}
+DEPTHS: dict[tuple[str, int], int] = {(f, b): k for f, depths in _CHOSEN.items()
+                                      for b, k in zip(BUDGETS, depths, strict=True)}
 _ZIPPED = ("model.family", "model.layers", "solver.steps", "model.basis", "model.param_budget",
            "train.learning_rate")
 

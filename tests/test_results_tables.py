@@ -134,7 +134,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 
 # Rendered experiments whose sweeps have not finished: no block yet, and no table or a partial one
 # (fewer rows than planned_runs, committed so that the sweep goes on from it with --resume_from).
-PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency", "lm_param_efficiency_test"}
+PENDING = {"lm_depth_vs_width_test", "lm_param_efficiency_test"}
 
 
 def _partial(path: Path) -> bool:

@@ -34,7 +34,7 @@ def fewer_heads(runs: pd.DataFrame, where: pd.Series) -> str:
     if few.empty:
         return f"Every model has {most} attention heads."
     few = few.drop_duplicates(["model.family", "depth", "where", "shape.width", "shape.heads"])
-    few = few.iloc[np.lexsort((few["depth"], few["model.family"].map(FAMILY_ORDER), few["where"]))]
+    few = few.iloc[np.lexsort((np.arange(len(few)), few["depth"], few["model.family"].map(FAMILY_ORDER)))]
     cells = [f"{r['model.family']} at depth {r['depth']}, {r['where']} (width {int(r['shape.width'])}, "
              f"{int(r['shape.heads'])} head{'s' if r['shape.heads'] > 1 else ''})" for _, r in few.iterrows()]
     return (f"Attention heads: {most} wherever the resolved width is a multiple of {most}, else the width's "
