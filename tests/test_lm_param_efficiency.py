@@ -12,6 +12,7 @@ import pytest
 from configs import lm_depth_vs_width
 from configs import lm_param_efficiency as experiment
 from odeformer.analysis import lm_param_efficiency as analysis
+from odeformer.analysis.tables import lm_depth
 from odeformer.experiment import results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,3 +153,7 @@ def test_the_chosen_depths_and_targets_are_the_committed_pilot_s():
         return
     assert experiment.DEPTHS == analysis.choose_depths(table)
     assert analysis.TARGETS == analysis.choose_targets(table)
+    # docs/results.md: "some of the pilot's losses do not fall as the budget grows"
+    curves = table.assign(depth=lm_depth).pivot_table("val_loss", ["model.family", "depth"],
+                                                      "model.param_budget")
+    assert (curves.diff(axis=1) > 0).any(axis=None)
