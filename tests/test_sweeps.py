@@ -72,6 +72,11 @@ def test_a_key_added_at_its_default_keeps_every_run_id(monkeypatch):
         assert (sweeps.run_id(c) == before) is added
         c.train.new_knob = 0.5
         assert sweeps.run_id(c) != before
+    pair = Key((1, 2), "a new pair", "structural", added=True)
+    monkeypatch.setitem(run_config.TRAIN, "train.new_knob", pair)
+    c = tiny_config()
+    c.train.new_knob = [1, 2]  # as a round trip through JSON gives it back
+    assert sweeps.run_id(c) == before
 
 
 ADAPTIVE = {"solver.adaptive": True, "solver.name": "tsit5"}

@@ -6,8 +6,8 @@ reach the same validation loss it needs at most 1/1.3 (:data:`CLAIM`) of gpt's n
 parameters. Rules, fixed before the test runs:
 
 - *The pilot* (one seed) fixes each family's depth at each budget, the one of lowest validation loss
-  (:func:`choose_depths`; gpt is tuned exactly as the ODE families are, and the ODE families choose
-  among depths of at least 2, a rule added after the pilot was read), and the targets
+  (:func:`choose_depths`; gpt is tuned as the ODE families are, which choose among depths of at
+  least 2, a rule added after the pilot was read), and the targets
   (:data:`TARGETS`): gpt's best validation loss at the budgets :data:`TARGET_BUDGETS`, rounded up
   to 0.01 nats (:func:`choose_targets`), so gpt reaches them inside the grid. A test holds both to
   the committed pilot table.
@@ -65,16 +65,20 @@ def choose_depths(pilot: pd.DataFrame, every_depth: bool = False) -> dict[tuple[
     return dict(sorted(chosen.items(), key=lambda kv: (FAMILY_ORDER[kv[0][0]], kv[0][1])))
 
 
-def choose_targets(pilot: pd.DataFrame, budgets: tuple[int, ...] = TARGET_BUDGETS) -> tuple[float, ...]:
-    """gpt's best validation loss at each of ``budgets`` in the pilot, rounded up to 0.01 nats,
-    from the hardest (lowest) target to the easiest."""
+def targets_by_budget(pilot: pd.DataFrame, budgets: tuple[int, ...] = TARGET_BUDGETS) -> dict[int, float]:
+    """Budget -> gpt's best validation loss there in the pilot, rounded up to 0.01 nats."""
     done = ok_rows(pilot)
     gpt = done[done["model.family"] == "gpt"]
     best = gpt.groupby("model.param_budget")["val_loss"].min()
     missing = [b for b in budgets if b not in best.index]
     if missing:
         raise ValueError(f"the pilot has no finished gpt run at budgets {missing}")
-    return tuple(sorted(math.ceil(round(best[b] * 100, 6)) / 100 for b in budgets))
+    return {b: math.ceil(round(best[b] * 100, 6)) / 100 for b in budgets}
+
+
+def choose_targets(pilot: pd.DataFrame, budgets: tuple[int, ...] = TARGET_BUDGETS) -> tuple[float, ...]:
+    """The targets (:func:`targets_by_budget`), from the hardest (lowest) to the easiest."""
+    return tuple(sorted(targets_by_budget(pilot, budgets).values()))
 
 
 def ratio(table: pd.DataFrame, family: str, target: float, axis: str = "params", *,
@@ -139,9 +143,9 @@ def render_pilot(pilot: pd.DataFrame) -> str:
     if degenerate:
         lines += ["", "The ODE families choose among depths of at least 2 (the rule as first fixed allowed "
                   f"depth 1, the 1-layer gpt itself; it would have chosen depth 1 for {degenerate})."]
-    targets = choose_targets(pilot)
-    lines += ["", f"Targets (gpt's best at {', '.join(f'{b:,}' for b in TARGET_BUDGETS)}, rounded up): "
-              f"{', '.join(f'{t:.2f}' for t in targets)} nats per character.", "", _heads_line(done)]
+    targets = targets_by_budget(pilot)
+    lines += ["", "Targets, gpt's best validation loss at a budget rounded up to 0.01 nats per character: "
+              + ", ".join(f"{t:.2f} at {b:,}" for b, t in targets.items()) + ".", "", _heads_line(done)]
     return "\n".join(lines)
 
 

@@ -24,10 +24,12 @@ def lm_depth(table: pd.DataFrame) -> pd.Series:
 
 
 def fewer_heads(runs: pd.DataFrame, where: pd.Series) -> str:
-    """One sentence naming the language models with fewer attention heads than the others: a
-    width resolved from a budget that is not a multiple of the configured heads keeps its
-    largest divisor below them (``odeformer.experiment.budgets``). ``where`` labels each row's
-    budget or arm."""
+    """One sentence naming the language models with fewer attention heads than the most any has:
+    a width resolved from a budget (or taken from such a gpt, at equal FLOPs) that is not a
+    multiple of the configured heads keeps its largest divisor below them
+    (``odeformer.experiment.budgets``). ``where`` labels each row's budget or arm."""
+    if runs["shape.heads"].isna().all():
+        return "No finished model to count attention heads of."
     most = int(runs["shape.heads"].max())
     runs = runs.assign(depth=lm_depth, where=where)  # before filtering: an empty frame adopts an index
     few = runs[runs["shape.heads"] < most]

@@ -47,7 +47,8 @@ class Key:
       minimum: ``(bound, strict)``: values must be > bound (strict) or >= bound; or None.
       added: a key added after runs were committed: at its default it is left out of the run
         id (``odeformer.experiment.sweeps.run_id``), so every earlier run keeps its id and a
-        committed table still resumes. Its default must be what earlier runs did.
+        committed table still resumes. Its default must be what earlier runs did. (Task and
+        study keys are declared as tuples, without this flag.)
     """
 
     default: Any
