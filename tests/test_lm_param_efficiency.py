@@ -1,6 +1,7 @@
 """Parameter efficiency on language modelling (configs/lm_param_efficiency.py): the pilot's choices
 of depth and targets, the budget ratios and the verdict rule on synthetic tables, and the plan."""
 
+import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -164,3 +165,13 @@ def test_the_chosen_depths_and_targets_are_the_committed_pilot_s():
     curves = table.assign(depth=lm_depth).pivot_table("val_loss", ["model.family", "depth"],
                                                       "model.param_budget")
     assert (curves.diff(axis=1) > 0).any(axis=None)
+
+
+def test_a_few_unreached_resamples_are_counted_and_leave_the_rule_undecided():
+    from odeformer.analysis.tables import Ratio
+
+    rare = Ratio(value=1.4, low=1.2, high=1.5, level=0.95, unreached=0.0005, numerator_budget=1.4e5,
+                 denominator_budget=1e5)
+    assert analysis._ratio_cell(rare, 2000) == "1.40 [1.20, 1.50] (1 of 2,000 resamples unreached)"
+    assert analysis.verdict([rare]) == "**inconclusive**"  # an interval that rests on a dropped resample
+    assert analysis.verdict([dataclasses.replace(rare, unreached=0.0)]) == "**not supported**"

@@ -110,13 +110,14 @@ def verdict(ratios: list[Ratio], seeds: int = MIN_SEEDS) -> str:
     return "**inconclusive**"
 
 
-def _ratio_cell(r: Ratio) -> str:
+def _ratio_cell(r: Ratio, resamples: int) -> str:
     if math.isinf(r.denominator_budget):
         return "gpt never reaches it"
     if math.isinf(r.numerator_budget):
         return "never reached"
     interval = "" if math.isnan(r.low) else f" [{r.low:.2f}, {r.high:.2f}]"
-    unreached = f" ({r.unreached:.0%} of resamples unreached)" if r.unreached else ""
+    missed = round(r.unreached * resamples)  # a count: a percentage rounds a few resamples to 0%
+    unreached = f" ({missed:,} of {resamples:,} resamples unreached)" if r.unreached else ""
     return f"{r.value:.2f}{interval}{unreached}"
 
 
@@ -189,7 +190,8 @@ def render(table: pd.DataFrame, targets: tuple[float, ...] | None = None, resamp
         by_flops = [ratio(table, family, t, "flops", resamples=resamples) for t in targets]
         verdicts[family] = verdict(by_params, seeds)
         for t, p, f in zip(targets, by_params, by_flops, strict=True):
-            lines.append(f"| {family} | {t:.2f} | {_ratio_cell(p)} | {_ratio_cell(f)} |")
+            cells = " | ".join(_ratio_cell(r, resamples) for r in (p, f))
+            lines.append(f"| {family} | {t:.2f} | {cells} |")
     lines += ["", _heads_line(done), ""]
     lines += [f"- {family}: 30% more parameter-efficient than gpt at equal validation loss: {v}."
               for family, v in verdicts.items()]
