@@ -15,8 +15,8 @@ parameters, doubling.
 The default variant, the pilot (seed 100), trains gpt and the tied ODE at depths 1, 2, 4, 8 and
 the smooth ODE at 2, 4, 8 at every budget. From it, fixed before any test run
 (``odeformer.analysis.lm_param_efficiency``): each family's depth at each budget (lowest validation
-loss, the ODE families' among depths of at least 2, since at depth 1 the tied ODE is the 1-layer gpt;
-:data:`DEPTHS`), so gpt is tuned as the ODE families are; and the targets
+loss over its pilot depths: gpt's 1, 2, 4, 8, the ODE families' of at least 2, since at depth 1 the
+tied ODE is the 1-layer gpt; :data:`DEPTHS`), so every family is tuned on validation loss; and the targets
 (``odeformer.analysis.lm_param_efficiency.TARGETS``), gpt's best validation loss at the budgets
 25,000, 50,000 and 100,000, rounded up to 0.01 nats. ``:test`` trains each family at its depth at
 every budget over seeds 0-4.

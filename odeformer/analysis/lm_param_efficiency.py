@@ -6,7 +6,7 @@ reach the same validation loss it needs at most 1/1.3 (:data:`CLAIM`) of gpt's n
 parameters. Rules, fixed before the test runs:
 
 - *The pilot* (one seed) fixes each family's depth at each budget, the one of lowest validation loss
-  (:func:`choose_depths`; gpt is tuned as the ODE families are, which choose among depths of at
+  (:func:`choose_depths`; every family over its pilot depths, gpt's all, the ODE families' of at
   least 2, a rule added after the pilot was read), and the targets
   (:data:`TARGETS`): gpt's best validation loss at the budgets :data:`TARGET_BUDGETS`, rounded up
   to 0.01 nats (:func:`choose_targets`), so gpt reaches them inside the grid. A test holds both to
