@@ -324,6 +324,9 @@ def test_a_sweep_goes_on_from_its_committed_table_in_a_fresh_workdir(tmp_path):
     # Re-exported, the adopted rows come back as they were committed.
     back = export_rows(results.load(fresh), list(adopted), "cmd")
     assert back["commit"].tolist() == ["0123456"] * 3 and back["run_id"].tolist() == list(adopted)
+    for run_id in adopted:  # an adopted run has the config the lost workdir had
+        assert ((fresh / "runs" / run_id / "config.json").read_text()
+                == (lost / "runs" / run_id / "config.json").read_text())
 
 
 def test_the_language_stability_prose_quotes_its_table():

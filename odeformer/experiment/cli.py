@@ -47,4 +47,4 @@ def resume_from(table: str, config: ml_collections.ConfigDict, workdir: str, wor
     if jax.process_count() != 1:
         raise ValueError("--resume_from works in a single-process sweep; resume with one process")
     check_workers(workers, jax.process_count())  # refused before the table is adopted
-    return adopt_table(table, [r.run_id for r in expand(config)], workdir, dry_run=dry_run)
+    return adopt_table(table, {r.run_id: r.config for r in expand(config)}, workdir, dry_run=dry_run)

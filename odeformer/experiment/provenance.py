@@ -10,8 +10,10 @@ as finished runs (:func:`adopt_rows`), so a long sweep goes on in a fresh checko
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
+import ml_collections
 import pandas as pd
 
 from odeformer.experiment import results
@@ -106,14 +108,15 @@ def adoptable_rows(table: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
     return rows
 
 
-def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path,
+def adopt_rows(table: pd.DataFrame, planned: Mapping[str, ml_collections.ConfigDict], workdir: str | Path,
                dry_run: bool = False) -> tuple[int, int]:
     """Records the rows of a committed table (:func:`export_rows`) as finished runs of ``workdir``,
     so that a sweep whose workdir was lost (a fresh checkout) trains only the runs its table lacks.
-    Each row keeps its own ``commit``; a run already finished in ``workdir`` is left as it is, and
-    a crashed row is left out (the sweep retries it). An adopted run has its record only, no
-    ``config.json`` or parameters. Everything is checked before anything is written; with
-    ``dry_run`` nothing is.
+    ``planned`` maps each run id the config plans to its config. Each row keeps its own
+    ``commit``; a run already finished in ``workdir`` is left as it is, and a crashed row is left
+    out (the sweep retries it). An adopted run has its record and its ``config.json`` (the planned
+    config, which its id hashes), no parameters. Everything is checked before anything is written;
+    with ``dry_run`` nothing is.
 
     Returns:
       (rows recorded, or that would be, rows left alone because ``workdir`` had them).
@@ -123,11 +126,12 @@ def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path,
         listed twice, or runs this config does not plan.
     """
     recorded = kept = 0
-    for row in adoptable_rows(table, run_ids).to_dict("records"):
+    for row in adoptable_rows(table, list(planned)).to_dict("records"):
         if results.is_finished(workdir, row["run_id"]):
             kept += 1
             continue
         if not dry_run:
+            results.write_config(Path(workdir), row["run_id"], planned[row["run_id"]])
             results.record(Path(workdir), {k: _plain(v) for k, v in row.items()})
         recorded += 1
     if recorded and not dry_run:
@@ -135,7 +139,8 @@ def adopt_rows(table: pd.DataFrame, run_ids: list[str], workdir: str | Path,
     return recorded, kept
 
 
-def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path, dry_run: bool = False) -> str:
+def adopt_table(path: str | Path, planned: Mapping[str, ml_collections.ConfigDict], workdir: str | Path,
+                dry_run: bool = False) -> str:
     """:func:`adopt_rows` of the table at ``path``; returns a line saying what was recorded. With
     ``dry_run`` the table is checked and nothing is written.
 
@@ -144,7 +149,7 @@ def adopt_table(path: str | Path, run_ids: list[str], workdir: str | Path, dry_r
     """
     if not Path(path).is_file():
         raise ValueError(f"--resume_from names {path}, which is not a file (a results/<name>.csv table)")
-    recorded, kept = adopt_rows(results.read_table(path), run_ids, workdir, dry_run=dry_run)
+    recorded, kept = adopt_rows(results.read_table(path), planned, workdir, dry_run=dry_run)
     verb = "would record" if dry_run else "recorded"
     return (f"{verb} {recorded} finished run(s) of {path} in {workdir}"
             + (f"; {kept} it had already" if kept else ""))

@@ -55,6 +55,12 @@ def run_dir(workdir: Path, run_id: str) -> Path:
     return Path(workdir) / "runs" / run_id
 
 
+def write_config(workdir: Path, run_id: str, config) -> None:
+    """Saves a run's full config (``config.json``; an ``ml_collections.ConfigDict``)."""
+    text = json.dumps(config.to_dict(), indent=1, sort_keys=True)
+    write_atomic(run_dir(workdir, run_id) / "config.json", text)
+
+
 def record_path(workdir: Path, run_id: str) -> Path:
     """Where a run's record (``result.json``) is."""
     return run_dir(workdir, run_id) / RESULT_FILE

@@ -204,7 +204,7 @@ def train_run(planned: PlannedRun, workdir: Path, tasks: TaskCache, compiled: Bu
     train_key = place(train_key, replicated(mesh))
     rdir = results.run_dir(workdir, planned.run.run_id)
     if primary:
-        results.write_atomic(rdir / "config.json", json.dumps(c.to_dict(), indent=1, sort_keys=True))
+        results.write_config(workdir, planned.run.run_id, c)
         for name, text in data.artifacts.items():
             results.write_atomic(rdir / name, text)
     metrics_path = rdir / "metrics.jsonl"
@@ -415,8 +415,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *, shard_i
     def measure(run, stop):
         del stop  # a study's run is short; an interrupt waits for it
         if jax.process_index() == 0:
-            results.write_atomic(results.run_dir(workdir, run.run_id) / "config.json",
-                                 json.dumps(run.config.to_dict(), indent=1, sort_keys=True))
+            results.write_config(workdir, run.run_id, run.config)
         return study.measure(run.config)
 
     return _sweep(items, workdir, lambda run: run, lambda run: {"run_id": run.run_id, **run.swept},
