@@ -432,6 +432,10 @@ def test_the_language_parameter_efficiency_prose_quotes_its_table():
     assert f"{span(ode).replace(' to ', '–')}x gpt's parameters" in summary
     assert f"smooth ODE {span(smooth).replace(' to ', '–')}x" in summary
     assert "5 seeds" in summary and "1 of 2,000 at one target is dropped" in summary
+    readme = (REPO / "README.md").read_text().splitlines()
+    row = next(line for line in readme if "`lm_param_efficiency.py`" in line)
+    assert (f"tied ODE needs {span(ode).replace(' to ', '–')}x gpt's parameters, the smooth ODE "
+            f"{span(smooth).replace(' to ', '–')}x") in row
     assert loss.loc[("gpt", 100_000), 4] > min(targets)  # "its seed 4" is above it at 100,000
     assert (means["ode", 200_000] > loss.loc[("gpt", 200_000), [1, 2, 3, 4]].mean()
             and means["ode", 400_000] < loss.loc[("gpt", 400_000), [1, 2, 3, 4]].mean())  # "alone", "most"
