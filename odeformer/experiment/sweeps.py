@@ -37,14 +37,13 @@ class Run:
 def run_id(config: ml_collections.ConfigDict) -> str:
     """Stable 12-hex-digit hash of everything that defines a run (not name/sweep), leaving out
     keys marked ``added`` while at their defaults (``odeformer.experiment.keys.Key``)."""
-    experiment = config.get("experiment", "train")
-    schema = run_config.schema_of_run(config) if experiment == "train" else run_config.schema(experiment)
-
     def text(value) -> str:  # as the hash sees it: a tuple and a list alike
         return json.dumps(value, sort_keys=True, default=str)
 
+    added = {path: text(key.default) for keys in (run_config.TOP, run_config.TRAIN, run_config.ANALYSIS)
+             for path, key in keys.items() if key.added}
     payload = {k: v for k, v in flatten(config).items() if k.split(".")[0] not in run_config.META_SECTIONS
-               and not (k in schema and schema[k].added and text(v) == text(schema[k].default))}
+               and not (k in added and text(v) == added[k])}
     blob = text(payload)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
