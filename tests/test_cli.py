@@ -122,3 +122,25 @@ def test_a_cache_folder_that_cannot_be_made_is_a_note_and_the_sweep_runs(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "note: the compilation cache is off: " in result.stdout
     assert (tmp_path / "runs" / "results.csv").exists()
+
+
+def test_the_sweep_command_is_library_code_a_notebook_can_call(tmp_path, capsys):
+    """``sweep_command`` is all of ``experiments.run`` but its flags: a pinned axis is a note, the dry
+    run prints the grid, and a flag conflict is refused before anything is written."""
+    from configs import quick
+    from odeformer.experiment.cli import SweepOptions, sweep_command
+
+    config = quick.get_config("tiny")
+    overrides = {"solver.name": "rk4"}
+    config.solver.name = "rk4"
+    options = SweepOptions(workdir=str(tmp_path / "runs"), dry_run=True, reuse_host_memory=False)
+    assert sweep_command(config, overrides, options) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "note: --config.solver.name='rk4' replaces the sweep axis solver.name=('euler', 'rk4')"
+    assert out[1].startswith("quick_tiny: 3 run(s)")  # of 5: the euler runs are gone
+    assert "solver.name" not in out[2] and len(out) == 6
+    conflict = SweepOptions(workdir=str(tmp_path / "runs"), compilation_cache=False,
+                            compilation_cache_dir=str(tmp_path / "cache"), reuse_host_memory=False)
+    assert sweep_command(quick.get_config("tiny"), {}, conflict) == 2
+    assert "--nocompilation_cache turns off" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()

@@ -1,17 +1,26 @@
 """What the ``experiments/*.py`` entry points share: flag parsing that turns a bad flag or
-override into one line on stderr, and continuing a sweep from its committed table."""
+override into one line on stderr, continuing a sweep from its committed table, and the sweep
+command itself (:func:`sweep_command`, all of ``python -m experiments.run`` but its flags)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import jax
 import ml_collections
 from absl import flags
 
+from odeformer._compile_options import configure_compilation_cache
 from odeformer.experiment.executor import check_workers
+from odeformer.experiment.grid import format_grid
+from odeformer.experiment.paths import flatten
 from odeformer.experiment.provenance import adopt_table
-from odeformer.experiment.sweeps import expand
+from odeformer.experiment.runner import run_sweep
+from odeformer.experiment.summary import SweepInterrupted, format_summary
+from odeformer.experiment.sweeps import expand, parse_shard, pin, unread_keys
+from odeformer.parallel.host_memory import reuse_host_memory
+from odeformer.parallel.mesh import join_processes
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -48,3 +57,73 @@ def resume_from(table: str, config: ml_collections.ConfigDict, workdir: str, wor
         raise ValueError("--resume_from works in a single-process sweep; resume with one process")
     check_workers(workers, jax.process_count())  # refused before the table is adopted
     return adopt_table(table, {r.run_id: r.config for r in expand(config)}, workdir, dry_run=dry_run)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    """The flags of ``python -m experiments.run`` besides the config (its ``--help`` says each)."""
+
+    workdir: str | None = None
+    resume_from: str | None = None
+    shard: str = "0/1"
+    workers: int = 1
+    quiet: bool = False
+    dry_run: bool = False
+    reuse_host_memory: bool = True
+    compilation_cache: bool = True
+    compilation_cache_dir: str | None = None
+    coordinator: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+
+
+def sweep_command(config: ml_collections.ConfigDict, overrides: dict, options: SweepOptions) -> int:
+    """Runs ``python -m experiments.run``: pins the overridden sweep axes, joins the processes,
+    adopts ``--resume_from``'s table, prints the grid (``dry_run``) or trains the sweep, and prints
+    its summary and every note. A bad config or flag is one ``error:`` line on stderr (exit code 2)
+    before anything is written; an interrupted sweep says how to resume.
+
+    Returns:
+      The exit code: 0 when every run finished, else the summary's or interruption's code.
+    """
+    pinned = pin(config, overrides)
+    notes: list[str] = []
+    if options.reuse_host_memory:
+        reuse_host_memory()  # this process's malloc policy (see odeformer.parallel.host_memory)
+    if options.compilation_cache_dir is not None and not options.compilation_cache:
+        print("error: --compilation_cache_dir names a cache that --nocompilation_cache turns off",
+              file=sys.stderr)
+        return 2
+    try:
+        if options.coordinator is not None or options.num_processes != 1:
+            join_processes(options.coordinator, options.num_processes, options.process_id)
+        primary = jax.process_index() == 0
+
+        def say(lines):  # each note as it comes (process 0), and again under the summary
+            notes.extend(lines)
+            for line in lines if primary else ():
+                print(f"note: {line}")
+
+        index, count = parse_shard(options.shard)
+        say(pinned)  # before expansion, which may refuse the result
+        say(unread_keys(expand(config), overrides, flatten(config.sweep)))
+        workdir = options.workdir or f"runs/{config.name}"
+        if options.resume_from is not None:
+            adopted = resume_from(options.resume_from, config, workdir, options.workers, options.dry_run)
+            print(f"note: {adopted}")
+        if options.dry_run:
+            print(format_grid(config, index, count))
+            return 0
+        # Every process reads the cache; JAX writes from process 0.
+        say(configure_compilation_cache(options.compilation_cache, options.compilation_cache_dir))
+        summary = run_sweep(config, workdir, shard_index=index, shard_count=count, quiet=options.quiet,
+                            workers=options.workers)
+    except ValueError as error:  # invalid config: raised before anything is written
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as stopped:  # Ctrl-C, or SIGTERM (how batch schedulers preempt a job)
+        print(f"{stopped}; rerun the same command to resume", file=sys.stderr)
+        return stopped.exit_code
+    if jax.process_index() == 0:
+        print("\n".join([format_summary(summary), *(f"note: {note}" for note in notes)]))
+    return summary.exit_code
