@@ -96,7 +96,13 @@ def matched_differences(table: pd.DataFrame, family: str, measure: str, *, resam
     Returns:
       Columns ``loss``, ``difference``, ``low``, ``high``; no rows without matched losses.
     """
-    done = families_part(table)
+    return _matched_differences(families_part(table), family, measure, resamples=resamples, seed=seed,
+                                pairwise=pairwise)
+
+
+def _matched_differences(done: pd.DataFrame, family: str, measure: str, *, resamples: int, seed: int = 0,
+                         pairwise: bool = False) -> pd.DataFrame:
+    """:func:`matched_differences` on the families' part already taken (``families_part``)."""
     at = matched_losses(done, (family, "gpt") if pairwise else FAMILIES)
     counts = done.groupby(["model.family", "model.param_budget"]).size()
     if at.size == 0 or counts.min() < MIN_SEEDS:
@@ -170,7 +176,7 @@ def mechanism(table: pd.DataFrame, outcome_verdict: str, *, resamples: int = RES
     weights = done["train.jacobian"].to_numpy()
     levels = [np.flatnonzero(weights == w) for w in np.unique(weights)]
     index = [np.concatenate([rng.choice(rows, len(rows)) for rows in levels]) for _ in range(resamples)]
-    attacks = [c for c in _attack_curve(done) if c not in MEASURES]
+    attacks = [c for c in _curve(done) if c not in MEASURES]
     names = ["train.jacobian", "val_loss", "robust.jacobian_norm", "robust.lyapunov", "robust.embed_rms",
              *MEASURES, *attacks]
     columns = {c: done[c].to_numpy(float) for c in names}  # the bootstrap slices arrays, not frames
@@ -213,10 +219,9 @@ def mechanism(table: pd.DataFrame, outcome_verdict: str, *, resamples: int = RES
     return "**inconclusive**", frame
 
 
-def _attack_curve(done: pd.DataFrame) -> list[str]:
-    """The attack's loss-change columns, from the smallest budget to the largest."""
-    return sorted((c for c in done if c.startswith("robust.attack_delta@")),
-                  key=lambda c: float(c.partition("@")[2]))
+def _curve(done: pd.DataFrame, prefix: str = "robust.attack_delta@") -> list[str]:
+    """The loss-change columns of one perturbation (default: the attack), smallest budget first."""
+    return sorted((c for c in done if c.startswith(prefix)), key=lambda c: float(c.partition("@")[2]))
 
 
 def render(table: pd.DataFrame, *, resamples: int = RESAMPLES) -> str:
@@ -236,8 +241,7 @@ def render(table: pd.DataFrame, *, resamples: int = RESAMPLES) -> str:
                      + " | ".join(f"{means[c]:.4f}" for c in columns) + " |")
     where = done["model.param_budget"].map(lambda b: f"{b:,.0f} parameters") + ", " + done["model.form"]
     lines += ["", fewer_heads(done, where)]
-    curves = sorted(c for c in done if c.startswith(("robust.sub_delta@", "robust.attack_delta@")))
-    curves = sorted(curves, key=lambda c: (c.startswith("robust.attack"), float(c.partition("@")[2])))
+    curves = _curve(done, "robust.sub_delta@") + _curve(done)
     lines += ["", "Loss change against the substituted fraction and the attack budget (RMS per position), "
               "means over seeds:", "", "| family | form | budget | Jacobian weight | "
               + " | ".join(c.removeprefix("robust.").replace("_delta@", " ") for c in curves) + " |",
@@ -245,12 +249,13 @@ def render(table: pd.DataFrame, *, resamples: int = RESAMPLES) -> str:
     for key, runs in done.groupby(keys, sort=True):
         lines.append(f"| {key[0]} | {key[1]} | {int(key[2]):,} | {key[3]:g} | "
                      + " | ".join(f"{runs[c].mean():+.4f}" for c in curves) + " |")
-    ranges = loss_ranges(families_part(table))
+    part = families_part(table)
+    ranges = loss_ranges(part)
     lines += ["", "Validation loss covered by each family (its budgets' seed means): "
               + "; ".join(f"{f} {r['min']:.3f}–{r['max']:.3f}" for f, r in ranges.iterrows()) + "."]
-    differences = {f: [matched_differences(table, f, m, resamples=resamples) for m in MEASURES]
+    differences = {f: [_matched_differences(part, f, m, resamples=resamples) for m in MEASURES]
                    for f in ("ode", "smooth")}
-    pairs = {f: [matched_differences(table, f, m, resamples=resamples, pairwise=True) for m in MEASURES]
+    pairs = {f: [_matched_differences(part, f, m, resamples=resamples, pairwise=True) for m in MEASURES]
              for f in ("ode", "smooth")}
 
     def contrast_rows(frames_by_family):
