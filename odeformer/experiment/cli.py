@@ -1,11 +1,12 @@
-"""What the ``experiments/*.py`` entry points share: flag parsing that turns a bad flag or
-override into one line on stderr, continuing a sweep from its committed table, and the sweep
-command itself (:func:`sweep_command`, all of ``python -m experiments.run`` but its flags)."""
+"""The command line's library side: flag parsing that turns a bad flag or override into one line
+on stderr (every ``experiments/*.py`` entry point), continuing a sweep from its committed table, and
+the sweep command itself (:func:`sweep_command`, all of ``python -m experiments.run`` but its flags)."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -77,14 +78,22 @@ class SweepOptions:
     process_id: int = 0
 
 
-def sweep_command(config: ml_collections.ConfigDict, overrides: dict, options: SweepOptions) -> int:
+def sweep_command(config: ml_collections.ConfigDict, overrides: Mapping[str, object],
+                  options: SweepOptions) -> int:
     """Runs ``python -m experiments.run``: pins the overridden sweep axes, joins the processes,
     adopts ``--resume_from``'s table, prints the grid (``dry_run``) or trains the sweep, and prints
-    its summary and every note. A bad config or flag is one ``error:`` line on stderr (exit code 2)
+    its summary with the notes under it. A bad config or flag is one ``error:`` line on stderr
     before anything is written; an interrupted sweep says how to resume.
 
+    Args:
+      config: the config with the overrides already applied (as ``config_flags`` hands it over);
+        pinning removes the overridden axes from ``config.sweep`` in place.
+      overrides: dotted key -> value of each override (``config_flags.get_override_values``).
+      options: the other flags.
+
     Returns:
-      The exit code: 0 when every run finished, else the summary's or interruption's code.
+      The exit code: 0 for a dry run or a sweep whose runs all finished, 2 for a bad config or
+      flag, else the summary's or the interruption's code.
     """
     pinned = pin(config, overrides)
     notes: list[str] = []
