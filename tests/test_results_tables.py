@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odeformer.analysis import lm_invariance, lm_param_efficiency, lm_stability, sections
+from odeformer.analysis import lm_depth_vs_width, lm_invariance, lm_param_efficiency, lm_stability, sections
 from odeformer.experiment import results
 from odeformer.experiment.provenance import UNKNOWN, code_commit, export_rows
 
@@ -134,7 +134,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 
 # Rendered experiments whose sweeps have not finished: no block yet, and no table or a partial one
 # (fewer rows than planned_runs, committed so that the sweep goes on from it with --resume_from).
-PENDING = {"lm_depth_vs_width_test"}
+PENDING: set[str] = set()
 
 
 def _partial(path: Path) -> bool:
@@ -449,3 +449,70 @@ def test_the_language_parameter_efficiency_prose_quotes_its_table():
     target = min(lm_param_efficiency.TARGETS)
     assert (loss.loc["gpt"].loc[100_000:].max(axis=1) > target).all()
     assert all(loss.loc[f].loc[400_000].max() < target for f in ("ode", "smooth"))
+
+
+def test_the_language_depth_vs_width_prose_quotes_its_table():
+    """The numbers the lm_depth_vs_width section's verdict quotes, recomputed from the test table."""
+    analysis = lm_depth_vs_width
+    table = results.read_table(REPO / "results" / "lm_depth_vs_width_test.csv")
+    text = (REPO / "docs" / "results.md").read_text()
+    prose = text[text.index("## Depth vs width on language modelling"):text.index("## Parameter efficiency:")]
+    prose = " ".join(prose[prose.index("<!-- results:lm_depth_vs_width_test:end -->"):].split())
+    done = analysis.arms(table)
+    budgets = sorted(done["budget"].dropna().unique())
+    gpt = [r for b in budgets for r in analysis.contrasts(table, "gpt", "params", b)]
+    flops = [r for b in budgets for r in analysis.contrasts(table, "ode", "flops", b)]
+    corr = {f: [analysis.closeness(table, f, b) for b in budgets] for f in ("gpt", "ode", "smooth")}
+    versus = [r for b in budgets for r in analysis.family_contrasts(table, "ode", "params", b)]
+    params = done[done["kind"] == "params"]
+    loss = params.pivot_table("test_loss", ["model.family", "budget", "depth"], "seed")
+    layers = params[(params["model.family"] == "gpt") & (params["depth"] >= 2)]
+    change = (layers["update_change"] / layers["depth"]).groupby([layers["budget"], layers["depth"]]).mean()
+    spread = done.groupby(["model.family", "kind", "budget", "depth"])["test_loss"].agg(["min", "max"])
+    widest = (spread["max"] - spread["min"]).idxmax()
+
+    def span(values, fmt="{:.2f}"):
+        return f"{fmt.format(min(values))} to {fmt.format(max(values))}"
+
+    rho = {f: [r["rho"] for r in rows] for f, rows in corr.items()}
+    quoted = [
+        f"8 layers lose {span([r['ci'].mean for r in gpt])} nats per character of test loss to 1 and to 2 "
+        f"layers, every interval above the margin (the lowest bound {min(r['ci'].low for r in gpt):+.2f})",
+        f"lose {span([r['ci'].mean for r in flops])} to 1 and 2 steps",
+        f"whose 1-step seed 0 lost {loss.loc[('ode', 75_000, 1), 0]:.4f} against "
+        f"{span(loss.loc[('ode', 75_000, 1), [1, 2, 3, 4]]).replace(' to ', '–')} for the others",
+        f"correlations of distance from a flow with validation loss ({span(rho['gpt'], '{:+.2f}')})",
+        f"(tied ODE {span(rho['ode'], '{:.2f}')}, smooth {span(rho['smooth'], '{:.2f}')}, ".replace("-", "−")
+        + "the smooth ODE's intervals below 0 at 75,000 and 200,000)",
+        f"differs by {span(change)} times its size at every depth and budget",
+        f"lies within {min(r['ci'].low for r in versus):.3f} to {max(r['ci'].high for r in versus):+.3f} "
+        .replace("-", "−") + "of the 1-layer gpt",
+        f"({loss.loc[('gpt', 75_000, 1), 0]:.4f} and {loss.loc[('gpt', 200_000, 1), 0]:.4f} at 75,000 and "
+        f"200,000, the other seeds {span(loss.loc[('gpt', [75_000, 200_000], 1), [1, 2, 3, 4]].to_numpy().ravel())})",
+        "The smooth ODE trails gpt by "
+        f"{analysis.family_contrasts(table, 'smooth', 'params', 25_000)[0]['ci'].mean:.2f} at 25,000",
+        f"seeds of one arm differ by up to {spread.loc[widest, 'max'] - spread.loc[widest, 'min']:.2f} (the "
+        f"smooth ODE at depth {widest[3]} and {widest[2]:,.0f}: {spread.loc[widest, 'min']:.4f} to "
+        f"{spread.loc[widest, 'max']:.4f})",
+    ]
+    for snippet in quoted:
+        assert snippet in prose, snippet
+    # The verdict words are the rules' and the qualitative statements hold.
+    assert analysis.outcome(gpt) == "**reproduced**" and analysis.outcome(flops) == "**reproduced**"
+    assert all(r["best_depth"] == 1 for r in corr["gpt"])  # "gpt's best depth is 1 at every budget"
+    assert all(r["low"] < 0 < r["high"] for r in corr["gpt"])  # "all have intervals spanning 0"
+    assert [r["high"] < 0 for f in ("ode", "smooth") for r in corr[f]] == [False] * 4 + [True] * 2
+    assert all(r["rho"] < 0 for f in ("ode", "smooth") for r in corr[f])
+    assert [r["best_depth"] for r in corr["ode"][1:]] == [2, 2]
+    assert all(r["best_distance"] < r["deep_distance"] for r in corr["ode"][1:])  # "closer than depth 8"
+    for budget in budgets:  # "each of the 15 eight-layer models is worse than every two-layer model"
+        assert loss.loc[("gpt", budget, 8)].min() > loss.loc[("gpt", budget, 2)].max()
+        assert change[budget, 8] > change[budget, 2]  # "more at depth 8 than at depth 2"
+    without = loss.loc[:, [1, 2, 3, 4]].mean(axis=1)  # "without that seed gpt is the lower at both budgets"
+    assert all(without["gpt", b, 1] < without["ode", b, 2] for b in (75_000, 200_000))
+    assert widest[0] == "smooth"
+    summary = next(line for line in text.splitlines() if line.startswith("| 4, language |"))
+    assert f"8 layers lose {span([r['ci'].mean for r in gpt]).replace(' to ', '–')} nats per character" in summary
+    readme = (REPO / "README.md").read_text().splitlines()
+    row = next(line for line in readme if "`lm_depth_vs_width.py`" in line)
+    assert f"8 layers lose {span([r['ci'].mean for r in gpt]).replace(' to ', '–')} nats to 1 and 2" in row
