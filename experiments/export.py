@@ -26,6 +26,7 @@ from odeformer.experiment import results
 from odeformer.experiment.cli import parse_flags
 from odeformer.experiment.provenance import export_rows
 from odeformer.experiment.runner import plan
+from odeformer.experiment.sweeps import expand
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's folder; default runs/<config.name>.")
@@ -59,9 +60,10 @@ def main(argv):
 def _export(config) -> int:
     out = Path(_OUT.value or f"results/{config.name}.csv")
     if not _PRINT_ONLY.value:
-        planned = plan(config)
+        # a study trains nothing: its runs are the expanded grid (expand validates them)
+        planned = [p.run for p in plan(config)] if config.experiment == "train" else expand(config)
         table = results.load(_WORKDIR.value or f"runs/{config.name}")
-        rows = export_rows(table, [p.run.run_id for p in planned], _run_command())
+        rows = export_rows(table, [run.run_id for run in planned], _run_command())
         if len(rows) < len(planned) and not _ALLOW_PARTIAL.value:
             raise ValueError(f"{len(planned) - len(rows)} of the {len(planned)} planned runs have not "
                              "finished; finish the sweep, or export what there is with --allow_partial")

@@ -58,10 +58,6 @@ def gap_interval(table: pd.DataFrame, name: str, steps: int) -> MeanCI:
     return _ci(ok_rows(arm_rows(table, name, steps))[_GAP])
 
 
-def _side(ci: MeanCI) -> str:
-    return side(ci, MARGIN)
-
-
 def reference_error(table: pd.DataFrame) -> float:
     """The largest disagreement of RK4 in 16 steps with the Dopri5 reference over finished runs."""
     done = ok_rows(table)
@@ -78,36 +74,46 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
         reason = (f"**inconclusive**: the reference is not converged (RK4 in 16 steps and Dopri5 differ by "
                   f"{error:.1e} nats in some run, more than {REFERENCE_TOLERANCE})")
         return {"discrete_map": reason, "critical_step": reason}
-    coarse = gap_interval(table, "euler", 1)
+    gaps = {s: gap_interval(table, "euler", s) for s in euler}
+    return read_gaps(gaps, MARGIN, "nats", 4)
+
+
+def read_gaps(gaps: dict[int, MeanCI], margin: float, unit: str, digits: int) -> dict[str, str]:
+    """The two verdicts of the module's rules from the Euler arms' gap intervals (``steps ->
+    interval``, with a 1-step arm) against ``±margin``, quoting ``unit`` to ``digits`` decimals;
+    shared with the toy task (``odeformer.analysis.invariance``)."""
+    euler = sorted(gaps)
+
+    def show(ci: MeanCI) -> str:
+        return format_ci(ci, digits, True)
+
+    coarse = gaps[1]
     first = {"above": "**reproduced**", "inside": "**not supported**", "below": "**not supported**",
-             "straddles": "**inconclusive**"}[_side(coarse)]
-    out = {"discrete_map": f"{first}: the 1-step Euler models' gap is {format_ci(coarse, 4, True)} nats "
-                           f"(margin ±{MARGIN})"}
-    sides = {s: _side(gap_interval(table, "euler", s)) for s in euler}
+             "straddles": "**inconclusive**"}[side(coarse, margin)]
+    out = {"discrete_map": f"{first}: the 1-step Euler models' gap is {show(coarse)} {unit} "
+                           f"(margin ±{margin})"}
+    sides = {s: side(gaps[s], margin) for s in euler}
     critical = next((s for s in euler if all(sides[f] == "inside" for f in euler if f >= s)), None)
     coarser = [s for s in euler if critical is not None and s < critical]
-    finest = gap_interval(table, "euler", max(euler))
     if critical is None:
         out["critical_step"] = ("**inconclusive**: not reached; at the finest training step, "
-                                f"h = 1/{max(euler)}, the gap is {format_ci(finest, 4, True)} nats")
+                                f"h = 1/{max(euler)}, the gap is {show(gaps[max(euler)])} {unit}")
     elif not any(sides[c] == "above" for c in coarser):
         out["critical_step"] = ("**inconclusive**: no discrete regime observed; every Euler arm from "
-                                f"h = {Fraction(1, critical)} down has a gap inside ±{MARGIN}, and no "
+                                f"h = {Fraction(1, critical)} down has a gap inside ±{margin}, and no "
                                 "coarser arm's gap lies above the margin")
     elif sides[max(coarser)] != "above":
         last = max(c for c in coarser if sides[c] == "above")
-        between = ", ".join(f"h = {Fraction(1, c)}: {format_ci(gap_interval(table, 'euler', c), 4, True)}"
-                            for c in coarser if c > last)
+        between = ", ".join(f"h = {Fraction(1, c)}: {show(gaps[c])}" for c in coarser if c > last)
         low, high = Fraction(1, last), Fraction(1, critical)
         out["critical_step"] = ("**inconclusive**: the critical step size lies between "
                                 f"h = {low} (gap above the margin) and h = {high} (from there down every gap "
-                                f"inside ±{MARGIN}), and not every arm between them is above the margin "
+                                f"inside ±{margin}), and not every arm between them is above the margin "
                                 f"({between})")
     else:
-        above = gap_interval(table, "euler", max(coarser))
         out["critical_step"] = (f"**reproduced**: from h = {Fraction(1, critical)} down every Euler arm's "
-                                f"gap lies inside ±{MARGIN}, and at h = 1/{max(coarser)} it is "
-                                f"{format_ci(above, 4, True)}")
+                                f"gap lies inside ±{margin}, and at h = 1/{max(coarser)} it is "
+                                f"{show(gaps[max(coarser)])}")
     return out
 
 

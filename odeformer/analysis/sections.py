@@ -14,9 +14,24 @@ from collections.abc import Callable
 import pandas as pd
 
 from odeformer import _docblocks
-from odeformer.analysis import lm_depth_vs_width, lm_invariance, lm_param_efficiency, lm_stability
+from odeformer.analysis import (
+    adaptive,
+    clustering,
+    convergence,
+    invariance,
+    lm_depth_vs_width,
+    lm_invariance,
+    lm_param_efficiency,
+    lm_stability,
+    stability,
+)
 
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
+    "clustering": clustering.render,
+    "convergence": convergence.render,
+    "invariance": invariance.render,
+    "stability": stability.render,
+    "adaptive": adaptive.render,
     "lm_invariance": lm_invariance.render,
     "lm_depth_vs_width": lm_depth_vs_width.render_choice,
     "lm_depth_vs_width_test": lm_depth_vs_width.render,

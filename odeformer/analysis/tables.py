@@ -171,3 +171,14 @@ def budget_ratio(table: pd.DataFrame, family: str, numerator: str, denominator: 
     value = budgets_needed[numerator] / budgets_needed[denominator]
     return Ratio(float(value), float(low), float(high), level, unreached,
                  budgets_needed[numerator], budgets_needed[denominator])
+
+
+def mean_std(values, digits: int | str = 3) -> str:
+    """``mean ± std`` over seeds (sample std; no ``±`` for one value): ``digits`` decimals for
+    both, or a format spec such as ``".3g"`` for the mean with two significant figures for the std."""
+    values = np.asarray(values, float)
+    spec = f".{digits}f" if isinstance(digits, int) else digits
+    spread = ".2g" if spec.endswith("g") else spec
+    if values.size < 2:
+        return f"{values.mean():{spec}}"
+    return f"{values.mean():{spec}} ± {values.std(ddof=1):{spread}}"
