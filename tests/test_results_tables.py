@@ -12,8 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from configs import param_efficiency as param_efficiency_config
 from odeformer import _docblocks
-from odeformer.analysis import lm_depth_vs_width, lm_invariance, lm_param_efficiency, lm_stability, sections
+from odeformer.analysis import (
+    lm_depth_vs_width,
+    lm_invariance,
+    lm_param_efficiency,
+    lm_stability,
+    param_efficiency,
+    sections,
+)
 from odeformer.experiment import results
 from odeformer.experiment.provenance import UNKNOWN, code_commit, export_rows
 
@@ -136,7 +144,7 @@ def test_the_block_shows_every_arm_with_its_failed_runs_and_bold_own_solver():
 
 # Rendered experiments whose sweeps have not finished: no block yet, and no table or a partial one
 # (fewer rows than planned_runs, committed so that the sweep goes on from it with --resume_from).
-PENDING: set[str] = {"adaptive"}
+PENDING: set[str] = set()
 
 
 def _partial(path: Path) -> bool:
@@ -181,8 +189,8 @@ def test_a_committed_table_names_a_commit_and_the_command_of_every_row():
         configs = table["command"].str.extract(r"^python -m experiments\.run --config configs/(\S+)")[0]
         assert configs.str.replace(".py:", "_").str.removesuffix(".py").eq(name).all(), name
         trained = [m for m in ("val_loss", "test_accuracy") if m in table]  # language, toy task; not a study
-        assert (table["status"] == "ok").any() and np.isfinite(table.loc[table["status"] == "ok", trained]).all(
-            axis=None), name
+        finished = table[table["status"] == "ok"]
+        assert len(finished) and np.isfinite(finished[trained]).all(axis=None), name
 
 
 def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
@@ -561,7 +569,8 @@ def test_the_language_depth_vs_width_prose_quotes_its_table():
 TOY_SECTIONS = {"invariance": "## Solver invariance (Ott et al. 2021)",
                 "convergence": "## Convergence: residual transformers vs the ODE",
                 "clustering": "## Clustering of self-attention dynamics on the sphere",
-                "stability": "## Stability: discrete transformer vs ODE transformers"}
+                "stability": "## Stability: discrete transformer vs ODE transformers",
+                "adaptive": "## Adaptive integration: NFE vs accuracy"}
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[-−]?\d+)?")
 
 
@@ -594,3 +603,10 @@ def test_a_toy_section_quotes_only_numbers_its_generated_blocks_show(name):
     rows = [line for line in text.splitlines() if line.startswith("| ") and f"`configs/{name}.py`" in line]
     assert len(rows) == 1, f"the summary table needs one row naming `configs/{name}.py`"
     assert _measured("|".join(rows[0].split("|")[4:])) - shown == set()
+
+
+def test_the_toy_parameter_efficiency_block_reads_the_config_s_targets():
+    """The block's targets and resamples are those the config fixed before the runs."""
+    analysis = param_efficiency_config.get_config().analysis
+    assert tuple(analysis.targets) == param_efficiency.TARGETS
+    assert analysis.resamples == param_efficiency.RESAMPLES

@@ -38,8 +38,9 @@ def arms(table: pd.DataFrame) -> pd.DataFrame:
     done["arm"] = done.apply(_label, axis=1)
     done["regularised"] = (done["train.kinetic"] > 0) | (done["train.jacobian"] > 0)
     order = done.groupby("arm").agg(adaptive=("solver.adaptive", "first"), nfe=("nfe_forward", "mean"),
-                                    name=("solver.name", "first"), reg=("regularised", "first"))
-    order = order.sort_values(["adaptive", "reg", "name", "nfe"], kind="stable").index
+                                    name=("solver.name", "first"), reg=("regularised", "first"),
+                                    weight=("train.kinetic", "first"))
+    order = order.sort_values(["adaptive", "reg", "name", "weight", "nfe"], kind="stable").index
     done["arm"] = pd.Categorical(done["arm"], categories=list(order), ordered=True)
     return done.sort_values("arm", kind="stable")
 
@@ -78,6 +79,13 @@ def render(table: pd.DataFrame) -> str:
                     f"test NFE {base_nfe['nfe_forward'] / nfe['nfe_forward']:.2f}x fewer "
                     f"(the floor allows at most {base_nfe['nfe_forward'] / floor:.2f}x), accuracy "
                     f"{means.loc[arm, 'test_accuracy'] - means.loc[base, 'test_accuracy']:+.3f}")
+    regularised = done[done["regularised"]]
+    if regularised["train.kinetic"].nunique() > 1:  # how far the penalties fall from weight to weight
+        by = regularised.groupby("train.kinetic")[["train_kinetic", "train_jacobian"]].mean()
+        low, high = by.index.min(), by.index.max()
+        fall = by.loc[low] / by.loc[high]
+        cuts.append(f"penalties at the end of training, weight {low:g} over weight {high:g}: kinetic "
+                    f"{fall['train_kinetic']:.1f}x, Jacobian {fall['train_jacobian']:.1f}x")
     planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     return "\n".join([
         f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; mean ± sample "
