@@ -27,48 +27,21 @@ a new seed or another workdir reads them back instead of compiling; ``--nocompil
 compiles everything afresh. Results are bit for bit the same either way.
 """
 
-import dataclasses
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odeformer.experiment.cli import SweepOptions, parse_flags, sweep_command
+from odeformer.experiment.cli import define_sweep_flags, parse_flags, sweep_command, sweep_options
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
-flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
-flags.DEFINE_string(
-    "resume_from", None, "A committed results table (python -m experiments.export) whose rows count as "
-    "finished runs of this sweep: a sweep goes on in a fresh checkout. Single-process sweeps only.")
-flags.DEFINE_string("shard", "0/1", "Run every n-th run of the grid, from the i-th: i/n.")
-flags.DEFINE_integer(
-    "workers", 1, "Runs trained at a time, on threads of this process (odeformer.experiment.executor): one "
-    "run compiles while another trains. Single-process sweeps only.")
-flags.DEFINE_bool("quiet", False, "No progress bars.")
-flags.DEFINE_bool(
-    "dry_run", False, "Print the resolved grid (run ids, swept values, compiled steps, parameter counts, "
-    "relative cost) and exit without training or writing anything; with --resume_from, check the table "
-    "too.")
-flags.DEFINE_bool(
-    "reuse_host_memory", True, "Keep freed host buffers for reuse instead of page-faulting them in at "
-    "every step (glibc malloc; odeformer.parallel.reuse_host_memory). --noreuse_host_memory: system "
-    "defaults.")
-flags.DEFINE_bool(
-    "compilation_cache", True, "Keep compiled steps in JAX's persistent compilation cache and read them "
-    "back in later runs. --nocompilation_cache: compile everything in this process.")
-flags.DEFINE_string(
-    "compilation_cache_dir", None, "Folder of the compilation cache; default $JAX_COMPILATION_CACHE_DIR, "
-    "else ~/.cache/odeformer/jax (odeformer.default_cache_dir()).")
-flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
-flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process run.")
-flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
+define_sweep_flags()  # --workdir, --resume_from, --workers, ...: odeformer.experiment.cli.SweepOptions
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing quiet
-    options = SweepOptions(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(SweepOptions)})
-    return sweep_command(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]), options)
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    return sweep_command(_CONFIG.value, overrides, sweep_options())
 
 
 if __name__ == "__main__":

@@ -60,22 +60,52 @@ def resume_from(table: str, config: ml_collections.ConfigDict, workdir: str, wor
     return adopt_table(table, {r.run_id: r.config for r in expand(config)}, workdir, dry_run=dry_run)
 
 
+def _option(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepOptions:
-    """The flags of ``python -m experiments.run`` besides the config (its ``--help`` says each)."""
+    """The flags of ``python -m experiments.run`` besides the config: each field is one flag, its
+    default and help stated once here (:func:`define_sweep_flags`)."""
 
-    workdir: str | None = None
-    resume_from: str | None = None
-    shard: str = "0/1"
-    workers: int = 1
-    quiet: bool = False
-    dry_run: bool = False
-    reuse_host_memory: bool = True
-    compilation_cache: bool = True
-    compilation_cache_dir: str | None = None
-    coordinator: str | None = None
-    num_processes: int = 1
-    process_id: int = 0
+    workdir: str | None = _option(None, "Output folder; default runs/<config.name>.")
+    resume_from: str | None = _option(
+        None, "A committed results table (python -m experiments.export) whose rows count as finished runs of "
+        "this sweep: a sweep goes on in a fresh checkout. Single-process sweeps only.")
+    shard: str = _option("0/1", "Run every n-th run of the grid, from the i-th: i/n.")
+    workers: int = _option(
+        1, "Runs trained at a time, on threads of this process (odeformer.experiment.executor): one run "
+        "compiles while another trains. Single-process sweeps only.")
+    quiet: bool = _option(False, "No progress bars.")
+    dry_run: bool = _option(
+        False, "Print the resolved grid (run ids, swept values, compiled steps, parameter counts, relative "
+        "cost) and exit without training or writing anything; with --resume_from, check the table too.")
+    reuse_host_memory: bool = _option(
+        True, "Keep freed host buffers for reuse instead of page-faulting them in at every step (glibc "
+        "malloc; odeformer.parallel.reuse_host_memory). --noreuse_host_memory: system defaults.")
+    compilation_cache: bool = _option(
+        True, "Keep compiled steps in JAX's persistent compilation cache and read them back in later runs. "
+        "--nocompilation_cache: compile everything in this process.")
+    compilation_cache_dir: str | None = _option(
+        None, "Folder of the compilation cache; default $JAX_COMPILATION_CACHE_DIR, else "
+        "~/.cache/odeformer/jax (odeformer.default_cache_dir()).")
+    coordinator: str | None = _option(None, "host:port of process 0, for multi-process runs.")
+    num_processes: int = _option(1, "Processes in a multi-process run.")
+    process_id: int = _option(0, "This process's index in [0, num_processes).")
+
+
+def define_sweep_flags() -> None:
+    """Defines one absl flag per :class:`SweepOptions` field, typed by its default."""
+    for field in dataclasses.fields(SweepOptions):
+        define = (flags.DEFINE_bool if isinstance(field.default, bool) else
+                  flags.DEFINE_integer if isinstance(field.default, int) else flags.DEFINE_string)
+        define(field.name, field.default, field.metadata["help"])
+
+
+def sweep_options() -> SweepOptions:
+    """The parsed flags of :func:`define_sweep_flags`."""
+    return SweepOptions(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(SweepOptions)})
 
 
 def sweep_command(config: ml_collections.ConfigDict, overrides: Mapping[str, object],
