@@ -12,6 +12,7 @@ import pytest
 from runner_helpers import with_overrides
 
 from configs import clustering as clustering_configs
+from odeformer.analysis import clustering as summaries
 from odeformer.experiment import sweeps
 from odeformer.experiment.runner import run_sweep
 from odeformer.experiment.studies import clustering as cl
@@ -88,7 +89,7 @@ def test_tiny_config_runs_every_point(tmp_path):
     phase = table[table["clustering.part"] == "phase"]
     equal = table[table["clustering.part"] == "equal_angle"]
     assert len(phase) == 8 and len(equal) == 2
-    assert [t for t, _ in cl.clustered_columns(table)] == [1.0, 5.0, 10.0]
+    assert [t for t, _ in summaries.clustered_columns(table)] == [1.0, 5.0, 10.0]
     assert phase["clustered@t=10"].notna().all() and equal["clustered@t=10"].isna().all()
     assert (equal.max_inner_product_deviation < 1e-6).all()
     assert (phase.max_norm_deviation < 1e-6).all()

@@ -12,6 +12,7 @@ from runner_helpers import with_overrides
 
 from configs import convergence as convergence_config
 from odeformer._solvers import solver_order
+from odeformer.analysis import convergence as fits
 from odeformer.experiment import sweeps
 from odeformer.experiment.runner import run_sweep
 from odeformer.experiment.studies import convergence as cv
@@ -42,10 +43,10 @@ def test_weight_path_has_the_moments_of_one_draw(x64):
 def test_fit_slope_uses_the_asymptotic_range_above_the_floor():
     steps = np.array([1, 2, 4, 8, 16, 32, 64])
     values = np.array([1.0, 0.9, 0.4, 8 ** -2.0, 16 ** -2.0, 32 ** -2.0, 1e-16])  # pre-asymptotic, floor
-    assert cv.fit_slope(steps, values, points=3, floor=1e-13) == pytest.approx(-2.0)
+    assert fits.fit_slope(steps, values, points=3, floor=1e-13) == pytest.approx(-2.0)
     # Two seeds per step count: all fitted; a step count is dropped if any seed is at the floor.
-    assert cv.fit_slope(np.repeat(steps, 2), np.repeat(values, 2), points=3) == pytest.approx(-2.0)
-    assert np.isnan(cv.fit_slope(steps[:2], values[:2], points=3, floor=1.0))
+    assert fits.fit_slope(np.repeat(steps, 2), np.repeat(values, 2), points=3) == pytest.approx(-2.0)
+    assert np.isnan(fits.fit_slope(steps[:2], values[:2], points=3, floor=1.0))
 
 
 def test_network_of_smooth_samples_is_euler_on_the_smooth_field(x64):
@@ -61,7 +62,7 @@ def test_smooth_weights_converge_at_rate_one_over_depth(x64):
     c = _config(weights="smooth")
     depths = [16, 32, 64]
     errors = [_error(c, k) for k in depths]
-    assert cv.fit_slope(depths, errors) == pytest.approx(-1.0, abs=0.15), errors
+    assert fits.fit_slope(depths, errors) == pytest.approx(-1.0, abs=0.15), errors
 
 
 def test_random_weights_do_not_converge_to_an_ode(x64):
@@ -76,7 +77,7 @@ def test_random_weights_do_not_converge_to_an_ode(x64):
             steps += list(depths[:-1])
             distances += [np.max(np.abs(a - b)) for a, b in zip(outs, outs[1:], strict=False)]
             from_input.append([np.max(np.abs(o - x0)) for o in outs])
-        slopes[weights] = cv.fit_slope(steps, distances)
+        slopes[weights] = fits.fit_slope(steps, distances)
         last[weights] = np.asarray(distances[1::2])
         if weights == "random":
             # Step 1/K: the network tends to the identity (the mean residual branch is 0)...
@@ -93,8 +94,8 @@ def test_random_weights_do_not_converge_to_an_ode(x64):
 def test_solver_orders_on_the_time_dependent_attention_field(x64, solver, steps):
     c = _config(solver=solver)
     errors = np.array([_error(c, n) for n in steps])
-    assert np.all(errors > cv.ROUNDOFF_FLOOR), errors
-    assert cv.fit_slope(steps, errors) == pytest.approx(-solver_order(solver), abs=0.3), errors
+    assert np.all(errors > fits.ROUNDOFF_FLOOR), errors
+    assert fits.fit_slope(steps, errors) == pytest.approx(-solver_order(solver), abs=0.3), errors
 
 
 def test_tiny_config_runs_every_point(tmp_path):
@@ -114,7 +115,7 @@ def test_tiny_config_runs_every_point(tmp_path):
     # The study's rows agree with the library: Euler's error halves with the depth.
     errors = smooth[smooth["convergence.solver"] == "euler"].error.to_numpy()
     assert errors[1] == pytest.approx(errors[0] / 2, rel=0.1)
-    fitted = cv.slopes(summary.table, points=2)
+    fitted = fits.slopes(summary.table, points=2)
     assert set(fitted.metric) == {"error", "successive_distance"}
     assert run_sweep(config, tmp_path, quiet=True).skipped == 7
 

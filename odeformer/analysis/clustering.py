@@ -14,11 +14,53 @@ import numpy as np
 import pandas as pd
 
 from odeformer.analysis.tables import ok_rows
-from odeformer.experiment.studies import clustering as study
 
 TARGET = 1e-6  # the particles against the scalar ODE (max over pairs and times)
 RATE_TOLERANCE = 1e-3  # relative, the particles' fitted rate against the predicted one
 SHOWN_TIMES = (5.0, 10.0, 30.0)  # the phase table's columns (those of them the table has)
+
+
+def clustered_columns(table: pd.DataFrame) -> list[tuple[float, str]]:
+    """``(t, column)`` for every ``clustered@t=...`` column of a results table, by time."""
+    found = [(float(col.split("=", 1)[1]), col) for col in table.columns if col.startswith("clustered@t=")]
+    return sorted(found)
+
+
+def phase_diagram(table: pd.DataFrame, normalisation: str) -> pd.DataFrame:
+    """Mean over seeds of the clustered fraction: index β, columns t (phase runs)."""
+    phase = _phase_rows(table)
+    phase = phase[phase["clustering.normalisation"] == normalisation]
+    columns = clustered_columns(table)
+    means = phase.groupby("clustering.beta")[[col for _, col in columns]].mean()
+    means.columns = [t for t, _ in columns]
+    return means
+
+
+def phase_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per normalisation and β, over seeds: the mean clustered fraction at the last time,
+    the fewest and most clusters then, and how many runs' fraction never decreases in t."""
+    phase = _phase_rows(table)
+    last = clustered_columns(table)[-1][1]
+    fractions = phase[[col for _, col in clustered_columns(table)]].to_numpy()
+    phase = phase.assign(monotone=np.all(np.diff(fractions, axis=1) >= 0, axis=1))
+    clusters_last = last.replace("clustered", "clusters")
+    return phase.groupby(["clustering.normalisation", "clustering.beta"]).agg(
+        seeds=("seed", "count"), clustered_last=(last, "mean"), clusters_min=(clusters_last, "min"),
+        clusters_max=(clusters_last, "max"), monotone_runs=("monotone", "sum"),
+        max_norm_deviation=("max_norm_deviation", "max"), nfe=("nfe", "median"))
+
+
+def equal_angle_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The equal-angle runs' deviations and decay rates, one row per run."""
+    rows = table[(table.status == "ok") & (table["clustering.part"] == "equal_angle")]
+    columns = ["clustering.normalisation", "clustering.beta", "clustering.rho0",
+               "max_inner_product_deviation", "max_norm_deviation", "rho_final", "decay_rate_scalar",
+               "decay_rate_particles", "decay_rate_predicted", "nfe"]
+    return rows[columns].sort_values(columns[:3]).reset_index(drop=True)
+
+
+def _phase_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return table[(table.status == "ok") & (table["clustering.part"] == "phase")]
 
 
 def _e(value: float) -> str:
@@ -32,7 +74,7 @@ def _merged(equal: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict(table: pd.DataFrame) -> str:
-    summary, equal = study.phase_summary(table), study.equal_angle_summary(table)
+    summary, equal = phase_summary(table), equal_angle_summary(table)
     monotone, runs = int(summary["monotone_runs"].sum()), int(summary["seeds"].sum())
     worst = float(equal["max_inner_product_deviation"].max())
     softmax = _merged(equal[equal["clustering.normalisation"] == "softmax"])
@@ -53,10 +95,10 @@ def render(table: pd.DataFrame) -> str:
     """The docs block: the phase part's clustered fractions and clusters, the equal-angle part
     against the scalar ODE, and the verdict."""
     done = ok_rows(table)
-    times = [(t, col) for t, col in study.clustered_columns(done) if t in SHOWN_TIMES]
-    last = study.clustered_columns(done)[-1]
+    times = [(t, col) for t, col in clustered_columns(done) if t in SHOWN_TIMES]
+    last = clustered_columns(done)[-1]
     phase = done[done["clustering.part"] == "phase"]
-    summary = study.phase_summary(done)
+    summary = phase_summary(done)
     norms = sorted(phase["clustering.normalisation"].unique(), key=lambda n: n != "softmax")
     heads = [f"{n} t={t:g}" for n in norms for t, _ in times] + [f"{n} clusters t={last[0]:g}" for n in norms]
     lines = [f"| β | {' | '.join(heads)} |", "|---|" + "---|" * len(heads)]
@@ -70,7 +112,7 @@ def render(table: pd.DataFrame) -> str:
             cells.append(f"{low}" if low == high else f"{low}–{high}")
         lines.append(f"| {beta:g} | {' | '.join(cells)} |")
     nfe = summary["nfe"]
-    equal = study.equal_angle_summary(done)
+    equal = equal_angle_summary(done)
     grid = ["| Z | β | ρ0 | max \\|<x_i,x_j> − ρ\\| | max \\| \\|x_i\\| − 1 \\| | ρ(T) | rate, scalar ODE | "
             "rate, particles | predicted | NFE |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in equal.itertuples():

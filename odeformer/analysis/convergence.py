@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from odeformer._solvers import solver_order
 from odeformer.analysis.tables import ok_rows
-from odeformer.experiment.studies import convergence as study
 
+ROUNDOFF_FLOOR = 1e-13  # not fitted below: round-off, and the error of a 1e-14 reference
 ORDER_TOLERANCE = 0.05  # a fitted slope this close to its nominal order counts as that order
 W, S, N = "convergence.weights", "convergence.solver", "convergence.steps"
 _DEPTH_COLUMNS = {("smooth", "error"): "smooth: error vs ODE",
@@ -26,9 +27,61 @@ _DEPTH_COLUMNS = {("smooth", "error"): "smooth: error vs ODE",
                   ("random_sqrt", "successive_distance"): r"random_sqrt: \|x_K − x_2K\|"}
 
 
+def _asymptotic_range(steps: np.ndarray, values: np.ndarray, points: int, floor: float) -> list[float]:
+    """The ``points`` largest distinct step counts at which every value is above ``floor``."""
+    return [n for n in np.unique(steps) if np.all(values[steps == n] > floor)][-points:]
+
+
+def fit_slope(steps, values, *, points: int = 3, floor: float = ROUNDOFF_FLOOR) -> float:
+    """Least-squares slope of ``log(values)`` against ``log(steps)`` on the asymptotic range.
+
+    The asymptotic range is the ``points`` largest distinct step counts at which every value
+    (all seeds) lies above ``floor`` (round-off and reference error). Several values per step
+    count (seeds) are all fitted. NaN when fewer than 2 step counts qualify.
+    """
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    fitted = _asymptotic_range(steps, values, points, floor)
+    if len(fitted) < 2:
+        return float("nan")
+    chosen = np.isin(steps, fitted)
+    return float(np.polyfit(np.log(steps[chosen]), np.log(values[chosen]), 1)[0])
+
+
+def slopes(table: pd.DataFrame, *, points: int = 3, floor: float = ROUNDOFF_FLOOR) -> pd.DataFrame:
+    """One fitted slope per curve of a results table (pooled over seeds).
+
+    Smooth weights: the slope of ``error`` (``nominal`` = minus the solver's order). Random
+    weights: the slope of ``successive_distance`` (no nominal value). Columns: ``weights``,
+    ``solver``, ``metric``, ``slope``, ``nominal``, ``fitted_steps`` (the range fitted).
+    """
+    rows = []
+    ok = table[table.status == "ok"]
+    for (weights, solver), curve in ok.groupby(["convergence.weights", "convergence.solver"], sort=False):
+        metric = "error" if weights == "smooth" else "successive_distance"
+        steps, values = curve["convergence.steps"].to_numpy(float), curve[metric].to_numpy(float)
+        fitted = _asymptotic_range(steps, values, points, floor)
+        rows.append(dict(weights=weights, solver=solver, metric=metric,
+                         slope=fit_slope(steps, values, points=points, floor=floor),
+                         nominal=-solver_order(solver) if weights == "smooth" else float("nan"),
+                         fitted_steps=f"{int(fitted[0])}-{int(fitted[-1])}" if fitted else ""))
+    return pd.DataFrame(rows)
+
+
+def local_slopes(table: pd.DataFrame, solver: str, *, weights: str = "smooth",
+                 metric: str = "error") -> pd.Series:
+    """Slopes of the seed-median ``metric`` between successive step counts of one curve,
+    indexed ``"N1-N2"``: how the local order settles (pre-asymptotic at small N)."""
+    ok = table[(table.status == "ok") & (table["convergence.weights"] == weights)
+               & (table["convergence.solver"] == solver)]
+    median = ok.groupby("convergence.steps")[metric].median()
+    steps, values = median.index.to_numpy(float), median.to_numpy(float)
+    return pd.Series(np.diff(np.log(values)) / np.diff(np.log(steps)),
+                     index=[f"{int(a)}-{int(b)}" for a, b in zip(steps, steps[1:], strict=False)])
+
+
 def verdict(table: pd.DataFrame) -> str:
     """The verdict word and its reason, from the fitted slopes."""
-    fitted = study.slopes(table).set_index(["weights", "solver"])["slope"]
+    fitted = slopes(table).set_index(["weights", "solver"])["slope"]
     smooth, random = fitted[("smooth", "euler")], fitted[("random", "euler")]
     shown = f"smooth weights at slope {_f(smooth)}, random layers at step 1/K at {_f(random)}"
     if abs(smooth + 1) <= ORDER_TOLERANCE and random > -0.75:
@@ -49,7 +102,7 @@ def render(table: pd.DataFrame) -> str:
     """The docs block: fitted slopes, the depth curves' medians, the solvers' finest points and
     local slopes, and the verdict."""
     done = ok_rows(table)
-    fitted = study.slopes(done)
+    fitted = slopes(done)
     lines = ["| weights | solver | metric | fitted steps | slope | nominal |", "|---|---|---|---|---|---|"]
     for row in fitted.itertuples():
         nominal = "" if np.isnan(row.nominal) else f"{row.nominal:.0f}".replace("-", "−")
@@ -68,7 +121,7 @@ def render(table: pd.DataFrame) -> str:
         last = curve[curve[N] == curve[N].max()]
         finest.append(f"{solver} {last['error'].median():.1e} at {int(last[N].iloc[0])} steps "
                       f"({int(last['nfe'].iloc[0])} NFE)")
-        spans = study.local_slopes(done, solver)
+        spans = local_slopes(done, solver)
         local.append(f"{solver}: " + ", ".join(f"{span.replace('-', '–')}: {value:.2f}"
                                                for span, value in spans.items()).replace("-", "−"))
     reference = done["reference_nfe"]
@@ -79,7 +132,7 @@ def render(table: pd.DataFrame) -> str:
         "distances are max-norms at depth 1, medians over seeds.",
         "",
         "Fitted slopes (least squares of log metric on log steps, pooled over seeds, over the 3 largest step "
-        f"counts whose metric lies above the {study.ROUNDOFF_FLOOR:.0e} floor for every seed):",
+        f"counts whose metric lies above the {ROUNDOFF_FLOOR:.0e} floor for every seed):",
         "",
         *lines,
         "",

@@ -26,6 +26,10 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
                        seeds=("seed", "count"))
 
 
+def _signed(value: float) -> str:
+    return f"{value:+.3f}".replace("-", "−")
+
+
 def render(table: pd.DataFrame) -> str:
     """The docs block: test accuracy per K, budget and family (discrete widths in parentheses),
     each family's best K, and the tied ODE's margin over the stack."""
@@ -50,9 +54,9 @@ def render(table: pd.DataFrame) -> str:
         wide = stats["test"].unstack(FAMILY)
         margin = (wide["ode"] - wide["discrete"]).dropna()
         deep = margin[margin.index.get_level_values(K) >= 4]
-        two = ", ".join(f"{v:+.3f}" for v in margin.xs(2, level=K)) if 2 in set(done[K]) else "none"
-        notes.append(f"- The tied ODE minus the discrete stack at K ≥ 4: {deep.min():+.3f} to "
-                     f"{deep.max():+.3f}; at K = 2: {two} (by budget).")
+        two = ", ".join(_signed(v) for v in margin.xs(2, level=K)) if 2 in set(done[K]) else "none"
+        notes.append(f"- The tied ODE minus the discrete stack at K ≥ 4: {_signed(deep.min())} to "
+                     f"{_signed(deep.max())}; at K = 2: {two} (by budget).")
     if "discrete" in families:  # trainability: does train accuracy fall with depth too?
         train = stats.loc[(budgets[0], "discrete")]["train"]
         notes.append(f"- Train accuracy of the discrete models at {int(budgets[0]):,}: "

@@ -18,6 +18,7 @@ from odeformer.analysis import (
     adaptive,
     clustering,
     convergence,
+    depth_vs_width,
     invariance,
     lm_depth_vs_width,
     lm_invariance,
@@ -29,6 +30,7 @@ from odeformer.analysis import (
 RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "clustering": clustering.render,
     "convergence": convergence.render,
+    "depth_vs_width": depth_vs_width.render,
     "invariance": invariance.render,
     "stability": stability.render,
     "adaptive": adaptive.render,

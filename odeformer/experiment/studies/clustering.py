@@ -42,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pandas as pd
 
 from odeformer._checks import is_int
 from odeformer._integrate import solve
@@ -280,46 +279,3 @@ def measure(c: ml_collections.ConfigDict) -> dict:
     """One run's row (see the module docstring for the columns of each part)."""
     with jax.enable_x64(True):
         return _phase(c) if c.clustering.part == "phase" else _equal_angle(c)
-
-
-def clustered_columns(table: pd.DataFrame) -> list[tuple[float, str]]:
-    """``(t, column)`` for every ``clustered@t=...`` column of a results table, by time."""
-    found = [(float(col.split("=", 1)[1]), col) for col in table.columns if col.startswith("clustered@t=")]
-    return sorted(found)
-
-
-def phase_diagram(table: pd.DataFrame, normalisation: str) -> pd.DataFrame:
-    """Mean over seeds of the clustered fraction: index β, columns t (phase runs)."""
-    phase = _phase_rows(table)
-    phase = phase[phase["clustering.normalisation"] == normalisation]
-    columns = clustered_columns(table)
-    means = phase.groupby("clustering.beta")[[col for _, col in columns]].mean()
-    means.columns = [t for t, _ in columns]
-    return means
-
-
-def phase_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per normalisation and β, over seeds: the mean clustered fraction at the last time,
-    the fewest and most clusters then, and how many runs' fraction never decreases in t."""
-    phase = _phase_rows(table)
-    last = clustered_columns(table)[-1][1]
-    fractions = phase[[col for _, col in clustered_columns(table)]].to_numpy()
-    phase = phase.assign(monotone=np.all(np.diff(fractions, axis=1) >= 0, axis=1))
-    clusters_last = last.replace("clustered", "clusters")
-    return phase.groupby(["clustering.normalisation", "clustering.beta"]).agg(
-        seeds=("seed", "count"), clustered_last=(last, "mean"), clusters_min=(clusters_last, "min"),
-        clusters_max=(clusters_last, "max"), monotone_runs=("monotone", "sum"),
-        max_norm_deviation=("max_norm_deviation", "max"), nfe=("nfe", "median"))
-
-
-def equal_angle_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The equal-angle runs' deviations and decay rates, one row per run."""
-    rows = table[(table.status == "ok") & (table["clustering.part"] == "equal_angle")]
-    columns = ["clustering.normalisation", "clustering.beta", "clustering.rho0",
-               "max_inner_product_deviation", "max_norm_deviation", "rho_final", "decay_rate_scalar",
-               "decay_rate_particles", "decay_rate_predicted", "nfe"]
-    return rows[columns].sort_values(columns[:3]).reset_index(drop=True)
-
-
-def _phase_rows(table: pd.DataFrame) -> pd.DataFrame:
-    return table[(table.status == "ok") & (table["clustering.part"] == "phase")]

@@ -37,9 +37,8 @@ of the output at depth t = 1, ``x_N`` the run's output):
 - ``distance_from_input``: ``|x_N - x_0|``; it goes to 0 if the network tends to the identity.
 - ``nfe`` (exact evaluations of the run's solve), ``reference_nfe``.
 
-Analysis for the notebook: :func:`fit_slope` (least-squares slope of log metric vs log N over
-the asymptotic range: the ``points`` largest N whose metric is above round-off),
-:func:`slopes` (one slope per curve) and :func:`local_slopes` (between successive N).
+The fitted slopes of a results table are ``odeformer.analysis.convergence``'s (:func:`fit_slope`,
+:func:`slopes`, :func:`local_slopes` there).
 """
 
 from __future__ import annotations
@@ -51,13 +50,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pandas as pd
 from flax import nnx
 
 from odeformer._checks import is_int
 from odeformer._fields import AttentionField
 from odeformer._integrate import solve
-from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS, solver_order
+from odeformer._solvers import ADAPTIVE_SOLVERS, SOLVERS
 from odeformer._time_dependence import TimeSpec
 from odeformer.experiment.studies import check_numbers, check_section, register_study
 
@@ -76,7 +74,6 @@ SECTION: dict[str, tuple] = {
     "reference_max_steps": (100_000, "Most steps of the reference solve."),
 }
 KEYS: tuple[str, ...] = tuple(SECTION)
-ROUNDOFF_FLOOR = 1e-13  # not fitted below: round-off, and the error of a 1e-14 reference
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -253,55 +250,3 @@ def measure(c: ml_collections.ConfigDict) -> dict:
                 v.reference_atol, v.reference_max_steps)
             row.update(error=float(np.max(np.abs(y - reference))), reference_nfe=reference_nfe)
     return row
-
-
-def _asymptotic_range(steps: np.ndarray, values: np.ndarray, points: int, floor: float) -> list[float]:
-    """The ``points`` largest distinct step counts at which every value is above ``floor``."""
-    return [n for n in np.unique(steps) if np.all(values[steps == n] > floor)][-points:]
-
-
-def fit_slope(steps, values, *, points: int = 3, floor: float = ROUNDOFF_FLOOR) -> float:
-    """Least-squares slope of ``log(values)`` against ``log(steps)`` on the asymptotic range.
-
-    The asymptotic range is the ``points`` largest distinct step counts at which every value
-    (all seeds) lies above ``floor`` (round-off and reference error). Several values per step
-    count (seeds) are all fitted. NaN when fewer than 2 step counts qualify.
-    """
-    steps, values = np.asarray(steps, float), np.asarray(values, float)
-    fitted = _asymptotic_range(steps, values, points, floor)
-    if len(fitted) < 2:
-        return float("nan")
-    chosen = np.isin(steps, fitted)
-    return float(np.polyfit(np.log(steps[chosen]), np.log(values[chosen]), 1)[0])
-
-
-def slopes(table: pd.DataFrame, *, points: int = 3, floor: float = ROUNDOFF_FLOOR) -> pd.DataFrame:
-    """One fitted slope per curve of a results table (pooled over seeds).
-
-    Smooth weights: the slope of ``error`` (``nominal`` = minus the solver's order). Random
-    weights: the slope of ``successive_distance`` (no nominal value). Columns: ``weights``,
-    ``solver``, ``metric``, ``slope``, ``nominal``, ``fitted_steps`` (the range fitted).
-    """
-    rows = []
-    ok = table[table.status == "ok"]
-    for (weights, solver), curve in ok.groupby(["convergence.weights", "convergence.solver"], sort=False):
-        metric = "error" if weights == "smooth" else "successive_distance"
-        steps, values = curve["convergence.steps"].to_numpy(float), curve[metric].to_numpy(float)
-        fitted = _asymptotic_range(steps, values, points, floor)
-        rows.append(dict(weights=weights, solver=solver, metric=metric,
-                         slope=fit_slope(steps, values, points=points, floor=floor),
-                         nominal=-solver_order(solver) if weights == "smooth" else float("nan"),
-                         fitted_steps=f"{int(fitted[0])}-{int(fitted[-1])}" if fitted else ""))
-    return pd.DataFrame(rows)
-
-
-def local_slopes(table: pd.DataFrame, solver: str, *, weights: str = "smooth",
-                 metric: str = "error") -> pd.Series:
-    """Slopes of the seed-median ``metric`` between successive step counts of one curve,
-    indexed ``"N1-N2"``: how the local order settles (pre-asymptotic at small N)."""
-    ok = table[(table.status == "ok") & (table["convergence.weights"] == weights)
-               & (table["convergence.solver"] == solver)]
-    median = ok.groupby("convergence.steps")[metric].median()
-    steps, values = median.index.to_numpy(float), median.to_numpy(float)
-    return pd.Series(np.diff(np.log(values)) / np.diff(np.log(steps)),
-                     index=[f"{int(a)}-{int(b)}" for a, b in zip(steps, steps[1:], strict=False)])
