@@ -137,7 +137,10 @@ def arms(table: pd.DataFrame) -> pd.DataFrame:
 
 def heads_line(table: pd.DataFrame) -> str:
     """The sentence naming the arms with fewer attention heads (``tables.fewer_heads``)."""
-    done = arms(table)
+    return _heads_line(arms(table))
+
+
+def _heads_line(done: pd.DataFrame) -> str:
     where = [(f"{b:,.0f} parameters" if k == "params" else f"equal FLOPs at {b:,.0f}") if b == b
              else "equal FLOPs" for b, k in zip(done["budget"], done["kind"], strict=True)]
     return fewer_heads(done, pd.Series(where, index=done.index))
@@ -154,7 +157,10 @@ def contrasts(table: pd.DataFrame, family: str, kind: str, budget: float) -> lis
     2; the smooth family has no depth 1). For ``kind="flops"`` depth 1 is the budget arm (a
     1-step ODE has its gpt's width at equal parameters). No shallow depth is selected, so none is
     favoured by the data it is then compared on."""
-    done = arms(table)
+    return _contrasts(arms(table), family, kind, budget)
+
+
+def _contrasts(done: pd.DataFrame, family: str, kind: str, budget: float) -> list[dict]:
     done = done[(done["model.family"] == family) & (done["budget"] == budget)]
 
     def arm(depth):
@@ -216,7 +222,10 @@ def closeness(table: pd.DataFrame, family: str, budget: float, seed: int = 0) ->
     """Within-depth Spearman correlation of distance from a flow with validation loss over the
     family's models at ``budget`` (equal parameters), its bootstrap interval (seeds resampled
     within each depth), and the mean distance at the best depth and at depth 8."""
-    done = arms(table)
+    return _closeness(arms(table), family, budget, seed)
+
+
+def _closeness(done: pd.DataFrame, family: str, budget: float, seed: int = 0) -> dict:
     done = done[(done["model.family"] == family) & (done["budget"] == budget)
                 & (done["kind"] == "params")]
     done = done.assign(distance=distance(done))
@@ -281,8 +290,12 @@ def family_contrasts(table: pd.DataFrame, family: str, kind: str, budget: float,
     ``kind="flops"``: at each depth K >= 2, the family at gpt-K's width (equal FLOPs per token,
     fewer parameters for the tied ODE) against gpt-K; the smooth family at K <= 4 has that width
     at equal parameters already. A pair one of whose arms has no finished run is left out."""
+    return _family_contrasts(arms(table), family, kind, budget, depths)
+
+
+def _family_contrasts(done: pd.DataFrame, family: str, kind: str, budget: float,
+                      depths: dict[str, int] | None = None) -> list[dict]:
     depths = BEST_DEPTHS if depths is None else depths
-    done = arms(table)
     done = done[done["budget"] == budget]
     gpt = done[(done["model.family"] == "gpt") & (done["kind"] == "params")]
     mine = done[done["model.family"] == family]
@@ -369,7 +382,7 @@ def render(table: pd.DataFrame) -> str:
     contrast_lines = ["| family | compared at | budget | shallow | pairs (unpaired) | "
                       "depth 8 − shallow (test loss) |", "|---|---|---|---|---|---|"]
     for family, kind in (("gpt", "params"), ("ode", "params"), ("smooth", "params"), ("ode", "flops")):
-        rows = [r for b in budgets for r in contrasts(table, family, kind, b)]
+        rows = [r for b in budgets for r in _contrasts(done, family, kind, b)]
         results[family, kind] = outcome(rows)
         for r in rows:
             contrast_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['shallow']} | "
@@ -378,13 +391,13 @@ def render(table: pd.DataFrame) -> str:
                     "family − gpt (test loss) |", "|---|---|---|---|---|---|---|"]
     versus = {}
     for family, kind in (("ode", "params"), ("smooth", "params"), ("ode", "flops"), ("smooth", "flops")):
-        rows = [r for b in budgets for r in family_contrasts(table, family, kind, b)]
+        rows = [r for b in budgets for r in _family_contrasts(done, family, kind, b)]
         versus[family, kind] = family_verdict(rows)
         for r in rows:
             family_lines.append(f"| {family} | {_KIND[kind]} | {int(r['budget']):,} | {r['depth']} | "
                                 f"{r['gpt_depth']} | {r['ci'].n} ({r['unpaired']}) | "
                                 f"{format_ci(r['ci'], 4, True)} |")
-    corr = [closeness(table, f, b) for f in ("gpt", "ode", "smooth") for b in budgets]
+    corr = [_closeness(done, f, b) for f in ("gpt", "ode", "smooth") for b in budgets]
     corr_lines = ["| family | budget | models | Spearman ρ within depths (distance, val loss) | "
                   "best depth | its distance | depth 8's distance |", "|---|---|---|---|---|---|---|"]
     for r in corr:
@@ -398,7 +411,7 @@ def render(table: pd.DataFrame) -> str:
         "parameters each family at the depth its pilot chose; at equal FLOPs at gpt's width and depth:",
         "", *family_lines, "",
         "Closeness to a flow against validation loss at each budget (equal parameters; seeds resampled "
-        "within depths):", "", *corr_lines, "", heads_line(table), "",
+        "within depths):", "", *corr_lines, "", _heads_line(done), "",
         f"- Fewer, wider layers beat many narrow ones at equal parameters (gpt): {results['gpt', 'params']}.",
         f"- The same within the tied ODE at equal parameters: {results['ode', 'params']}; at equal FLOPs: "
         f"{results['ode', 'flops']}; within the smooth ODE: {results['smooth', 'params']}.",
