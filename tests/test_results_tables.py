@@ -570,7 +570,8 @@ TOY_SECTIONS = {"invariance": "## Solver invariance (Ott et al. 2021)",
                 "clustering": "## Clustering of self-attention dynamics on the sphere",
                 "stability": "## Stability: discrete transformer vs ODE transformers",
                 "adaptive": "## Adaptive integration: NFE vs accuracy",
-                "depth_vs_width": "## Depth vs width at fixed parameter budgets"}
+                "depth_vs_width": "## Depth vs width at fixed parameter budgets",
+                "param_efficiency": '## Parameter efficiency: "30% more parameter-efficient'}
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[-−]?\d+)?")
 
 

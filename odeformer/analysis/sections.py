@@ -24,6 +24,7 @@ from odeformer.analysis import (
     lm_invariance,
     lm_param_efficiency,
     lm_stability,
+    param_efficiency,
     stability,
 )
 
@@ -32,6 +33,7 @@ RENDERERS: dict[str, Callable[[pd.DataFrame], str]] = {
     "convergence": convergence.render,
     "depth_vs_width": depth_vs_width.render,
     "invariance": invariance.render,
+    "param_efficiency": param_efficiency.render,
     "stability": stability.render,
     "adaptive": adaptive.render,
     "lm_invariance": lm_invariance.render,
