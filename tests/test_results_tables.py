@@ -599,6 +599,10 @@ def test_a_toy_section_quotes_only_numbers_its_generated_blocks_show(name):
         for body in _docblocks.blocks(section, kind).values():
             shown |= _measured(body)
     prose = section[section.index(f"<!-- results:{name}:end -->"):]
+    block = sections.blocks(section)[name]
+    # the verdict the text states is the one its block renders
+    stated = re.search(r"\*\*Verdict: ([a-z ]+)", prose)[1].strip()
+    assert stated == re.search(r"Verdict[^*\n]*\*\*([a-z ]+)\*\*", block)[1], name
     prose = re.sub(r"```.*?```", "", prose, flags=re.S)  # commands, not numbers
     assert _measured(prose) - shown == set()
     rows = [line for line in text.splitlines() if line.startswith("| ") and f"`configs/{name}.py`" in line]

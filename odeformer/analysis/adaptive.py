@@ -21,6 +21,10 @@ COLUMNS = {  # column -> (heading, format)
     "test_accuracy": ("test accuracy", 3), "train_accuracy": ("train accuracy", 3),
     "step_ms": ("step ms", 0), "train_kinetic": ("kinetic", ".2g"), "train_jacobian": ("jacobian", ".2g"),
 }
+VERDICT = ("**inconclusive** by design: the finer solves are under-trained at one learning rate, so the "
+           "front measures how fast each solve trains, and Dopri5's evaluation floor caps the cut the "
+           "regulariser can show")
+
 
 
 def _label(row) -> str:
@@ -96,4 +100,6 @@ def render(table: pd.DataFrame) -> str:
         f"- The NFE-accuracy front: {', '.join(front(done))}.",
         f"- Dopri5's fewest evaluations in any solve (the controller's floor): {floor}.",
         *[f"- Regulariser, {cut}." for cut in cuts],
+        "",
+        f"Verdict: {VERDICT}.",
     ])

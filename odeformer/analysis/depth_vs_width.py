@@ -15,6 +15,9 @@ import pandas as pd
 from odeformer.analysis.tables import mean_std, ok_rows
 
 BUDGET, FAMILY, K = "model.param_budget", "model.family", "solver.steps"
+VERDICT = ("**inconclusive** by design: one learning rate for every depth confounds capacity with "
+           "trainability, and no model's closeness to a continuous process (the mechanism) is measured")
+
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -70,4 +73,6 @@ def render(table: pd.DataFrame) -> str:
         *lines,
         "",
         *notes,
+        "",
+        f"Verdict: {VERDICT}.",
     ])

@@ -127,6 +127,6 @@ def render(table: pd.DataFrame) -> str:
         "",
         f"- Coarse fixed steps learn a discrete map of the step: {verdict['discrete_map']}.",
         f"- A critical step size below which the model is a flow: {verdict['critical_step']}.",
-        f"- The claim: {verdict['claim']}.",
+        f"- Verdict on the claim: {verdict['claim']}.",
         f"- At equal FLOPs (same parameters and evaluations): {'; '.join(equal_cost(table))}.",
     ])

@@ -24,6 +24,9 @@ FAMILIES = {"discrete-L4": "discrete 4 layers", "discrete-L1": "discrete 1 layer
             "ode-concat": "ODE time-conditioned"}
 PAIRS = (("ode-tied", "discrete-L4"), ("ode-concat", "discrete-L4"), ("ode-tied", "discrete-L1"),
          ("ode-concat", "discrete-L1"))
+VERDICT = ("**inconclusive** by design: one learning rate for every family, the 1-layer baseline picked on "
+           "this task's test accuracy, and no arm at equal FLOPs")
+
 
 
 def labelled(table: pd.DataFrame) -> pd.DataFrame:
@@ -66,4 +69,6 @@ def render(table: pd.DataFrame, targets=TARGETS, resamples: int = RESAMPLES) -> 
         f"seeds, {resamples:,} resamples; at most {CLAIM:.2f} supports the claim):",
         "",
         *ratios,
+        "",
+        f"Verdict: {VERDICT}.",
     ])

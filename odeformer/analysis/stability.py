@@ -30,6 +30,10 @@ ROWS = {  # column -> (label, format)
     "stability.random_accuracy": ("accuracy: random δ", 3),
     "stability.adv_accuracy": ("accuracy: gradient δ", 3),
 }
+VERDICT = ("**inconclusive** by design: most labels are decided by a margin of one count (floor effect), the "
+           "perturbations are scaled to each model's own input norm, no model is a flow, and the explanation "
+           "(stability as the cause) is not varied within a family")
+
 
 
 def models(table: pd.DataFrame) -> pd.DataFrame:
@@ -85,4 +89,6 @@ def render(table: pd.DataFrame) -> str:
         f"- Under Dopri5 the models lose {done.groupby('model')['invariance_gap'].mean().min():.2f}–"
         f"{done.groupby('model')['invariance_gap'].mean().max():.2f} of their accuracy.",
         f"- Power iteration: the largest relative change in its last iteration is {iteration:.3f}.",
+        "",
+        f"Verdict: {VERDICT}.",
     ])
