@@ -3,8 +3,9 @@
 Convention: ``notebooks/<name>.ipynb`` reads the results of ``configs/<name>.py``; its tiny
 variant ``configs/<name>.py:tiny`` is run here into a temporary workdir, then the notebook
 is executed with ``ODEFORMER_WORKDIR`` pointing there and ``ODEFORMER_FIGURE`` naming the
-figure file it must write (by default the notebook reads ``../runs/<name>`` and writes
-``../docs/figures/<name>.png``, the figure of docs/results.md).
+figure file it must write (by default the notebook reads the committed ``../results/<name>.csv``, or
+``../runs/<name>`` where no table is committed, and writes ``../docs/figures/<name>.png``, the figure of
+docs/results.md).
 """
 
 import importlib.util

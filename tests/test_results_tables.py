@@ -207,7 +207,7 @@ def test_a_block_is_replaced_alone_and_a_missing_one_is_refused():
     with pytest.raises(ValueError, match="the results block of .x. appears twice"):
         sections.blocks(page + page)
     with pytest.raises(KeyError, match="no renderer for .y.; rendered experiments: adaptive, clustering, "
-                                      "convergence, invariance, lm_depth_vs_width, "):
+                                      "convergence, depth_vs_width, invariance, lm_depth_vs_width, "):
         sections.render("y", pd.DataFrame())
 
 
@@ -590,8 +590,8 @@ def _section(text: str, title: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(TOY_SECTIONS))
 def test_a_toy_section_quotes_only_numbers_its_generated_blocks_show(name):
-    """After its results block, a section's text and its summary row quote no measured number
-    that its blocks (rendered from the committed table, and the costs) do not show."""
+    """After its results block, a section's text, its summary row and its README row quote no
+    measured number that its blocks (rendered from the committed table, and the costs) do not show."""
     text = (REPO / "docs" / "results.md").read_text()
     section = _section(text, TOY_SECTIONS[name])
     shown = set()
@@ -608,6 +608,9 @@ def test_a_toy_section_quotes_only_numbers_its_generated_blocks_show(name):
     rows = [line for line in text.splitlines() if line.startswith("| ") and f"`configs/{name}.py`" in line]
     assert len(rows) == 1, f"the summary table needs one row naming `configs/{name}.py`"
     assert _measured("|".join(rows[0].split("|")[4:])) - shown == set()
+    readme = [line for line in (REPO / "README.md").read_text().splitlines() if f"| `{name}.py` |" in line]
+    assert len(readme) == 1, f"README.md's results table needs one row for `{name}.py`"
+    assert _measured(readme[0].split("|")[3]) - shown == set()  # the verdict column
 
 
 def test_the_toy_parameter_efficiency_block_reads_the_config_s_targets():
