@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from odeformer.analysis.tables import mean_std, ok_rows
+from odeformer.analysis.tables import mean_std, ok_rows, runs_line
 
 COLUMNS = {  # column -> (heading, format)
     "nfe_forward": ("test NFE", 1), "train_nfe": ("train NFE (last quarter)", 1),
@@ -90,10 +90,9 @@ def render(table: pd.DataFrame) -> str:
         fall = by.loc[low] / by.loc[high]
         cuts.append(f"penalties at the end of training, weight {low:g} over weight {high:g}: kinetic "
                     f"{fall['train_kinetic']:.1f}x, Jacobian {fall['train_jacobian']:.1f}x")
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; mean ± sample "
-        "std over seeds (step times on the shared machine: only their order is meaningful).",
+        runs_line(table, done, "mean ± sample std over seeds (step times on the shared machine: only their "
+                  "order is meaningful)."),
         "",
         *lines,
         "",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.tables import ok_rows
+from odeformer.analysis.tables import ok_rows, runs_line
 
 TARGET = 1e-6  # the particles against the scalar ODE (max over pairs and times)
 RATE_TOLERANCE = 1e-3  # relative, the particles' fitted rate against the predicted one
@@ -123,12 +123,11 @@ def render(table: pd.DataFrame) -> str:
                  f"{r.rho_final:.2g}", f"{r.decay_rate_scalar:.6g}" if merged else "(not merged by T)",
                  particles if merged else "", f"{r.decay_rate_predicted:.6g}", f"{int(r.nfe):,}"]
         grid.append(f"| {' | '.join(cells)} |")
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     largest = {n: nfe.loc[n] for n in norms}
     merged = equal[equal["rho_final"] > 1 - 1e-9]
     scalar = float((merged["decay_rate_scalar"] / merged["decay_rate_predicted"] - 1).abs().max())
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned.",
+        runs_line(table, done),
         "",
         "Phase part: the clustered fraction (mean over seeds) and the range over seeds of the number of "
         "clusters at the last time:",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from odeformer._solvers import solver_order
-from odeformer.analysis.tables import ok_rows
+from odeformer.analysis.tables import ok_rows, runs_line
 
 ROUNDOFF_FLOOR = 1e-13  # not fitted below: round-off, and the error of a 1e-14 reference
 ORDER_TOLERANCE = 0.05  # a fitted slope this close to its nominal order counts as that order
@@ -125,11 +125,9 @@ def render(table: pd.DataFrame) -> str:
         local.append(f"{solver}: " + ", ".join(f"{span.replace('-', '–')}: {value:.2f}"
                                                for span, value in spans.items()).replace("-", "−"))
     reference = done["reference_nfe"]
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     seeds = done["seed"].nunique()
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; {seeds} seeds; "
-        "distances are max-norms at depth 1, medians over seeds.",
+        runs_line(table, done, f"{seeds} seeds; distances are max-norms at depth 1, medians over seeds."),
         "",
         "Fitted slopes (least squares of log metric on log steps, pooled over seeds, over the 3 largest step "
         f"counts whose metric lies above the {ROUNDOFF_FLOOR:.0e} floor for every seed):",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from odeformer.analysis.tables import mean_std, ok_rows
+from odeformer.analysis.tables import mean_std, ok_rows, runs_line
 
 BUDGET, FAMILY, K = "model.param_budget", "model.family", "solver.steps"
 VERDICT = ("**inconclusive** by design: one learning rate for every depth confounds capacity with "
@@ -64,11 +64,9 @@ def render(table: pd.DataFrame) -> str:
         train = stats.loc[(budgets[0], "discrete")]["train"]
         notes.append(f"- Train accuracy of the discrete models at {int(budgets[0]):,}: "
                      + ", ".join(f"{v:.3f} at K = {int(k)}" for k, v in train.items()) + ".")
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; test accuracy, "
-        "mean ± sample std over seeds (the discrete model's width in parentheses; the ODE's is the 1-layer "
-        "model's).",
+        runs_line(table, done, "test accuracy, mean ± sample std over seeds (the discrete model's width in "
+                  "parentheses; the ODE's is the 1-layer model's)."),
         "",
         *lines,
         "",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from odeformer.analysis.lm_invariance import arm_rows, arms, read_gaps
 from odeformer.analysis.protocol import MeanCI, format_ci, mean_ci
-from odeformer.analysis.tables import ok_rows
+from odeformer.analysis.tables import ok_rows, runs_line
 
 MARGIN = 0.02  # accuracy: a smaller drop under the reference counts as none
 EVALS = {"euler": 1, "rk4": 4}
@@ -109,11 +109,9 @@ def render(table: pd.DataFrame) -> str:
     finest = max(specs[:-1], key=lambda s: (EVALS.get(s.split(":")[0], 1), int(s.split(":")[1])))
     check = float(np.abs(done[f"test_accuracy@{finest}"] - done[f"test_accuracy@{reference}"]).max())
     nfe = done[f"nfe_forward@{reference}"]
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     verdict = verdicts(table)
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; intervals "
-        "Student-t 95% over seeds.",
+        runs_line(table, done, "intervals Student-t 95% over seeds."),
         "",
         *lines,
         "",

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from odeformer.analysis.protocol import MeanCI, format_ci, mean_ci, side
-from odeformer.analysis.tables import ok_rows
+from odeformer.analysis.tables import ok_rows, runs_line
 
 MARGIN = 0.01  # nats per character: a gap smaller than this counts as none
 REFERENCE_TOLERANCE = MARGIN / 10  # the reference must agree with another fine solve this well
@@ -147,11 +147,9 @@ def render(table: pd.DataFrame) -> str:
     done = ok_rows(table)
     reference = reference_error(table)
     nfe = done[f"nfe_forward@{REFERENCE}"]
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     verdict = verdicts(table)
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; loss in nats "
-        "per character; intervals Student-t 95% over seeds.",
+        runs_line(table, done, "loss in nats per character; intervals Student-t 95% over seeds."),
         "",
         *lines,
         "",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odeformer.analysis.tables import budget_ratio, mean_std, ok_rows
+from odeformer.analysis.tables import budget_ratio, mean_std, ok_rows, runs_line
 
 TARGETS = (0.6, 0.7, 0.8)  # configs/param_efficiency.py's analysis.targets, fixed before the runs
 RESAMPLES = 2000
@@ -58,10 +58,9 @@ def render(table: pd.DataFrame, targets=TARGETS, resamples: int = RESAMPLES) -> 
             reached = np.isfinite(r.value)
             cells.append(f"{r.value:.3f} [{r.low:.3f}, {r.high:.3f}]" if reached else "not reached")
         ratios.append(f"| {target:g} | {' | '.join(cells)} |")
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; test accuracy, "
-        "mean ± sample std over seeds (budget = `model.param_budget`; realised counts within 5%).",
+        runs_line(table, done, "test accuracy, mean ± sample std over seeds (budget = `model.param_budget`; "
+                  "realised counts within 5%)."),
         "",
         *lines,
         "",

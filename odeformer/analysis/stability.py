@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from odeformer.analysis.tables import mean_std, ok_rows
+from odeformer.analysis.tables import mean_std, ok_rows, runs_line
 
 ROWS = {  # column -> (label, format)
     "test_accuracy": ("test accuracy", 3), "invariance_gap": ("invariance gap (reference solver)", 2),
@@ -67,7 +67,6 @@ def render(table: pd.DataFrame) -> str:
              "| seeds | " + " | ".join(str(len(groups[m])) for m in order) + " |"]
     for column, (label, digits) in ROWS.items():
         lines.append(f"| {label} | " + " | ".join(mean_std(groups[m][column], digits) for m in order) + " |")
-    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
     examples = int(done["stability.examples"].iloc[0])
     adv = done["stability.adv_accuracy"]
     modal = adv.round(6).mode().iloc[0]
@@ -75,8 +74,7 @@ def render(table: pd.DataFrame) -> str:
     logit = done.groupby("model")["stability.logit_gain_adv"].mean()
     iteration = done["stability.jacobian_norm_change"].max()
     return "\n".join([
-        f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned; "
-        f"mean ± sample std over seeds; {examples} test examples per run.",
+        runs_line(table, done, f"mean ± sample std over seeds; {examples} test examples per run."),
         "",
         *lines,
         "",

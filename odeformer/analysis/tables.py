@@ -182,3 +182,11 @@ def mean_std(values, digits: int | str = 3) -> str:
     if values.size < 2:
         return f"{values.mean():{spec}}"
     return f"{values.mean():{spec}} ± {values.std(ddof=1):{spread}}"
+
+
+def runs_line(table: pd.DataFrame, done: pd.DataFrame, what: str = "") -> str:
+    """A block's first line: how many runs finished and failed of those planned (the exported
+    table's ``planned_runs``, else its length), then ``what``."""
+    planned = int(table["planned_runs"].max()) if "planned_runs" in table else len(table)
+    head = f"Runs: {len(done)} finished, {len(table) - len(done)} failed, of {planned} planned"
+    return f"{head}; {what}" if what else f"{head}."
