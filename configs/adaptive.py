@@ -3,7 +3,8 @@ kinetic + Jacobian regulariser's effect on NFE (Finlay et al. 2020).
 
     python -m experiments.run --config configs/adaptive.py
 
-The notebook notebooks/adaptive.ipynb reads runs/adaptive and draws docs/figures/adaptive.png.
+``python -m experiments.export --config configs/adaptive.py`` writes results/adaptive.csv, from which
+notebooks/adaptive.ipynb draws docs/figures/adaptive.png (per-step NFE from runs/adaptive).
 
 Task: majority (the most frequent of 16 symbols from a vocabulary of 8) read from the last
 token, so the flow itself must gather the counts by attention (read from the token mean,

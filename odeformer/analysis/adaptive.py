@@ -19,7 +19,7 @@ from odeformer.analysis.tables import mean_std, ok_rows, runs_line
 COLUMNS = {  # column -> (heading, format)
     "nfe_forward": ("test NFE", 1), "train_nfe": ("train NFE (last quarter)", 1),
     "test_accuracy": ("test accuracy", 3), "train_accuracy": ("train accuracy", 3),
-    "step_ms": ("step ms", 0), "train_kinetic": ("kinetic", ".2g"), "train_jacobian": ("jacobian", ".2g"),
+    "step_ms": ("step ms", 0), "train_kinetic": ("kinetic", ".3g"), "train_jacobian": ("jacobian", ".3g"),
 }
 VERDICT = ("**inconclusive** by design: the finer solves are under-trained at one learning rate, so the "
            "front measures how fast each solve trains, and Dopri5's evaluation floor caps the cut the "
@@ -47,6 +47,11 @@ def arms(table: pd.DataFrame) -> pd.DataFrame:
     order = order.sort_values(["adaptive", "reg", "name", "weight", "nfe"], kind="stable").index
     done["arm"] = pd.Categorical(done["arm"], categories=list(order), ordered=True)
     return done.sort_values("arm", kind="stable")
+
+
+def means_of(done: pd.DataFrame, column: str) -> pd.Series:
+    """Each arm's mean of ``column`` over seeds."""
+    return done.groupby("arm", observed=True)[column].mean()
 
 
 def front(done: pd.DataFrame) -> list[str]:
@@ -83,6 +88,7 @@ def render(table: pd.DataFrame) -> str:
                     f"test NFE {base_nfe['nfe_forward'] / nfe['nfe_forward']:.2f}x fewer "
                     f"(the floor allows at most {base_nfe['nfe_forward'] / floor:.2f}x), accuracy "
                     f"{means.loc[arm, 'test_accuracy'] - means.loc[base, 'test_accuracy']:+.3f}")
+    gap = float((means_of(done, "train_accuracy") - means_of(done, "test_accuracy")).max())
     regularised = done[done["regularised"]]
     if regularised["train.kinetic"].nunique() > 1:  # how far the penalties fall from weight to weight
         by = regularised.groupby("train.kinetic")[["train_kinetic", "train_jacobian"]].mean()
@@ -98,6 +104,7 @@ def render(table: pd.DataFrame) -> str:
         "",
         f"- The NFE-accuracy front: {', '.join(front(done))}.",
         f"- Dopri5's fewest evaluations in any solve (the controller's floor): {floor}.",
+        f"- Train minus test accuracy (arm means): at most {gap:.3f} in any arm.",
         *[f"- Regulariser, {cut}." for cut in cuts],
         "",
         f"Verdict: {VERDICT}.",

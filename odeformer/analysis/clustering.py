@@ -74,6 +74,7 @@ def _merged(equal: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict(table: pd.DataFrame) -> str:
+    """The verdict word and its reason, by the module's rule."""
     summary, equal = phase_summary(table), equal_angle_summary(table)
     monotone, runs = int(summary["monotone_runs"].sum()), int(summary["seeds"].sum())
     worst = float(equal["max_inner_product_deviation"].max())

@@ -84,8 +84,9 @@ def render(table: pd.DataFrame) -> str:
         "across the models.",
         f"- Accuracy under the gradient perturbation: {round(modal * examples)} of {examples} correct in "
         f"{int((adv.round(6) == modal).sum())} of the {len(done)} runs.",
-        f"- Under Dopri5 the models lose {done.groupby('model')['invariance_gap'].mean().min():.2f}–"
-        f"{done.groupby('model')['invariance_gap'].mean().max():.2f} of their accuracy.",
+        f"- Under the reference solver the models' accuracy falls by "
+        f"{done.groupby('model')['invariance_gap'].mean().min():.2f}–"
+        f"{done.groupby('model')['invariance_gap'].mean().max():.2f} (absolute).",
         f"- Power iteration: the largest relative change in its last iteration is {iteration:.3f}.",
         "",
         f"Verdict: {VERDICT}.",
