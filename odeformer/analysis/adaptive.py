@@ -26,7 +26,6 @@ VERDICT = ("**inconclusive** by design: the finer solves are under-trained at on
            "regulariser can show")
 
 
-
 def _label(row) -> str:
     if not row["solver.adaptive"]:
         return f"{row['solver.name']} {int(row['solver.steps'])} step{'s' if row['solver.steps'] > 1 else ''}"

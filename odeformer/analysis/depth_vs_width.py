@@ -19,7 +19,6 @@ VERDICT = ("**inconclusive** by design: one learning rate for every depth confou
            "trainability, and no model's closeness to a continuous process (the mechanism) is measured")
 
 
-
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of test and train accuracy over seeds, per budget, family and K."""
     done = ok_rows(table)

@@ -46,9 +46,6 @@ def gap_interval(table: pd.DataFrame, name: str, steps: int) -> MeanCI:
     return mean_ci(ok_rows(arm_rows(table, name, steps))["invariance_gap"].to_numpy(float))
 
 
-
-
-
 def verdicts(table: pd.DataFrame) -> dict[str, str]:
     """``{"discrete_map", "critical_step", "claim"}``: each a verdict word and its reason."""
     euler = sorted(s for n, s in arms(ok_rows(table)) if n == "euler")
@@ -97,7 +94,6 @@ def render(table: pd.DataFrame) -> str:
         rows = arm_rows(table, name, steps)
         ok = ok_rows(rows)
         label = f"{'Euler' if name == 'euler' else 'RK4'}, {steps} step{'s' if steps > 1 else ''}"
-
         columns = ["test_accuracy", f"test_accuracy@{reference}", "invariance_gap", "test_loss",
                    f"test_loss@{reference}"]
         cis = [format_ci(mean_ci(ok[c].to_numpy(float))) for c in columns]

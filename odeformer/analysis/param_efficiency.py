@@ -28,7 +28,6 @@ VERDICT = ("**inconclusive** by design: one learning rate for every family, the 
            "this task's test accuracy, and no arm at equal FLOPs")
 
 
-
 def labelled(table: pd.DataFrame) -> pd.DataFrame:
     """The finished runs with a ``label``: ``discrete-L<layers>`` or ``ode-<time>``."""
     done = ok_rows(table).copy()

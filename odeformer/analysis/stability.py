@@ -35,7 +35,6 @@ VERDICT = ("**inconclusive** by design: most labels are decided by a margin of o
            "(stability as the cause) is not varied within a family")
 
 
-
 def models(table: pd.DataFrame) -> pd.DataFrame:
     """The finished runs, labelled by model (discrete first) with ``per_evaluation`` = log σ_max
     per block evaluation, the expansion rate comparable across horizons (T = 1 against 4)."""
